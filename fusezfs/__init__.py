@@ -1,0 +1,1 @@
+"""fusezfs: ZFS semantics in userspace."""

@@ -1,0 +1,200 @@
+"""Blocks: the write and read pipelines every byte of a pool goes through.
+
+Write: compress (kept only if it saves 1/8) -> checksum the physical bytes -> allocate one DVA
+per copy (on different top-level vdevs where there are several) -> write every copy (every child
+of a mirror). The block pointer returned is the only way to read the block back, and it carries
+the checksum, so the parent that stores it vouches for the child: a Merkle tree.
+
+Read: read one copy, verify the checksum before anything else happens, then decompress. On a
+mismatch (or an I/O error) try the next child of the mirror and the next copy; once a good copy
+is found, rewrite the bad ones with it (self-healing: the bytes written are exactly those the
+parent's checksum asks for, so this never changes what the tree means). With no good copy the
+read raises ChecksumError (EIO) and the error is counted on every device that returned bad
+bytes; wrong bytes are never returned.
+
+Free: a block born in the open txg is freed at once; an older one is deferred (allocator.py).
+
+CPU-heavy work (compression, hashing of large buffers) of `write_many` runs on a thread pool:
+zstandard, zlib, hashlib and xxhash release the GIL, so two cores compress in parallel.
+"""
+from __future__ import annotations
+
+import errno
+import os
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from . import compress as compression
+from .allocator import Allocator
+from .formats.bp import (CKSUM_XXH3_128, COMP_OFF, BlockPointer, checksum)
+from .vdevs import TopVdev
+
+
+class ChecksumError(OSError):
+    """No copy of a block matched its checksum: the data is lost, and never returned wrong."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(errno.EIO, f"checksum error: {what}")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How to write a block; taken from dataset properties by the layers above."""
+
+    comp: int = COMP_OFF
+    level: int = 0
+    cksum: int = CKSUM_XXH3_128
+    copies: int = 1
+
+
+def describe(bp: BlockPointer) -> str:
+    return ", ".join(f"<{d.vdev}:{d.offset:x}:{d.asize:x}>" for d in bp.dvas) + f" birth={bp.birth}"
+
+
+class BlockIO:
+    def __init__(self, vdevs: dict[int, TopVdev], allocator: Allocator, *,
+                 cache_bytes: int = 64 << 20, workers: int | None = None) -> None:
+        self.vdevs = vdevs
+        self.allocator = allocator
+        self.txg = 1                    # the open txg: birth of blocks written now
+        self.cache: OrderedDict[tuple, bytes] = OrderedDict()
+        self.cache_bytes = cache_bytes
+        self.cached = 0
+        self.executor = ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 2),
+                                           thread_name_prefix="fusezfs-io")
+        self.permanent_errors: dict[str, int] = {}   # block description -> times seen
+        self.repairs = 0
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)
+
+    # ---- write ----------------------------------------------------------------------------
+    @staticmethod
+    def _prepare(data: bytes | memoryview, policy: Policy) -> tuple[int, bytes | memoryview, bytes]:
+        comp, phys = compression.compress(data, policy.comp, policy.level)
+        return comp, phys, checksum(phys, policy.cksum)
+
+    def _allocate(self, size: int, copies: int) -> list:
+        """One DVA per copy, each on a different top-level vdev while there are enough."""
+        dvas: list = []
+        try:
+            for _ in range(max(1, min(3, copies))):
+                dvas.append(self.allocator.allocate(max(size, 1), avoid={d.vdev for d in dvas}))
+        except OSError:
+            for d in dvas:
+                self.allocator.free(d, deferred=False)
+            raise
+        return dvas
+
+    def _write_copies(self, dvas: list, phys: bytes | memoryview) -> None:
+        for dva in dvas:
+            for leaf in self.vdevs[dva.vdev].leaves:
+                try:
+                    leaf.device.write(dva.offset, phys)
+                except OSError:
+                    leaf.write_errors += 1
+                    raise
+
+    def _store(self, data_len: int, prepared: tuple, policy: Policy, btype: int,
+               level: int, dvas: list | None = None) -> BlockPointer:
+        comp, phys, digest = prepared
+        if dvas is None:
+            dvas = self._allocate(len(phys), policy.copies)
+        self._write_copies(dvas, phys)
+        return BlockPointer(tuple(dvas), data_len, len(phys), self.txg, comp, policy.cksum,
+                            btype, digest, level)
+
+    def write_self_describing(self, encode, btype: int, policy: Policy) -> BlockPointer:
+        """Write a block whose content depends on its own allocation (the space map).
+
+        `encode()` is called after space is reserved, so the reservation is part of what it
+        describes. If the result does not fit, the reservation (born now, never referenced)
+        is returned at once and a larger one tried; the second try practically always fits.
+        """
+        dvas: list = []
+        want = 4096
+        while True:
+            payload = encode()
+            prepared = self._prepare(payload, policy)
+            if dvas and len(prepared[1]) <= dvas[0].asize:
+                return self._store(len(payload), prepared, policy, btype, 0, dvas)
+            for d in dvas:
+                self.allocator.free(d, deferred=False)
+            want = max(want, len(prepared[1]) + len(prepared[1]) // 4 + 1024)
+            dvas = self._allocate(want, policy.copies)
+
+    def write(self, data: bytes | memoryview, btype: int, policy: Policy, level: int = 0) -> BlockPointer:
+        return self._store(len(data), self._prepare(data, policy), policy, btype, level)
+
+    def write_many(self, bufs: list[bytes | memoryview], btype: int, policy: Policy) -> list[BlockPointer]:
+        """Write several blocks, compressing and hashing them in parallel."""
+        if len(bufs) > 1 and (policy.comp != COMP_OFF or sum(map(len, bufs)) > (1 << 20)):
+            prepared = list(self.executor.map(self._prepare, bufs, [policy] * len(bufs)))
+        else:
+            prepared = [self._prepare(b, policy) for b in bufs]
+        return [self._store(len(b), p, policy, btype, 0) for b, p in zip(bufs, prepared)]
+
+    # ---- read -----------------------------------------------------------------------------
+    def read(self, bp: BlockPointer, *, verify_only: bool = False, cache: bool = True) -> bytes:
+        key = (bp.dvas[0], bp.birth)
+        hit = self.cache.get(key)
+        if hit is not None and not verify_only:
+            self.cache.move_to_end(key)
+            return hit
+        good: bytes | None = None
+        bad = []
+        for dva in bp.dvas:
+            vdev = self.vdevs.get(dva.vdev)
+            if vdev is None or dva.offset < vdev.start or dva.offset + bp.psize > vdev.end:
+                continue
+            for leaf in vdev.leaves:
+                try:
+                    raw = leaf.device.read(dva.offset, bp.psize)
+                except OSError:
+                    leaf.read_errors += 1
+                    bad.append((leaf, dva))
+                    continue
+                if checksum(raw, bp.cksum) == bp.checksum:
+                    good = raw
+                    break
+                leaf.cksum_errors += 1
+                bad.append((leaf, dva))
+            if good is not None:
+                break
+        if good is None:
+            what = describe(bp)
+            self.permanent_errors[what] = self.permanent_errors.get(what, 0) + 1
+            raise ChecksumError(what)
+        for leaf, dva in bad:
+            try:
+                leaf.device.write(dva.offset, good)
+                self.repairs += 1
+            except OSError:
+                leaf.write_errors += 1
+        if verify_only:
+            return good
+        try:
+            data = compression.decompress(good, bp.comp, bp.lsize)
+        except ValueError as e:
+            raise ChecksumError(f"{describe(bp)}: {e}") from None
+        if cache and self.cache_bytes:
+            self.cache[key] = data
+            self.cached += len(data)
+            while self.cached > self.cache_bytes:
+                _k, old = self.cache.popitem(last=False)
+                self.cached -= len(old)
+        return data
+
+    # ---- free -----------------------------------------------------------------------------
+    def free(self, bp: BlockPointer) -> None:
+        old = self.cache.pop((bp.dvas[0], bp.birth), None)
+        if old is not None:
+            self.cached -= len(old)
+        deferred = bp.birth < self.txg
+        for dva in bp.dvas:
+            self.allocator.free(dva, deferred=deferred)
+
+    def drop_cache(self) -> None:
+        self.cache.clear()
+        self.cached = 0

@@ -1,0 +1,101 @@
+"""`fusezfs`: OpenZFS's command line. zfs verbs at the top level, zpool verbs under `pool`.
+
+Exit codes as zfs/zpool: 0 success, 1 a command that failed, 2 bad usage (with the usage text on
+stderr). Messages go to stderr in OpenZFS's words, so scripts that parse them keep working.
+"""
+from __future__ import annotations
+
+import getopt
+import sys
+from typing import Callable, NoReturn
+
+
+class Usage(Exception):
+    """Bad usage: `message` (may be empty) then the verb's usage text, exit 2."""
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class Failed(Exception):
+    """The command failed; the message was already printed or is carried here. Exit 1."""
+
+    def __init__(self, message: str = "", code: int = 1) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+def error(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def parse(args: list[str], shortopts: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """POSIX getopt with zfs's complaints for unknown options and missing arguments."""
+    try:
+        return getopt.getopt(args, shortopts)
+    except getopt.GetoptError as e:
+        if "requires argument" in e.msg:
+            raise Usage(f"missing argument for '{e.opt}' option") from None
+        raise Usage(f"invalid option '{e.opt}'") from None
+
+
+def nicenum(num: int) -> str:
+    """Human-readable size the way zfs prints it: 1024-based, at most 5 characters."""
+    units = " KMGTPE"
+    n, index = num, 0
+    while n >= 1024 and index < 6:
+        n //= 1024
+        index += 1
+    if index == 0:
+        return str(num)
+    div = 1024 ** index
+    if num % div == 0:
+        return f"{num // div}{units[index]}"
+    for digits in (2, 1, 0):
+        text = f"{num / div:.{digits}f}{units[index]}"
+        if len(text) <= 5:
+            return text
+    return text
+
+
+def print_table(headers: list[str], rows: list[list[str]], *, scripted: bool,
+                right: set[int] = frozenset()) -> None:
+    """zfs's table style: two spaces between columns; -H: tabs and no header."""
+    if scripted:
+        for row in rows:
+            print("\t".join(row))
+        return
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    for row in [headers] + rows:
+        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        print("  ".join(cells).rstrip())
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    from . import cli_pool
+    verbs: dict[str, Callable[[list[str]], int]] = {"pool": cli_pool.main}
+    if not argv or argv[0] in ("-h", "--help", "-?"):
+        print("usage: fusezfs <command> [args]\n\nzpool commands: fusezfs pool <verb> ...\n"
+              "zfs commands: fusezfs <verb> ...", file=sys.stderr if not argv else sys.stdout)
+        return 2 if not argv else 0
+    verb = verbs.get(argv[0])
+    if verb is None:
+        error(f"unrecognized command '{argv[0]}'")
+        return 2
+    try:
+        return verb(argv[1:])
+    except KeyboardInterrupt:
+        return 1
+    except BrokenPipeError:
+        return 1
+
+
+def die(message: str) -> NoReturn:
+    raise Failed(message)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

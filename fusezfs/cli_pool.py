@@ -1,0 +1,534 @@
+"""`fusezfs pool VERB`: the zpool command line over pool files.
+
+Each verb checks everything it can before it changes anything (a cheap check), then applies the
+change in one go; a failed check leaves every pool file untouched.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from . import poolprops, registry
+from .cli import Failed, Usage, error, nicenum, parse, print_table
+from .devices import FileDevice
+from .names import pool_name_error
+from .pool import MIN_DEVICE_SIZE, Pool, PoolError, open_files, read_label
+from .verify import verify
+
+USAGE = {
+    "create": "\tcreate [-f] [-m mountpoint] [-o property=value] ...\n"
+              "\t    [-O file-system-property=value] ... <pool> <vdev> ...",
+    "destroy": "\tdestroy [-f] <pool>",
+    "export": "\texport [-f] <pool> ...",
+    "import": "\timport [-d dir] [-f]\n\timport [-d dir] [-f] [-o property=value] ... <pool | id> [newpool]",
+    "list": "\tlist [-Hp] [-o property[,...]] [pool] ...",
+    "status": "\tstatus [-vx] [pool] ...",
+    "get": "\tget [-Hp] [-o \"all\" | field[,...]] <\"all\" | property[,...]> <pool> ...",
+    "set": "\tset <property=value> <pool>",
+    "sync": "\tsync [pool] ...",
+    "clear": "\tclear <pool>",
+    "verify": "\tverify <pool>",
+}
+
+LIST_COLUMNS = ["name", "size", "alloc", "free", "ckpoint", "expandsz", "frag", "cap", "dedup",
+                "health", "altroot"]
+NUMERIC = {"size", "allocated", "free", "capacity", "dedupratio", "fragmentation", "freeing",
+           "leaked", "expandsize", "checkpoint", "guid", "load_guid", "ashift", "version"}
+
+
+def usage_text(verb: str | None) -> str:
+    if verb in USAGE:
+        return "usage:\n" + USAGE[verb]
+    return "usage: fusezfs pool command args ...\nwhere 'command' is one of the following:\n\n" + \
+        "\n".join(USAGE.values())
+
+
+# ---- opening pools --------------------------------------------------------------------------
+def open_pool(name: str) -> Pool:
+    entry = registry.load().get(name)
+    if entry is None or entry.get("state") == "exported":
+        raise Failed(f"cannot open '{name}': no such pool")
+    try:
+        devices = open_files(entry["devices"])
+    except OSError as e:
+        raise Failed(f"cannot open '{name}': {e.strerror}: {e.filename}") from None
+    try:
+        pool = Pool.open(devices)
+    except PoolError as e:
+        for d in devices:
+            d.close()
+        raise Failed(str(e)) from None
+    if pool.guid != entry["guid"]:
+        pool.close()
+        raise Failed(f"cannot open '{name}': pool guid changed on its devices")
+    return pool
+
+
+def imported_names() -> list[str]:
+    return sorted(n for n, e in registry.load().items() if e.get("state") != "exported")
+
+
+def each_pool(names: list[str]):
+    """Open the named pools (all imported ones if none named), one at a time."""
+    for name in names or imported_names():
+        pool = open_pool(name)
+        try:
+            yield pool
+        finally:
+            pool.close()
+
+
+# ---- property values ------------------------------------------------------------------------
+def prop_value(pool: Pool, prop: str, parsable: bool) -> tuple[str, str]:
+    """(value, source) of a pool property, as `zpool get` prints them."""
+    size, alloc, free = pool.size, pool.allocated, pool.free
+    num = {"size": size, "allocated": alloc, "free": free, "freeing": 0, "leaked": 0}
+    if prop in num:
+        return (str(num[prop]) if parsable else nicenum(num[prop])), "-"
+    if prop == "capacity":
+        cap = alloc * 100 // size if size else 0
+        return (str(cap) if parsable else f"{cap}%"), "-"
+    if prop == "dedupratio":
+        return ("1.00" if parsable else "1.00x"), "-"
+    if prop == "health":
+        return pool_health(pool), "-"
+    if prop in ("guid", "load_guid"):
+        return str(pool.guid), "-"
+    if prop == "version":
+        return "-", "default"
+    if prop in ("expandsize", "fragmentation", "checkpoint"):
+        return "-", "-"
+    if prop == "name":
+        return pool.name, "-"
+    definition = poolprops.PROPS[prop]
+    value = pool.get_prop(prop)
+    stored = pool.mos.get(b"prop\0" + prop.encode()) is not None
+    return value, ("local" if stored else ("-" if not definition.settable and prop != "ashift"
+                                           else "default"))
+
+
+def pool_health(pool: Pool) -> str:
+    return "ONLINE"
+
+
+# ---- verbs ----------------------------------------------------------------------------------
+def cmd_create(args: list[str]) -> int:
+    opts, rest = parse(args, "fnm:o:O:")
+    force = False
+    props: dict[str, str] = {}
+    fsprops: dict[str, str] = {}
+    for opt, val in opts:
+        if opt == "-f":
+            force = True
+        elif opt == "-m":
+            fsprops["mountpoint"] = val
+        elif opt in ("-o", "-O"):
+            if "=" not in val:
+                raise Usage(f"missing '=' for property=value argument")
+            k, v = val.split("=", 1)
+            if opt == "-o":
+                name = poolprops.canonical(k)
+                why = poolprops.check(name or k, v, creating=True)
+                if why:
+                    raise Failed(f"{why}")
+                props[name] = v
+            else:
+                fsprops[k] = v
+    if not rest:
+        raise Usage("missing pool name argument")
+    name, specs = rest[0], rest[1:]
+    why = pool_name_error(name)
+    if why:
+        raise Failed(f"cannot create '{name}': {why}")
+    if not specs:
+        raise Usage("missing vdev specification")
+    if name in registry.load() and registry.load()[name].get("state") != "exported":
+        raise Failed(f"cannot create '{name}': pool already exists")
+    # vdev specification: FILE ... | mirror FILE FILE ...
+    topology: list[tuple[str, list[str]]] = []
+    current: list[str] | None = None
+    for word in specs:
+        if word == "mirror":
+            current = []
+            topology.append(("mirror", current))
+        elif word in ("raidz", "raidz1", "raidz2", "raidz3", "draid", "spare", "log", "cache",
+                      "special", "dedup"):
+            raise Failed(f"invalid vdev specification: '{word}' is not supported by fusezfs")
+        elif current is not None:
+            current.append(word)
+        else:
+            topology.append(("file", [word]))
+    for kind, paths in topology:
+        if kind == "mirror" and len(paths) < 2:
+            raise Failed("invalid vdev specification: mirror requires at least 2 devices")
+    paths = [p for _, ps in topology for p in ps]
+    if len(set(map(os.path.abspath, paths))) != len(paths):
+        raise Failed("invalid vdev specification: a device is given more than once")
+    problems = []
+    for path in paths:
+        if not os.path.isabs(path):
+            raise Failed(f"cannot open '{path}': must be a full path")
+        if not os.path.exists(path):
+            raise Failed(f"cannot open '{path}': No such file or directory")
+        if os.path.getsize(path) < MIN_DEVICE_SIZE:
+            raise Failed(f"cannot create '{name}': one or more devices is less than the "
+                         f"minimum size (64M)")
+        dev = FileDevice(path, readonly=True)
+        try:
+            config = read_label(dev)
+        finally:
+            dev.close()
+        if config and config.get("state") == "active":
+            raise Failed(f"invalid vdev specification\nthe following errors must be manually "
+                         f"repaired:\n{path} is part of active pool '{config['name']}'")
+        if config and config.get("state") == "exported" and not force:
+            problems.append(f"{path} is part of exported pool '{config['name']}'")
+    if problems:
+        raise Failed("invalid vdev specification\nuse '-f' to override the following errors:\n"
+                     + "\n".join(problems))
+    devices = []
+    try:
+        for kind, ps in topology:
+            devices.append((kind, open_files(ps)))
+        pool = Pool.create(name, devices, props, fsprops)
+    except PoolError as e:
+        raise Failed(str(e)) from None
+    registry.add(name, pool.guid, paths)
+    pool.close()
+    return 0
+
+
+def cmd_list(args: list[str]) -> int:
+    opts, names = parse(args, "Hpo:")
+    scripted = ("-H", "") in opts
+    parsable = ("-p", "") in opts
+    columns = LIST_COLUMNS
+    for opt, val in opts:
+        if opt == "-o":
+            columns = val.split(",")
+    props = []
+    for col in columns:
+        prop = "name" if col == "name" else poolprops.canonical(col)
+        if prop is None:
+            raise Usage(f"invalid property '{col}'")
+        props.append(prop)
+    rows = []
+    status = 0
+    for name in names or imported_names():
+        try:
+            pool = open_pool(name)
+        except Failed as e:
+            error(e.message)
+            status = 1
+            continue
+        try:
+            rows.append([prop_value(pool, p, parsable)[0] for p in props])
+        finally:
+            pool.close()
+    if not rows and not names:
+        print("no pools available")
+        return 0
+    if rows:
+        right = {i for i, p in enumerate(props) if p in NUMERIC}
+        print_table([c.upper() for c in columns], rows, scripted=scripted, right=right)
+    return status
+
+
+def cmd_get(args: list[str]) -> int:
+    opts, rest = parse(args, "Hpo:")
+    scripted = ("-H", "") in opts
+    parsable = ("-p", "") in opts
+    fields = ["name", "property", "value", "source"]
+    for opt, val in opts:
+        if opt == "-o":
+            fields = ["name", "property", "value", "source"] if val == "all" else val.split(",")
+            for f in fields:
+                if f not in ("name", "property", "value", "source"):
+                    raise Usage(f"invalid field '{f}'")
+    if not rest:
+        raise Usage("missing property argument")
+    if rest[0] == "all":
+        wanted = list(poolprops.PROPS)
+    else:
+        wanted = []
+        for p in rest[0].split(","):
+            c = poolprops.canonical(p) if p != "name" else "name"
+            if c is None:
+                raise Usage(f"bad property list: invalid property '{p}'")
+            wanted.append(c)
+    rows = []
+    for pool in each_pool(rest[1:]):
+        for prop in wanted:
+            value, source = prop_value(pool, prop, parsable)
+            row = {"name": pool.name, "property": prop, "value": value, "source": source}
+            rows.append([row[f] for f in fields])
+    print_table([f.upper() for f in fields], rows, scripted=scripted)
+    return 0
+
+
+def cmd_set(args: list[str]) -> int:
+    opts, rest = parse(args, "")
+    if not rest:
+        raise Usage("missing property=value argument")
+    if len(rest) < 2:
+        raise Usage("missing pool name")
+    if len(rest) > 2:
+        raise Usage("too many pool names")
+    if "=" not in rest[0]:
+        raise Usage("missing value in property=value argument")
+    k, v = rest[0].split("=", 1)
+    name = poolprops.canonical(k) or k
+    why = poolprops.check(name, v)
+    if why:
+        raise Failed(f"cannot set property for '{rest[1]}': {why}")
+    pool = open_pool(rest[1])
+    try:
+        pool.set_prop(name, v)
+    finally:
+        pool.close()
+    return 0
+
+
+def cmd_status(args: list[str]) -> int:
+    opts, names = parse(args, "vx")
+    verbose = ("-v", "") in opts
+    only_bad = ("-x", "") in opts
+    if not names and not imported_names():
+        print("no pools available")
+        return 0
+    shown = 0
+    first = True
+    for pool in each_pool(names):
+        errors = sum(leaf.read_errors + leaf.write_errors + leaf.cksum_errors for leaf in pool.leaves())
+        permanent = pool.blocks.permanent_errors
+        if only_bad and not errors and not permanent:
+            continue
+        if not first:
+            print()
+        first = False
+        shown += 1
+        print(format_status(pool, verbose))
+    if only_bad and not shown:
+        print("all pools are healthy" if not names else f"pool '{names[0]}' is healthy")
+    return 0
+
+
+def format_status(pool: Pool, verbose: bool) -> str:
+    """zpool status for one open pool."""
+    leaves = pool.leaves()
+    errors = sum(leaf.read_errors + leaf.write_errors + leaf.cksum_errors for leaf in leaves)
+    permanent = pool.blocks.permanent_errors
+    out = [f"  pool: {pool.name}", f" state: {pool_health(pool)}"]
+    if permanent:
+        out += ["status: One or more devices has experienced an error resulting in data",
+                "\tcorruption.  Applications may be affected.",
+                "action: Restore the file in question if possible.  Otherwise restore the",
+                "\tentire pool from backup.",
+                "   see: https://openzfs.github.io/openzfs-docs/msg/ZFS-8000-8A"]
+    elif errors:
+        out += ["status: One or more devices has experienced an unrecoverable error.  An",
+                "\tattempt was made to correct the error.  Applications are unaffected.",
+                "action: Determine if the device needs to be replaced, and clear the errors",
+                "\tusing 'zpool clear' or replace the device with 'zpool replace'.",
+                "   see: https://openzfs.github.io/openzfs-docs/msg/ZFS-8000-9P"]
+    out += ["config:", ""]
+    rows = [(pool.name, 0, "ONLINE", None)]
+    for top in pool.tops.values():
+        if top.kind == "mirror":
+            rows.append((f"mirror-{top.id}", 1, "ONLINE", None))
+            rows += [(leaf.path, 2, "ONLINE", leaf) for leaf in top.leaves]
+        else:
+            rows += [(leaf.path, 1, "ONLINE", leaf) for leaf in top.leaves]
+    width = max(len("NAME"), *(len(n) + 2 * depth for n, depth, _, _ in rows))
+    out.append(f"\t{'NAME':<{width}}  STATE     READ WRITE CKSUM")
+    for name, depth, state, leaf in rows:
+        counts = (leaf.read_errors, leaf.write_errors, leaf.cksum_errors) if leaf else (
+            (0, 0, 0) if depth else (0, 0, len(permanent) and sum(permanent.values())))
+        label = "  " * depth + name
+        out.append(f"\t{label:<{width}}  {state:<8} {counts[0]:>5} {counts[1]:>5} {counts[2]:>5}")
+    out.append("")
+    if not permanent:
+        out.append("errors: No known data errors")
+    elif not verbose:
+        out.append(f"errors: {len(permanent)} data errors, use '-v' for a list")
+    else:
+        out.append("errors: Permanent errors have been detected in the following files:")
+        out.append("")
+        out += [f"        {what}" for what in sorted(permanent)]
+    return "\n".join(out)
+
+
+def cmd_export(args: list[str]) -> int:
+    opts, names = parse(args, "f")
+    if not names:
+        raise Usage("missing pool argument")
+    for name in names:
+        pool = open_pool(name)
+        entry = registry.load()[name]
+        pool.close(export=True)
+        with registry.editing() as reg:
+            reg[name] = dict(entry, state="exported")
+    return 0
+
+
+def cmd_destroy(args: list[str]) -> int:
+    opts, names = parse(args, "f")
+    if not names:
+        raise Usage("missing pool argument")
+    if len(names) > 1:
+        raise Usage("too many arguments")
+    pool = open_pool(names[0])
+    pool.close(destroy=True)
+    registry.remove(names[0])
+    return 0
+
+
+def _scan(dirs: list[str]) -> dict[int, dict]:
+    """Exported pools found in `dirs` (and exported pools the registry remembers):
+    guid -> {"config": newest label config, "paths": [files]}."""
+    candidates: list[str] = []
+    for d in dirs:
+        try:
+            names = sorted(os.listdir(d))
+        except OSError as e:
+            raise Failed(f"cannot open '{d}': {e.strerror}") from None
+        candidates += [os.path.join(os.path.abspath(d), n) for n in names]
+    if not dirs:
+        for entry in registry.load().values():
+            if entry.get("state") == "exported":
+                candidates += entry["devices"]
+    found: dict[int, dict] = {}
+    for path in candidates:
+        if not os.path.isfile(path):
+            continue
+        try:
+            dev = FileDevice(path, readonly=True)
+        except OSError:
+            continue
+        try:
+            config = read_label(dev)
+        finally:
+            dev.close()
+        if not config or config.get("state") != "exported":
+            continue
+        slot = found.setdefault(config["pool_guid"], {"config": config, "paths": []})
+        if path not in slot["paths"]:
+            slot["paths"].append(path)
+    return found
+
+
+def cmd_import(args: list[str]) -> int:
+    opts, rest = parse(args, "d:fo:aN")
+    dirs = [v for o, v in opts if o == "-d"]
+    found = _scan(dirs)
+    if not rest and ("-a", "") not in opts:
+        if not found:
+            error("no pools available to import")
+            return 1
+        for i, (guid, slot) in enumerate(found.items()):
+            if i:
+                print()
+            c = slot["config"]
+            print(f"   pool: {c['name']}\n     id: {guid}\n  state: ONLINE\n action: The pool can "
+                  f"be imported using its name or numeric identifier.\n config:\n")
+            print(f"\t{c['name']}  ONLINE")
+            for top in c["vdev_tree"]:
+                if top["type"] == "mirror":
+                    print(f"\t  mirror-{top['id']}  ONLINE")
+                for child in top["children"]:
+                    print(f"\t  {'  ' if top['type'] == 'mirror' else ''}{child['path']}  ONLINE")
+        return 0
+    targets = list(found.values()) if ("-a", "") in opts else None
+    if targets is None:
+        want = rest[0]
+        targets = [s for g, s in found.items() if s["config"]["name"] == want or str(g) == want]
+        if not targets:
+            raise Failed(f"cannot import '{want}': no such pool available")
+        if len(targets) > 1:
+            raise Failed(f"cannot import '{want}': more than one matching pool\n"
+                         f"import by numeric ID instead")
+    newname = rest[1] if len(rest) > 1 else None
+    for slot in targets:
+        name = newname or slot["config"]["name"]
+        why = pool_name_error(name)
+        if why:
+            raise Failed(f"cannot import '{name}': {why}")
+        current = registry.load().get(name)
+        if current and current.get("state") != "exported":
+            raise Failed(f"cannot import '{slot['config']['name']}': a pool with that name is "
+                         f"already created/imported,\nand no additional pools with that name "
+                         f"were found")
+        try:
+            pool = Pool.open(open_files(slot["paths"]), name=name)
+        except PoolError as e:
+            raise Failed(str(e)) from None
+        registry.add(name, pool.guid, [leaf.path for leaf in pool.leaves()])
+        pool.close()
+    return 0
+
+
+def cmd_sync(args: list[str]) -> int:
+    opts, names = parse(args, "")
+    for pool in each_pool(names):
+        pool.sync()
+    return 0
+
+
+def cmd_clear(args: list[str]) -> int:
+    opts, names = parse(args, "")
+    if not names:
+        raise Usage("missing pool name")
+    pool = open_pool(names[0])
+    try:
+        pool.clear_errors()
+    finally:
+        pool.close()
+    return 0
+
+
+def cmd_verify(args: list[str]) -> int:
+    opts, names = parse(args, "")
+    if len(names) != 1:
+        raise Usage("missing pool name" if not names else "too many arguments")
+    pool = open_pool(names[0])
+    try:
+        report = verify(pool)
+        print(report.text(pool.name))
+    finally:
+        pool.close()
+    return 0 if report.ok else 1
+
+
+VERBS = {"create": cmd_create, "list": cmd_list, "get": cmd_get, "set": cmd_set,
+         "status": cmd_status, "export": cmd_export, "import": cmd_import,
+         "destroy": cmd_destroy, "sync": cmd_sync, "clear": cmd_clear, "verify": cmd_verify}
+
+
+def main(argv: list[str]) -> int:
+    if not argv:
+        error("missing command")
+        error(usage_text(None))
+        return 2
+    verb = VERBS.get(argv[0])
+    if verb is None:
+        error(f"unrecognized command '{argv[0]}'")
+        error(usage_text(None))
+        return 2
+    try:
+        return verb(argv[1:])
+    except Usage as e:
+        if e.message:
+            error(e.message)
+        error(usage_text(argv[0]))
+        return 2
+    except Failed as e:
+        if e.message:
+            error(e.message)
+        return e.code
+    except PoolError as e:
+        error(str(e))
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

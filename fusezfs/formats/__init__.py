@@ -1,0 +1,1 @@
+"""Pure, versioned encoders and decoders of everything fusezfs writes to a pool file."""

@@ -1,0 +1,387 @@
+"""The pool: labels, the uberblock ring, the MOS, the allocator and transaction groups.
+
+Theory of operation. All state reachable from the newest valid uberblock is the pool. Changes
+gather in the open txg: data blocks are written at once into free space (space no committed
+uberblock reaches), tree nodes stay dirty in memory. `sync()` commits the txg:
+
+  1. sync hooks push buffered data of upper layers into their trees;
+  2. every dirty object tree writes its dirty nodes (new blocks, free space only) and its new
+     root goes into the MOS (meta object set) tree, which is then written the same way;
+  3. the space map, describing every allocation including its own block, is written;
+  4. every device is flushed;                       <- crash before here: the old txg stands
+  5. the uberblock for this txg goes to slot txg % 128 of both labels of every device;
+  6. every device is flushed;                       <- crash after here: the new txg stands
+  7. frees deferred during the txg become allocatable.
+
+A crash between 5 and 6 leaves each slot either whole (checksum good: the new txg, whose blocks
+were all flushed in step 4) or torn (checksum bad: ignored, so the previous txg is chosen).
+Nothing a committed uberblock reaches is ever written, because frees of blocks born before the
+open txg are deferred until step 7. Import takes the valid uberblock with the highest txg.
+
+One owner: every device file is locked (flock) while a Pool object has it open.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import random
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+from . import poolprops
+from .allocator import Allocator
+from .blocks import BlockIO, ChecksumError, Policy
+from .devices import Device, FileDevice
+from .formats import label as fl
+from .formats import spacemap
+from .formats.bp import (BT_NODE, BT_SPACEMAP, CKSUM_XXH3_128, COMP_ZSTD, BlockPointer,
+                         decode_bp, encode_bp)
+from .tree import REF_TREE, Tree
+from .vdevs import Leaf, TopVdev
+
+MIN_DEVICE_SIZE = 64 << 20          # what the command line demands, as zpool does
+ENGINE_MIN_SIZE = 2 << 20           # what the format needs (tests use small in-memory devices)
+# Metadata is compressed and kept in two copies (ZFS's ditto blocks): a flipped bit in a tree
+# node or the space map is healed from the other copy instead of losing a whole subtree.
+META_POLICY = Policy(COMP_ZSTD, 1, CKSUM_XXH3_128, 2)
+OBJSET_PREFIX = b"objset\0"
+PROP_PREFIX = b"prop\0"
+
+
+class PoolError(Exception):
+    """A failed pool operation; the message is in zpool's words."""
+
+
+def new_guid() -> int:
+    return random.SystemRandom().getrandbits(63) or 1
+
+
+@dataclass
+class NodeStore:
+    """The block layer as an object tree sees it (fusezfs.tree.NodeStore)."""
+
+    blocks: BlockIO
+    policy: Policy
+
+    def read_node(self, bp: BlockPointer) -> bytes:
+        return self.blocks.read(bp, cache=False)
+
+    def write_node(self, data: bytes, level: int) -> BlockPointer:
+        return self.blocks.write(data, BT_NODE, self.policy, level)
+
+    def free(self, bp: BlockPointer) -> None:
+        self.blocks.free(bp)
+
+
+def lock_device(device: Device, name_hint: str = "") -> None:
+    if isinstance(device, FileDevice):
+        try:
+            fcntl.flock(device.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PoolError(f"cannot open '{device.path}': device is in use by another process"
+                            + (f" (pool '{name_hint}')" if name_hint else "")) from None
+
+
+def read_label(device: Device) -> dict | None:
+    """The newest valid label config of a device, or None if it holds no pool."""
+    leaf = Leaf(device, 0)
+    configs = leaf.read_configs()
+    if not configs:
+        return None
+    return max(configs, key=lambda c: c[1])[0]
+
+
+class Pool:
+    """An open (imported) pool. Not thread safe by itself: callers hold `lock`."""
+
+    def __init__(self, name: str, guid: int, tops: list[TopVdev], config_gen: int) -> None:
+        self.name = name
+        self.guid = guid
+        self.tops = {t.id: t for t in tops}
+        self.config_gen = config_gen
+        self.allocator = Allocator({t.id: (t.start, t.end) for t in tops})
+        self.blocks = BlockIO(self.tops, self.allocator)
+        self.lock = threading.RLock()
+        self.synced_txg = 0
+        self.mos: Tree | None = None
+        self.spacemap_bp: BlockPointer | None = None
+        self.trees: dict[bytes, Tree] = {}
+        self.sync_hooks: list = []          # callables(pool) run at the start of every sync
+        self.txg_bytes = 0                  # bytes written in the open txg (dirty budget)
+        self.dirty_max = 256 << 20
+        self.created = 0
+        self._timer: threading.Thread | None = None
+        self._closing = threading.Event()
+        self.closed = False
+        self.state = "active"
+
+    # ---- properties of the open txg --------------------------------------------------------
+    @property
+    def txg(self) -> int:
+        return self.blocks.txg
+
+    def leaves(self) -> list[Leaf]:
+        return [leaf for t in self.tops.values() for leaf in t.leaves]
+
+    def config(self, leaf: Leaf, top: TopVdev) -> dict:
+        return {"name": self.name, "pool_guid": self.guid, "state": self.state,
+                "version": fl.FORMAT_VERSION, "guid": leaf.guid, "top_guid": top.guid,
+                "hostname": socket.gethostname(), "created": self.created,
+                "vdev_tree": [t.describe() for t in self.tops.values()]}
+
+    def write_labels(self) -> None:
+        self.config_gen += 1
+        for top in self.tops.values():
+            for leaf in top.leaves:
+                leaf.write_config(self.config(leaf, top), self.config_gen)
+
+    # ---- create and import ----------------------------------------------------------------
+    @classmethod
+    def create(cls, name: str, topology: list[tuple[str, list[Device]]],
+               props: dict[str, str] | None = None, root_props: dict[str, str] | None = None) -> "Pool":
+        """Make a new pool on `topology`: [("file", [dev]) | ("mirror", [dev, dev, ...]), ...].
+        Validation that concerns the devices' previous owners is the caller's (cli)."""
+        tops = []
+        for i, (kind, devices) in enumerate(topology):
+            for d in devices:
+                if d.size < ENGINE_MIN_SIZE:
+                    raise PoolError(f"cannot create '{name}': one or more devices is less than "
+                                    f"the minimum size ({ENGINE_MIN_SIZE >> 20}M)")
+            tops.append(TopVdev(i, kind, new_guid(), [Leaf(d, new_guid()) for d in devices]))
+        pool = cls(name, new_guid(), tops, 0)
+        for leaf in pool.leaves():
+            lock_device(leaf.device)
+        pool.created = int(time.time())
+        pool.mos = Tree(NodeStore(pool.blocks, META_POLICY), None)
+        for key, value in (props or {}).items():
+            pool.mos.put(PROP_PREFIX + key.encode(), value.encode())
+        if root_props:
+            pool.mos.put(b"rootprops", poolprops.encode_json(root_props))
+        pool.write_labels()
+        pool.sync(force=True)
+        return pool
+
+    @classmethod
+    def open(cls, devices: list[Device], *, name: str | None = None) -> "Pool":
+        """Import the pool whose labels these devices carry."""
+        configs = []
+        for d in devices:
+            got = Leaf(d, 0).read_configs()
+            if got:
+                configs.append((d, *max(got, key=lambda c: c[1])))
+        if not configs:
+            raise PoolError("no pools available to import")
+        newest = max(configs, key=lambda c: c[2])[1]
+        pool_guid = newest["pool_guid"]
+        by_guid = {c[1]["guid"]: c[0] for c in configs if c[1]["pool_guid"] == pool_guid}
+        tops = []
+        for t in newest["vdev_tree"]:
+            leaves = []
+            for child in t["children"]:
+                dev = by_guid.get(child["guid"])
+                if dev is None:
+                    raise PoolError(f"cannot import '{newest['name']}': one or more devices is "
+                                    f"currently unavailable ({child['path']})")
+                leaves.append(Leaf(dev, child["guid"]))
+            tops.append(TopVdev(t["id"], t["type"], t["guid"], leaves))
+        pool = cls(name or newest["name"], pool_guid, tops, max(c[2] for c in configs))
+        pool.created = newest.get("created", 0)
+        for leaf in pool.leaves():
+            lock_device(leaf.device, pool.name)
+        ubs = [ub for leaf in pool.leaves() for ub in leaf.read_uberblocks()
+               if ub.pool_guid == pool_guid]
+        if not ubs:
+            raise PoolError(f"cannot import '{pool.name}': no valid uberblock found")
+        try:
+            pool._load(max(ubs, key=lambda u: u.txg))
+        except (ChecksumError, ValueError) as e:
+            pool.blocks.close()
+            raise PoolError(f"cannot import '{pool.name}': I/O error ({e})") from None
+        if pool.state != "active" or name:
+            pool.state = "active"
+            pool.write_labels()
+        return pool
+
+    def _load(self, ub: fl.Uberblock) -> None:
+        self.synced_txg = ub.txg
+        self.blocks.txg = ub.txg + 1
+        self.spacemap_bp = ub.spacemap
+        if ub.spacemap is None:
+            raise PoolError(f"cannot import '{self.name}': space map missing")
+        self.allocator.load(spacemap.decode(self.blocks.read(ub.spacemap, cache=False)))
+        self.mos = Tree(NodeStore(self.blocks, META_POLICY), ub.mos)
+        self._synced_changes = self.allocator.changes
+        raw = self.mos.get(b"errors")
+        self._saved_errors = json.loads(raw) if raw else {}
+        for leaf in self.leaves():
+            leaf.read_errors, leaf.write_errors, leaf.cksum_errors = \
+                self._saved_errors.get("devices", {}).get(str(leaf.guid), (0, 0, 0))
+        self.blocks.permanent_errors.update(self._saved_errors.get("blocks", {}))
+
+    def error_counts(self) -> dict:
+        """Per-device error counters and the blocks found damaged beyond repair, kept in the
+        MOS so that `pool status` in a later process still shows what a verify or a read found
+        (ZFS keeps its error log the same way, until `zpool clear`)."""
+        devices = {str(leaf.guid): [leaf.read_errors, leaf.write_errors, leaf.cksum_errors]
+                   for leaf in self.leaves()
+                   if leaf.read_errors or leaf.write_errors or leaf.cksum_errors}
+        out: dict = {}
+        if devices:
+            out["devices"] = devices
+        if self.blocks.permanent_errors:
+            out["blocks"] = dict(self.blocks.permanent_errors)
+        return out
+
+    def clear_errors(self) -> None:
+        for leaf in self.leaves():
+            leaf.read_errors = leaf.write_errors = leaf.cksum_errors = 0
+        self.blocks.permanent_errors.clear()
+
+    # ---- named object trees in the MOS ------------------------------------------------------
+    def objset(self, name: bytes, *, create: bool = True) -> Tree:
+        """The object tree called `name` (created empty if absent and `create`)."""
+        tree = self.trees.get(name)
+        if tree is not None:
+            return tree
+        raw = self.mos.get(OBJSET_PREFIX + name)
+        if raw is None and not create:
+            raise KeyError(name)
+        root = decode_bp(raw) if raw is not None else None
+        tree = Tree(NodeStore(self.blocks, META_POLICY), root)
+        if raw is None:
+            self.mos.put(OBJSET_PREFIX + name, encode_bp(None), REF_TREE)
+        self.trees[name] = tree
+        return tree
+
+    def objset_names(self) -> list[bytes]:
+        return [k[len(OBJSET_PREFIX):] for k, _ in self.mos.scan(OBJSET_PREFIX, OBJSET_PREFIX[:-1] + b"\1")]
+
+    def destroy_objset(self, name: bytes) -> None:
+        tree = self.objset(name, create=False)
+        tree.destroy()
+        del self.trees[name]
+        self.mos.delete(OBJSET_PREFIX + name)
+
+    # ---- pool properties ------------------------------------------------------------------
+    def get_prop(self, name: str) -> str:
+        """Value of a settable/stored pool property (default if never set)."""
+        raw = self.mos.get(PROP_PREFIX + name.encode()) if self.mos else None
+        if raw is not None:
+            return raw.decode()
+        return poolprops.PROPS[name].default
+
+    def set_prop(self, name: str, value: str) -> None:
+        self.mos.put(PROP_PREFIX + name.encode(), value.encode())
+
+    # ---- transaction groups ---------------------------------------------------------------
+    def dirty_bytes(self) -> int:
+        return self.txg_bytes + sum(t.dirty_bytes for t in self.trees.values()) + self.mos.dirty_bytes
+
+    def note_written(self, nbytes: int) -> None:
+        """Upper layers report data written in the open txg; a full budget forces a sync, so
+        the writer waits for it (ZFS's dirty-data throttle, simplified)."""
+        self.txg_bytes += nbytes
+        if self.txg_bytes >= self.dirty_max:
+            self.sync()
+
+    def sync(self, *, force: bool = False) -> int:
+        """Commit the open txg (see the module comment); returns the txg now durable."""
+        with self.lock:
+            if self.closed:
+                raise PoolError(f"pool '{self.name}' is closed")
+            for hook in list(self.sync_hooks):
+                hook(self)
+            counts = self.error_counts()
+            if counts != self._saved_errors:
+                self.mos.put(b"errors", json.dumps(counts, sort_keys=True).encode())
+                self._saved_errors = counts
+            for name, tree in self.trees.items():
+                if tree.dirty:
+                    root = tree.sync()
+                    self.mos.put(OBJSET_PREFIX + name, encode_bp(root), REF_TREE)
+            changed = self.mos.dirty or self.allocator.changes != self._synced_changes
+            if not (changed or force):
+                return self.synced_txg
+            txg = self.txg
+            mos_root = self.mos.sync()
+            if self.spacemap_bp is not None:
+                self.blocks.free(self.spacemap_bp)
+            self.spacemap_bp = self.blocks.write_self_describing(
+                lambda: spacemap.encode(self.allocator.allocated_extents()), BT_SPACEMAP,
+                META_POLICY)
+            leaves = self.leaves()
+            for leaf in leaves:
+                leaf.device.flush()
+            ub = fl.Uberblock(txg, self.guid, int(time.time()), mos_root, self.spacemap_bp)
+            for leaf in leaves:
+                leaf.write_uberblock(ub)
+            for leaf in leaves:
+                leaf.device.flush()
+            self.allocator.release_deferred()
+            self.synced_txg = txg
+            self.blocks.txg = txg + 1
+            self.txg_bytes = 0
+            self._synced_changes = self.allocator.changes
+            return txg
+
+    _synced_changes = -1
+    _saved_errors: dict = {}
+
+    def start_sync_timer(self, interval: float = 5.0) -> None:
+        """Sync every `interval` seconds in a background thread (zfs_txg_timeout)."""
+        def run() -> None:
+            while not self._closing.wait(interval):
+                with self.lock:
+                    if not self.closed:
+                        self.sync()
+        self._timer = threading.Thread(target=run, name=f"txg-sync-{self.name}", daemon=True)
+        self._timer.start()
+
+    # ---- shutting down --------------------------------------------------------------------
+    def close(self, *, export: bool = False, destroy: bool = False) -> None:
+        with self.lock:
+            if self.closed:
+                return
+            self.sync()
+            if export or destroy:
+                self.state = "destroyed" if destroy else "exported"
+                self.write_labels()
+            self.closed = True
+        self._closing.set()
+        if self._timer is not None and self._timer is not threading.current_thread():
+            self._timer.join()
+        self.blocks.close()
+        for leaf in self.leaves():
+            leaf.device.close()
+
+    def __enter__(self) -> "Pool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            self.close()
+        else:  # an exception (a power cut in tests): release files without writing
+            self.closed = True
+            self._closing.set()
+            self.blocks.close()
+            for leaf in self.leaves():
+                leaf.device.close()
+
+    # ---- space ----------------------------------------------------------------------------
+    @property
+    def size(self) -> int:
+        return self.allocator.size
+
+    @property
+    def free(self) -> int:
+        return self.allocator.free_bytes + self.allocator.deferred_bytes
+
+    @property
+    def allocated(self) -> int:
+        return self.size - self.free
+
+
+def open_files(paths: list[str], *, readonly: bool = False) -> list[FileDevice]:
+    return [FileDevice(p, readonly=readonly) for p in paths]

@@ -1,0 +1,84 @@
+"""Pool properties (zpoolprops(7)): which exist, which can be set, and how values are checked.
+
+Settable values live in the MOS as items `prop\\0NAME` -> value text; read-only ones are
+computed from the open pool by the command line (size, free, health, ...).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PoolProp:
+    name: str
+    default: str
+    values: tuple[str, ...] | None = None   # allowed values; None: free text (checked elsewhere)
+    settable: bool = True
+    create_only: bool = False               # may be given to create/import, not to set
+
+
+_ONOFF = ("on", "off")
+
+# The order is `zpool get all`'s order.
+_ALL = [
+    PoolProp("size", "-", settable=False),
+    PoolProp("capacity", "-", settable=False),
+    PoolProp("altroot", "-", create_only=True),
+    PoolProp("health", "-", settable=False),
+    PoolProp("guid", "-", settable=False),
+    PoolProp("version", "-", settable=False),
+    PoolProp("bootfs", "-"),
+    PoolProp("delegation", "on", _ONOFF),
+    PoolProp("autoreplace", "off", _ONOFF),
+    PoolProp("cachefile", "-"),
+    PoolProp("failmode", "wait", ("wait", "continue", "panic")),
+    PoolProp("listsnapshots", "off", _ONOFF),
+    PoolProp("autoexpand", "off", _ONOFF),
+    PoolProp("dedupratio", "-", settable=False),
+    PoolProp("free", "-", settable=False),
+    PoolProp("allocated", "-", settable=False),
+    PoolProp("readonly", "off", _ONOFF, settable=False),
+    PoolProp("ashift", "9", settable=False),
+    PoolProp("comment", "-"),
+    PoolProp("expandsize", "-", settable=False),
+    PoolProp("freeing", "-", settable=False),
+    PoolProp("fragmentation", "-", settable=False),
+    PoolProp("leaked", "-", settable=False),
+    PoolProp("multihost", "off", _ONOFF),
+    PoolProp("checkpoint", "-", settable=False),
+    PoolProp("load_guid", "-", settable=False),
+    PoolProp("autotrim", "off", _ONOFF),
+]
+PROPS: dict[str, PoolProp] = {p.name: p for p in _ALL}
+ALIASES = {"cap": "capacity", "alloc": "allocated", "frag": "fragmentation",
+           "dedup": "dedupratio", "expandsz": "expandsize", "ckpoint": "checkpoint"}
+
+
+def canonical(name: str) -> str | None:
+    name = ALIASES.get(name, name)
+    return name if name in PROPS else None
+
+
+def check(name: str, value: str, *, creating: bool = False) -> str | None:
+    """Why `name=value` cannot be set, in zpool's words, or None if it can."""
+    prop = PROPS.get(name)
+    if prop is None:
+        return f"property '{name}' is not a valid pool property"
+    if not prop.settable and not (creating and name in ("ashift",)):
+        return f"property '{name}' is readonly"
+    if prop.create_only and not creating:
+        return f"property '{name}' can only be set during pool creation or import"
+    if prop.values is not None and value not in prop.values:
+        return f"invalid value '{value}' for property '{name}'"
+    if name == "comment":
+        if len(value) > 32 or any(not c.isprintable() for c in value):
+            return "comment may only have printable characters"
+    if name == "ashift" and value not in ("0", "9"):
+        # The allocator works in 512-byte sectors; larger sectors are not built yet.
+        return f"invalid value '{value}' for property 'ashift': only 9 (512-byte sectors) is supported"
+    return None
+
+
+def encode_json(values: dict[str, str]) -> bytes:
+    return json.dumps(values, sort_keys=True).encode()

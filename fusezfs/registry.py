@@ -1,0 +1,68 @@
+"""The registry of imported pools: name -> devices, like zpool.cache.
+
+Kept as `pools.json` in the state directory: $FUSEZFS_STATE_DIR, else /var/lib/fusezfs for root,
+else $XDG_STATE_HOME/fusezfs (~/.local/state/fusezfs). Rewritten atomically (write a temporary
+file, fsync, rename) under an exclusive lock, so concurrent commands never see half a registry.
+A pool absent from the registry is exported (or was never created here): `pool import` finds it
+by reading the labels of files.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from contextlib import contextmanager
+from typing import Iterator
+
+
+def state_dir() -> str:
+    path = os.environ.get("FUSEZFS_STATE_DIR")
+    if not path:
+        if os.geteuid() == 0:
+            path = "/var/lib/fusezfs"
+        else:
+            base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+            path = os.path.join(base, "fusezfs")
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    return path
+
+
+def _file() -> str:
+    return os.path.join(state_dir(), "pools.json")
+
+
+def load() -> dict[str, dict]:
+    try:
+        with open(_file()) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return {}
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+@contextmanager
+def editing() -> Iterator[dict[str, dict]]:
+    """Yield the registry for changes; they are saved atomically when the block ends."""
+    lock_path = os.path.join(state_dir(), "pools.lock")
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = load()
+        yield data
+        tmp = _file() + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, _file())
+
+
+def add(name: str, guid: int, devices: list[str]) -> None:
+    with editing() as reg:
+        reg[name] = {"guid": guid, "devices": [os.path.abspath(d) for d in devices]}
+
+
+def remove(name: str) -> None:
+    with editing() as reg:
+        reg.pop(name, None)

@@ -1,0 +1,138 @@
+"""`pool verify`: prove that the committed state is whole and that the allocator agrees with it.
+
+Walks everything reachable from the newest uberblock (the MOS tree, every object tree it names,
+every block those trees own, the space map block), reading and checksumming every block, and
+then compares the set of extents reached with the set the space map says is allocated:
+
+* an extent reached twice is a block used twice (two owners would overwrite each other);
+* reached but not allocated: the allocator could hand it out again (corruption waiting to happen);
+* allocated but not reached: a leak (space lost until the pool is recreated).
+
+It reads through the normal read path, so a bad copy is repaired on the way where another copy
+is good, and reported either way through the devices' error counters.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .blocks import ChecksumError, describe
+from .formats import spacemap
+from .formats.bp import BlockPointer
+from .tree import Tree
+
+
+@dataclass
+class Report:
+    blocks: int = 0
+    bytes: int = 0
+    faults: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.faults
+
+    def text(self, pool_name: str) -> str:
+        lines = [f"pool '{pool_name}': checked {self.blocks} blocks, {self.bytes} bytes allocated"]
+        if self.ok:
+            lines.append("no errors found")
+        else:
+            lines.append(f"{len(self.faults)} fault(s):")
+            lines += [f"  {f}" for f in self.faults]
+        return "\n".join(lines)
+
+
+def _coalesce(extents: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for off, length in sorted(extents):
+        if out and out[-1][0] + out[-1][1] == off:
+            out[-1] = (out[-1][0], out[-1][1] + length)
+        else:
+            out.append((off, length))
+    return out
+
+
+def _subtract(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Extents covered by a but not by b (both sorted and coalesced)."""
+    out = []
+    j = 0
+    for off, length in a:
+        pos, end = off, off + length
+        while j < len(b) and b[j][0] + b[j][1] <= pos:
+            j += 1
+        k = j
+        while pos < end:
+            if k < len(b) and b[k][0] < end:
+                if b[k][0] > pos:
+                    out.append((pos, b[k][0] - pos))
+                pos = max(pos, b[k][0] + b[k][1])
+                k += 1
+            else:
+                out.append((pos, end - pos))
+                break
+    return out
+
+
+def verify(pool) -> Report:
+    """Sync the pool, then check its committed state (see the module comment)."""
+    with pool.lock:
+        pool.sync()
+        report = Report()
+        reached: dict[int, list[tuple[int, int, str]]] = {v: [] for v in pool.tops}
+        seen: set[tuple] = set()   # a block shared by several trees is one block
+
+        def note(bp: BlockPointer, what: str) -> None:
+            if bp.identity() in seen:
+                return
+            seen.add(bp.identity())
+            report.blocks += 1
+            for d in bp.dvas:
+                if d.vdev not in reached:
+                    report.faults.append(f"{what} {describe(bp)}: DVA names unknown vdev {d.vdev}")
+                    continue
+                reached[d.vdev].append((d.offset, d.asize, what))
+
+        def walk_tree(tree: Tree, what: str) -> None:
+            try:
+                for kind, bp in tree.walk():
+                    if kind == "node":
+                        note(bp, f"{what} node")
+                    elif kind == "block":
+                        note(bp, f"{what} block")
+                        try:
+                            pool.blocks.read(bp, verify_only=True)
+                        except ChecksumError as e:
+                            report.faults.append(f"{what}: {e.strerror}")
+                    elif kind == "tree":
+                        if bp is not None:
+                            walk_tree(Tree(tree.store, bp), f"{what}/tree")
+            except ChecksumError as e:
+                report.faults.append(f"{what}: {e.strerror}")
+
+        walk_tree(Tree(pool.mos.store, pool.mos.root), "mos")
+        sm_bp = pool.spacemap_bp
+        note(sm_bp, "spacemap")
+        try:
+            on_disk = spacemap.decode(pool.blocks.read(sm_bp, cache=False))
+        except (ChecksumError, ValueError) as e:
+            report.faults.append(f"space map unreadable: {e}")
+            return report
+        in_memory = pool.allocator.allocated_extents()
+        for vdev, extents in reached.items():
+            extents.sort()
+            for (o1, l1, w1), (o2, l2, w2) in zip(extents, extents[1:]):
+                if o2 < o1 + l1:
+                    report.faults.append(f"vdev {vdev}: [{o2:#x}, {o2 + l2:#x}) used twice "
+                                         f"({w1} and {w2})")
+            used = _coalesce([(o, n) for o, n, _ in extents])
+            allocated = _coalesce(on_disk.get(vdev, []))
+            report.bytes += sum(n for _, n in allocated)
+            for off, length in _subtract(used, allocated):
+                report.faults.append(f"vdev {vdev}: [{off:#x}, {off + length:#x}) is in use but "
+                                     f"free in the space map")
+            for off, length in _subtract(allocated, used):
+                report.faults.append(f"vdev {vdev}: [{off:#x}, {off + length:#x}) is allocated "
+                                     f"but unreachable (leaked)")
+            if _coalesce(in_memory.get(vdev, [])) != allocated:
+                report.faults.append(f"vdev {vdev}: the allocator in memory differs from the "
+                                     f"space map on disk")
+        return report
