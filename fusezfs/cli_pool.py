@@ -114,78 +114,46 @@ def pool_health(pool: Pool) -> str:
 # ---- verbs ----------------------------------------------------------------------------------
 def cmd_create(args: list[str]) -> int:
     opts, rest = parse(args, "fnm:o:O:")
-    force = False
+    force = ("-f", "") in opts
     props: dict[str, str] = {}
     fsprops: dict[str, str] = {}
     for opt, val in opts:
-        if opt == "-f":
-            force = True
-        elif opt == "-m":
+        if opt == "-m":
             fsprops["mountpoint"] = val
         elif opt in ("-o", "-O"):
             if "=" not in val:
-                raise Usage(f"missing '=' for property=value argument")
+                raise Failed(f"missing '=' for {opt} option")
             k, v = val.split("=", 1)
             if opt == "-o":
-                name = poolprops.canonical(k)
-                why = poolprops.check(name or k, v, creating=True)
-                if why:
-                    raise Failed(f"{why}")
-                props[name] = v
+                if poolprops.canonical(k) is None:
+                    raise Failed(f"property '{k}' is not a valid pool property")
+                props[poolprops.canonical(k)] = v
             else:
                 fsprops[k] = v
     if not rest:
         raise Usage("missing pool name argument")
     name, specs = rest[0], rest[1:]
-    why = pool_name_error(name)
-    if why:
-        raise Failed(f"cannot create '{name}': {why}")
     if not specs:
         raise Usage("missing vdev specification")
-    if name in registry.load() and registry.load()[name].get("state") != "exported":
+    if "/" in name:
+        raise Failed(f"cannot create '{name}': invalid character '/' in pool name\n"
+                     f"use 'zfs create' to create a dataset")
+    topology = parse_vdevs(name, specs)
+    paths = check_devices(name, topology, force)
+    # as zpool does, the name and property values are judged after the devices
+    why = pool_name_error(name)
+    if why:
+        raise Failed(f"cannot create '{name}': {why}\npool name may have been omitted")
+    for k, v in props.items():
+        why = poolprops.check(k, v, creating=True)
+        if why:
+            raise Failed(f"cannot create '{name}': {why}")
+    if "mountpoint" in fsprops and not (fsprops["mountpoint"].startswith("/")
+                                        or fsprops["mountpoint"] in ("legacy", "none")):
+        raise Failed(f"invalid mountpoint '{fsprops['mountpoint']}': must be an absolute path, "
+                     f"'legacy', or 'none'")
+    if name in imported_names():
         raise Failed(f"cannot create '{name}': pool already exists")
-    # vdev specification: FILE ... | mirror FILE FILE ...
-    topology: list[tuple[str, list[str]]] = []
-    current: list[str] | None = None
-    for word in specs:
-        if word == "mirror":
-            current = []
-            topology.append(("mirror", current))
-        elif word in ("raidz", "raidz1", "raidz2", "raidz3", "draid", "spare", "log", "cache",
-                      "special", "dedup"):
-            raise Failed(f"invalid vdev specification: '{word}' is not supported by fusezfs")
-        elif current is not None:
-            current.append(word)
-        else:
-            topology.append(("file", [word]))
-    for kind, paths in topology:
-        if kind == "mirror" and len(paths) < 2:
-            raise Failed("invalid vdev specification: mirror requires at least 2 devices")
-    paths = [p for _, ps in topology for p in ps]
-    if len(set(map(os.path.abspath, paths))) != len(paths):
-        raise Failed("invalid vdev specification: a device is given more than once")
-    problems = []
-    for path in paths:
-        if not os.path.isabs(path):
-            raise Failed(f"cannot open '{path}': must be a full path")
-        if not os.path.exists(path):
-            raise Failed(f"cannot open '{path}': No such file or directory")
-        if os.path.getsize(path) < MIN_DEVICE_SIZE:
-            raise Failed(f"cannot create '{name}': one or more devices is less than the "
-                         f"minimum size (64M)")
-        dev = FileDevice(path, readonly=True)
-        try:
-            config = read_label(dev)
-        finally:
-            dev.close()
-        if config and config.get("state") == "active":
-            raise Failed(f"invalid vdev specification\nthe following errors must be manually "
-                         f"repaired:\n{path} is part of active pool '{config['name']}'")
-        if config and config.get("state") == "exported" and not force:
-            problems.append(f"{path} is part of exported pool '{config['name']}'")
-    if problems:
-        raise Failed("invalid vdev specification\nuse '-f' to override the following errors:\n"
-                     + "\n".join(problems))
     devices = []
     try:
         for kind, ps in topology:
@@ -196,6 +164,60 @@ def cmd_create(args: list[str]) -> int:
     registry.add(name, pool.guid, paths)
     pool.close()
     return 0
+
+
+def parse_vdevs(name: str, specs: list[str]) -> list[tuple[str, list[str]]]:
+    """`FILE ... | mirror FILE FILE ...` -> [(kind, [path, ...]), ...]."""
+    topology: list[tuple[str, list[str]]] = []
+    current: list[str] | None = None
+    for word in specs:
+        if word == "mirror":
+            current = []
+            topology.append(("mirror", current))
+        elif word in ("raidz", "raidz1", "raidz2", "raidz3", "draid", "spare", "log", "cache",
+                      "special", "dedup"):
+            raise Failed(f"invalid vdev specification: '{word}' vdevs are not supported by fusezfs")
+        elif current is not None:
+            current.append(word)
+        else:
+            topology.append(("file", [word]))
+    for kind, paths in topology:
+        if kind == "mirror" and len(paths) < 2:
+            raise Failed("invalid vdev specification: mirror requires at least 2 devices")
+    return topology
+
+
+def check_devices(name: str, topology: list[tuple[str, list[str]]], force: bool) -> list[str]:
+    """zpool's checks of the files given to create; returns their paths."""
+    paths = [p for _, ps in topology for p in ps]
+    problems, fatal = [], []
+    for path in paths:
+        if not os.path.isabs(path):
+            raise Failed(f"cannot open '{path}': no such device in /dev\n"
+                         f"must be a full path or shorthand device name")
+        if not os.path.exists(path):
+            raise Failed(f"cannot open '{path}': No such file or directory")
+        if not os.path.isfile(path):
+            raise Failed(f"cannot use '{path}': must be a block device or regular file")
+        dev = FileDevice(path, readonly=True)
+        try:
+            config = read_label(dev)
+        finally:
+            dev.close()
+        if config and config.get("state") == "active":
+            fatal.append(f"{path} is part of active pool '{config['name']}'")
+        elif config and config.get("state") == "exported":
+            problems.append(f"{path} is part of exported pool '{config['name']}'")
+    if fatal or (problems and not force):
+        header = "the following errors must be manually repaired:" if force else \
+            "use '-f' to override the following errors:"
+        raise Failed("invalid vdev specification\n" + header + "\n" + "\n".join(fatal + problems))
+    if len(set(map(os.path.realpath, paths))) != len(paths):
+        raise Failed(f"cannot create '{name}': one or more vdevs refer to the same device")
+    if any(os.path.getsize(p) < MIN_DEVICE_SIZE for p in paths):
+        raise Failed(f"cannot create '{name}': one or more devices is less than the minimum "
+                     f"size (64M)")
+    return paths
 
 
 def cmd_list(args: list[str]) -> int:
@@ -278,10 +300,11 @@ def cmd_set(args: list[str]) -> int:
         raise Usage("missing value in property=value argument")
     k, v = rest[0].split("=", 1)
     name = poolprops.canonical(k) or k
+    pool = open_pool(rest[1])
     why = poolprops.check(name, v)
     if why:
+        pool.close()
         raise Failed(f"cannot set property for '{rest[1]}': {why}")
-    pool = open_pool(rest[1])
     try:
         pool.set_prop(name, v)
     finally:
@@ -429,14 +452,17 @@ def cmd_import(args: list[str]) -> int:
             if i:
                 print()
             c = slot["config"]
-            print(f"   pool: {c['name']}\n     id: {guid}\n  state: ONLINE\n action: The pool can "
-                  f"be imported using its name or numeric identifier.\n config:\n")
-            print(f"\t{c['name']}  ONLINE")
+            print(f"  pool: {c['name']}\n    id: {guid}\n state: ONLINE\naction: The pool can "
+                  f"be imported using its name or numeric identifier.\nconfig:\n")
+            rows = [(c["name"], 0)]
             for top in c["vdev_tree"]:
                 if top["type"] == "mirror":
-                    print(f"\t  mirror-{top['id']}  ONLINE")
-                for child in top["children"]:
-                    print(f"\t  {'  ' if top['type'] == 'mirror' else ''}{child['path']}  ONLINE")
+                    rows.append((f"mirror-{top['id']}", 1))
+                rows += [(child["path"], 2 if top["type"] == "mirror" else 1)
+                         for child in top["children"]]
+            width = max(len(n) + 2 * depth for n, depth in rows)
+            for n, depth in rows:
+                print(f"\t{'  ' * depth + n:<{width}}  ONLINE")
         return 0
     targets = list(found.values()) if ("-a", "") in opts else None
     if targets is None:

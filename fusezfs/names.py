@@ -5,7 +5,7 @@ import re
 
 MAX_NAME_LEN = 255
 _POOL_CHARS = re.compile(r"[A-Za-z0-9_.: -]*")
-_RESERVED_POOL = ("mirror", "raidz", "draid", "spare", "log", "cache", "special", "dedup")
+_RESERVED_PREFIXES = ("mirror", "raidz", "draid", "spare")
 
 
 def pool_name_error(name: str) -> str | None:
@@ -19,7 +19,7 @@ def pool_name_error(name: str) -> str | None:
         return f"invalid character '{bad}' in pool name"
     if not name[0].isalpha():
         return "name must begin with a letter"
-    if name in _RESERVED_POOL or name.startswith(("mirror", "raidz", "draid", "spare")):
+    if name == "log" or name.startswith(_RESERVED_PREFIXES):
         return "name is reserved"
     if re.match(r"c[0-9]", name):
         return "pool name is reserved"

@@ -64,19 +64,21 @@ def check(name: str, value: str, *, creating: bool = False) -> str | None:
     """Why `name=value` cannot be set, in zpool's words, or None if it can."""
     prop = PROPS.get(name)
     if prop is None:
-        return f"property '{name}' is not a valid pool property"
-    if not prop.settable and not (creating and name in ("ashift",)):
-        return f"property '{name}' is readonly"
+        return f"invalid property '{name}'"
+    if not prop.settable and not (creating and name == "ashift"):
+        return f"'{name}' is readonly"
     if prop.create_only and not creating:
         return f"property '{name}' can only be set during pool creation or import"
     if prop.values is not None and value not in prop.values:
-        return f"invalid value '{value}' for property '{name}'"
+        return f"'{name}' must be one of '{' | '.join(prop.values)}'"
     if name == "comment":
         if len(value) > 32 or any(not c.isprintable() for c in value):
             return "comment may only have printable characters"
     if name == "ashift" and value not in ("0", "9"):
         # The allocator works in 512-byte sectors; larger sectors are not built yet.
-        return f"invalid value '{value}' for property 'ashift': only 9 (512-byte sectors) is supported"
+        return "property 'ashift' number " + value + " is invalid: only 9 is supported."
+    if name == "altroot" and not value.startswith("/"):
+        return f"bad alternate root '{value}'"
     return None
 
 
