@@ -52,6 +52,42 @@ def describe(bp: BlockPointer) -> str:
     return ", ".join(f"<{d.vdev}:{d.offset:x}:{d.asize:x}>" for d in bp.dvas) + f" birth={bp.birth}"
 
 
+class _Runs:
+    """Coalesces writes to consecutive offsets of a vdev into vectored writes."""
+
+    LIMIT = 8 << 20
+
+    def __init__(self, io: "BlockIO") -> None:
+        self.io = io
+        self.runs: dict[int, tuple[int, int, list]] = {}   # vdev -> (start, end, buffers)
+
+    def add(self, dva, phys) -> None:
+        run = self.runs.get(dva.vdev)
+        if run is not None and (run[1] != dva.offset or run[1] - run[0] >= self.LIMIT):
+            self._write(dva.vdev)
+            run = None
+        if run is None:
+            run = (dva.offset, dva.offset, [])
+        bufs = run[2]
+        bufs.append(phys)
+        if len(phys) < dva.asize:          # keep the run contiguous across sector padding
+            bufs.append(bytes(dva.asize - len(phys)))
+        self.runs[dva.vdev] = (run[0], dva.offset + dva.asize, bufs)
+
+    def _write(self, vdev: int) -> None:
+        start, _end, bufs = self.runs.pop(vdev)
+        for leaf in self.io.vdevs[vdev].leaves:
+            try:
+                leaf.device.writev(start, bufs)
+            except OSError:
+                leaf.write_errors += 1
+                raise
+
+    def flush(self) -> None:
+        for vdev in list(self.runs):
+            self._write(vdev)
+
+
 class BlockIO:
     def __init__(self, vdevs: dict[int, TopVdev], allocator: Allocator, *,
                  cache_bytes: int = 64 << 20, workers: int | None = None) -> None:
@@ -128,12 +164,23 @@ class BlockIO:
         return self._store(len(data), self._prepare(data, policy), policy, btype, level)
 
     def write_many(self, bufs: list[bytes | memoryview], btype: int, policy: Policy) -> list[BlockPointer]:
-        """Write several blocks, compressing and hashing them in parallel."""
+        """Write several blocks: compression and hashing run on the worker threads while this
+        thread allocates and writes the blocks already prepared, and blocks that land next to
+        each other on disk go out in one vectored write."""
         if len(bufs) > 1 and (policy.comp != COMP_OFF or sum(map(len, bufs)) > (1 << 20)):
-            prepared = list(self.executor.map(self._prepare, bufs, [policy] * len(bufs)))
+            prepared = self.executor.map(self._prepare, bufs, [policy] * len(bufs))
         else:
-            prepared = [self._prepare(b, policy) for b in bufs]
-        return [self._store(len(b), p, policy, btype, 0) for b, p in zip(bufs, prepared)]
+            prepared = (self._prepare(b, policy) for b in bufs)
+        out = []
+        runs = _Runs(self)
+        for buf, (comp, phys, digest) in zip(bufs, prepared):
+            dvas = self._allocate(len(phys), policy.copies)
+            for dva in dvas:
+                runs.add(dva, phys)
+            out.append(BlockPointer(tuple(dvas), len(buf), len(phys), self.txg, comp,
+                                    policy.cksum, btype, digest, 0))
+        runs.flush()
+        return out
 
     # ---- read -----------------------------------------------------------------------------
     def read(self, bp: BlockPointer, *, verify_only: bool = False, cache: bool = True) -> bytes:

@@ -102,9 +102,9 @@ def prop_value(pool: Pool, prop: str, parsable: bool) -> tuple[str, str]:
         return pool.name, "-"
     definition = poolprops.PROPS[prop]
     value = pool.get_prop(prop)
-    stored = pool.mos.get(b"prop\0" + prop.encode()) is not None
-    return value, ("local" if stored else ("-" if not definition.settable and prop != "ashift"
-                                           else "default"))
+    # as spa_prop_get: a stored value equal to the default reads as `default` again
+    stored = pool.mos.get(b"prop\0" + prop.encode()) is not None and value != definition.default
+    return value, ("local" if stored else ("-" if not definition.settable else "default"))
 
 
 def pool_health(pool: Pool) -> str:
@@ -232,7 +232,7 @@ def cmd_list(args: list[str]) -> int:
     for col in columns:
         prop = "name" if col == "name" else poolprops.canonical(col)
         if prop is None:
-            raise Usage(f"invalid property '{col}'")
+            raise Usage(f"bad property list: invalid property '{col}'")
         props.append(prop)
     rows = []
     status = 0
@@ -248,7 +248,8 @@ def cmd_list(args: list[str]) -> int:
         finally:
             pool.close()
     if not rows and not names:
-        print("no pools available")
+        if not scripted:
+            print("no pools available")
         return 0
     if rows:
         right = {i for i, p in enumerate(props) if p in NUMERIC}
@@ -279,13 +280,24 @@ def cmd_get(args: list[str]) -> int:
                 raise Usage(f"bad property list: invalid property '{p}'")
             wanted.append(c)
     rows = []
-    for pool in each_pool(rest[1:]):
-        for prop in wanted:
-            value, source = prop_value(pool, prop, parsable)
-            row = {"name": pool.name, "property": prop, "value": value, "source": source}
-            rows.append([row[f] for f in fields])
-    print_table([f.upper() for f in fields], rows, scripted=scripted)
-    return 0
+    status = 0
+    for name in rest[1:] or imported_names():
+        try:
+            pool = open_pool(name)
+        except Failed as e:
+            error(e.message)
+            status = 1
+            continue
+        try:
+            for prop in wanted:
+                value, source = prop_value(pool, prop, parsable)
+                row = {"name": pool.name, "property": prop, "value": value, "source": source}
+                rows.append([row[f] for f in fields])
+        finally:
+            pool.close()
+    if rows:
+        print_table([f.upper() for f in fields], rows, scripted=scripted)
+    return status
 
 
 def cmd_set(args: list[str]) -> int:
@@ -317,7 +329,7 @@ def cmd_status(args: list[str]) -> int:
     verbose = ("-v", "") in opts
     only_bad = ("-x", "") in opts
     if not names and not imported_names():
-        print("no pools available")
+        error("no pools available")   # stderr, as OpenZFS 2.x (zfs-fuse: stdout)
         return 0
     shown = 0
     first = True
@@ -406,9 +418,9 @@ def cmd_destroy(args: list[str]) -> int:
     return 0
 
 
-def _scan(dirs: list[str]) -> dict[int, dict]:
-    """Exported pools found in `dirs` (and exported pools the registry remembers):
-    guid -> {"config": newest label config, "paths": [files]}."""
+def _scan(dirs: list[str], states: tuple[str, ...] = ("exported",)) -> dict[int, dict]:
+    """Exported pools (or pools in `states`) found in `dirs` (and exported pools the registry
+    remembers): guid -> {"config": newest label config, "paths": [files]}."""
     candidates: list[str] = []
     for d in dirs:
         try:
@@ -432,7 +444,7 @@ def _scan(dirs: list[str]) -> dict[int, dict]:
             config = read_label(dev)
         finally:
             dev.close()
-        if not config or config.get("state") != "exported":
+        if not config or config.get("state") not in states:
             continue
         slot = found.setdefault(config["pool_guid"], {"config": config, "paths": []})
         if path not in slot["paths"]:
@@ -447,7 +459,7 @@ def cmd_import(args: list[str]) -> int:
     if not rest and ("-a", "") not in opts:
         if not found:
             error("no pools available to import")
-            return 1
+            return 0
         for i, (guid, slot) in enumerate(found.items()):
             if i:
                 print()
@@ -468,6 +480,18 @@ def cmd_import(args: list[str]) -> int:
     if targets is None:
         want = rest[0]
         targets = [s for g, s in found.items() if s["config"]["name"] == want or str(g) == want]
+        exists = any(e.get("state") != "exported" and want in (n, str(e["guid"]))
+                     for n, e in registry.load().items())
+        # as zpool: labels of the name (destroyed ones too) make "already exists" the answer
+        seen = exists and (targets or any(
+            s["config"]["name"] == want or str(g) == want
+            for g, s in _scan(dirs, ("exported", "destroyed")).items()))
+        if seen and rest[1:] in ([], [want]):
+            raise Failed(f"cannot import '{want}': a pool with that name already exists\n"
+                         f"use the form 'zpool import <pool | id> <newpool>' to give it a new name")
+        if exists and not seen:
+            raise Failed(f"cannot import '{want}': a pool with that name is already "
+                         f"created/imported,\nand no additional pools with that name were found")
         if not targets:
             raise Failed(f"cannot import '{want}': no such pool available")
         if len(targets) > 1:

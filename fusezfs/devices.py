@@ -20,6 +20,7 @@ import random
 from typing import Protocol
 
 SECTOR = 512
+IOV_MAX = 1024
 
 
 class PowerCut(Exception):
@@ -32,6 +33,7 @@ class Device(Protocol):
 
     def read(self, offset: int, length: int) -> bytes: ...
     def write(self, offset: int, data: bytes | memoryview) -> None: ...
+    def writev(self, offset: int, bufs: list) -> None: ...
     def flush(self) -> None: ...
     def close(self) -> None: ...
 
@@ -56,6 +58,18 @@ class FileDevice:
             n = os.pwrite(self.fd, view, offset)
             view = view[n:]
             offset += n
+
+    def writev(self, offset: int, bufs: list) -> None:
+        """Write consecutive buffers with as few system calls as the kernel allows."""
+        bufs = [memoryview(b) for b in bufs]
+        while bufs:
+            n = os.pwritev(self.fd, bufs[:IOV_MAX], offset)
+            offset += n
+            while bufs and n >= len(bufs[0]):
+                n -= len(bufs[0])
+                bufs.pop(0)
+            if n:
+                bufs[0] = bufs[0][n:]
 
     def flush(self) -> None:
         os.fsync(self.fd)
@@ -85,6 +99,9 @@ class MemoryDevice:
         if offset < 0 or offset + len(data) > self.size:
             raise OSError(f"write beyond end of device {self.path}")
         self.data[offset:offset + len(data)] = data
+
+    def writev(self, offset: int, bufs: list) -> None:
+        self.write(offset, b"".join(bufs))
 
     def flush(self) -> None:
         pass
@@ -148,6 +165,9 @@ class FaultyDevice:
             raise OSError(f"write beyond end of device {self.path}")
         power.writes += 1
         self.pending.append((offset, bytes(data)))
+
+    def writev(self, offset: int, bufs: list) -> None:
+        self.write(offset, b"".join(bufs))
 
     def flush(self) -> None:
         if self.dead:

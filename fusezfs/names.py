@@ -24,3 +24,44 @@ def pool_name_error(name: str) -> str | None:
     if re.match(r"c[0-9]", name):
         return "pool name is reserved"
     return None
+
+
+def _valid_char(c: str) -> bool:
+    return c.isascii() and (c.isalnum() or c in "-_.: ")
+
+
+def dataset_name_error(name: str, *, snapshot: bool | None = False) -> str | None:
+    """Why `name` is not a valid dataset name (zfs_validate_name's words), or None.
+
+    snapshot: True requires `fs@snap`, False forbids '@', None accepts either.
+    """
+    if len(name) >= MAX_NAME_LEN + 1:
+        return "name is too long"
+    if name.startswith("/"):
+        return "leading slash in name"
+    if name.endswith("/"):
+        return "trailing slash in name"
+    if name.count("@") + name.count("#") > 1:
+        return "multiple '@' and/or '#' delimiters in name"
+    if "@" in name and snapshot is False:
+        return "snapshot delimiter '@' is not expected here"
+    if "@" not in name and snapshot is True:
+        return "missing '@' delimiter in snapshot name"
+    fs, _, snap = name.partition("@")
+    parts = fs.split("/")
+    if any(p == "" for p in parts) or ("@" in name and snap == ""):
+        return "empty component or misplaced '@' or '#' delimiter in name"
+    for part in parts + ([snap] if snap else []):
+        if part == ".":
+            return "self reference, '.' is found in name"
+        if part == "..":
+            return "parent reference, '..' is found in name"
+        for c in part:
+            if not _valid_char(c):
+                return f"invalid character '{c}' in name"
+    pool_error = pool_name_error(parts[0])
+    if pool_error == "name must begin with a letter":
+        return "pool doesn't begin with a letter"
+    if pool_error in ("name is reserved", "pool name is reserved"):
+        return "name is reserved"
+    return None

@@ -108,6 +108,7 @@ class Pool:
         self.mos: Tree | None = None
         self.spacemap_bp: BlockPointer | None = None
         self.trees: dict[bytes, Tree] = {}
+        self._roots: dict[bytes, BlockPointer | None] = {}   # roots recorded in the MOS
         self.sync_hooks: list = []          # callables(pool) run at the start of every sync
         self.txg_bytes = 0                  # bytes written in the open txg (dirty budget)
         self.dirty_max = 256 << 20
@@ -240,29 +241,58 @@ class Pool:
         self.blocks.permanent_errors.clear()
 
     # ---- named object trees in the MOS ------------------------------------------------------
-    def objset(self, name: bytes, *, create: bool = True) -> Tree:
-        """The object tree called `name` (created empty if absent and `create`)."""
+    def objset(self, name: bytes, *, create: bool = True, store=None,
+               root: BlockPointer | None = None) -> Tree:
+        """The object tree called `name`, kept open and synced with every txg; if absent and
+        `create`, made with `root` (empty by default; a clone starts from a snapshot's root).
+        `store` decides how its blocks are written and freed (a dataset's store sends frees
+        to its deadlist); by default the pool frees them."""
         tree = self.trees.get(name)
         if tree is not None:
             return tree
         raw = self.mos.get(OBJSET_PREFIX + name)
         if raw is None and not create:
             raise KeyError(name)
-        root = decode_bp(raw) if raw is not None else None
-        tree = Tree(NodeStore(self.blocks, META_POLICY), root)
+        if raw is not None:
+            root = decode_bp(raw)
+        tree = Tree(store or NodeStore(self.blocks, META_POLICY), root)
         if raw is None:
-            self.mos.put(OBJSET_PREFIX + name, encode_bp(None), REF_TREE)
+            self.mos.put(OBJSET_PREFIX + name, encode_bp(root), REF_TREE)
         self.trees[name] = tree
+        self._roots[name] = root
         return tree
+
+    def objset_root(self, name: bytes) -> BlockPointer | None:
+        """The committed (or, if open, current) root of an object tree."""
+        tree = self.trees.get(name)
+        if tree is not None:
+            return tree.root
+        raw = self.mos.get(OBJSET_PREFIX + name)
+        if raw is None:
+            raise KeyError(name)
+        return decode_bp(raw)
+
+    def put_objset_root(self, name: bytes, root: BlockPointer | None) -> None:
+        """Record a tree root that no open Tree manages (a snapshot shares its head's root)."""
+        assert name not in self.trees
+        self.mos.put(OBJSET_PREFIX + name, encode_bp(root), REF_TREE)
+
+    def has_objset(self, name: bytes) -> bool:
+        return name in self.trees or self.mos.get(OBJSET_PREFIX + name) is not None
 
     def objset_names(self) -> list[bytes]:
         return [k[len(OBJSET_PREFIX):] for k, _ in self.mos.scan(OBJSET_PREFIX, OBJSET_PREFIX[:-1] + b"\1")]
 
+    def forget_objset(self, name: bytes) -> None:
+        """Drop the entry (the caller has freed or handed over the tree's blocks)."""
+        self.trees.pop(name, None)
+        self._roots.pop(name, None)
+        self.mos.delete(OBJSET_PREFIX + name)
+
     def destroy_objset(self, name: bytes) -> None:
         tree = self.objset(name, create=False)
         tree.destroy()
-        del self.trees[name]
-        self.mos.delete(OBJSET_PREFIX + name)
+        self.forget_objset(name)
 
     # ---- pool properties ------------------------------------------------------------------
     def get_prop(self, name: str) -> str:
@@ -291,16 +321,27 @@ class Pool:
         with self.lock:
             if self.closed:
                 raise PoolError(f"pool '{self.name}' is closed")
-            for hook in list(self.sync_hooks):
-                hook(self)
+            # Upper layers' hooks push buffered data into trees and records into the MOS;
+            # syncing a tree may change other trees (a dataset's frees land in its deadlist)
+            # and records, so repeat until nothing is dirty: all of it belongs to this txg.
+            for _round in range(16):
+                for hook in list(self.sync_hooks):
+                    hook(self)
+                dirty = [t for t in self.trees.values() if t.dirty]
+                if not dirty:
+                    break
+                for tree in dirty:
+                    tree.sync()
+            else:
+                raise AssertionError("sync did not converge")
             counts = self.error_counts()
             if counts != self._saved_errors:
                 self.mos.put(b"errors", json.dumps(counts, sort_keys=True).encode())
                 self._saved_errors = counts
             for name, tree in self.trees.items():
-                if tree.dirty:
-                    root = tree.sync()
-                    self.mos.put(OBJSET_PREFIX + name, encode_bp(root), REF_TREE)
+                if tree.root != self._roots[name]:
+                    self.mos.put(OBJSET_PREFIX + name, encode_bp(tree.root), REF_TREE)
+                    self._roots[name] = tree.root
             changed = self.mos.dirty or self.allocator.changes != self._synced_changes
             if not (changed or force):
                 return self.synced_txg

@@ -27,7 +27,7 @@ _ALL = [
     PoolProp("altroot", "-", create_only=True),
     PoolProp("health", "-", settable=False),
     PoolProp("guid", "-", settable=False),
-    PoolProp("version", "-", settable=False),
+    PoolProp("version", "-"),
     PoolProp("bootfs", "-"),
     PoolProp("delegation", "on", _ONOFF),
     PoolProp("autoreplace", "off", _ONOFF),
@@ -39,7 +39,7 @@ _ALL = [
     PoolProp("free", "-", settable=False),
     PoolProp("allocated", "-", settable=False),
     PoolProp("readonly", "off", _ONOFF, settable=False),
-    PoolProp("ashift", "9", settable=False),
+    PoolProp("ashift", "0"),                 # 0: the default (vdevs use 512-byte sectors)
     PoolProp("comment", "-"),
     PoolProp("expandsize", "-", settable=False),
     PoolProp("freeing", "-", settable=False),
@@ -65,12 +65,17 @@ def check(name: str, value: str, *, creating: bool = False) -> str | None:
     prop = PROPS.get(name)
     if prop is None:
         return f"invalid property '{name}'"
-    if not prop.settable and not (creating and name == "ashift"):
+    if not prop.settable:
         return f"'{name}' is readonly"
     if prop.create_only and not creating:
         return f"property '{name}' can only be set during pool creation or import"
     if prop.values is not None and value not in prop.values:
         return f"'{name}' must be one of '{' | '.join(prop.values)}'"
+    if name == "version":
+        # pools here have feature flags (version 5000): no version number can be set
+        if not value.isdigit():
+            return f"'{name}' must be a number"
+        return f"property '{name}' number {value} is invalid."
     if name == "comment":
         if len(value) > 32 or any(not c.isprintable() for c in value):
             return "comment may only have printable characters"

@@ -9,13 +9,13 @@ import pytest
 
 from fusezfs import crashsim
 
-SEED, STEPS = 3, 6
+SEED, STEPS = 3, 15
 
 
 @pytest.mark.parametrize("kind", ["file", "mirror", "stripe"])
 def test_cut_at_every_write_keeping_unflushed_writes(kind):
     summary = crashsim.run([kind], ["keep"], SEED, STEPS)
-    assert summary.cuts > 50
+    assert summary.cuts > 60
     assert not summary.damaged, summary.damaged[:3]
 
 

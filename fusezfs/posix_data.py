@@ -1,0 +1,272 @@
+"""File contents for the POSIX layer: records, holes, truncate, and the dirty-record buffer.
+
+A regular file is a sequence of records of `blksz` bytes (posix_layout.py). Writes do not touch
+the tree: they land in a per-file dict of dirty records (bytearrays) in memory, so that a 4 KiB
+write into a 128 KiB record costs a memcpy, not a compression and a block write. A record is
+read from its block once (read-modify-write) the first time a partial write touches it. The
+dirty records are turned into blocks by `_flush_data`, called from `Posix.flush()` when the
+pool syncs (its sync hook), on fsync and on close; many records are written in one
+`write_blocks` batch so they are compressed and checksummed in parallel. The memory the buffer
+takes is reported to the pool's dirty budget with `note_written`, so a writer that fills the
+budget makes the pool sync (which flushes us) before it goes on: memory stays bounded.
+
+Invariant: a record's content is its dirty buffer if it has one, else its stored block, else
+zeros; either may be shorter than the record (the rest reads as zeros) but never reaches past
+st_size. Truncating down trims the record holding the new end, so growing the file again
+exposes zeros, as POSIX wants.
+"""
+from __future__ import annotations
+
+import errno
+import os
+
+from .formats.bp import decode_bp, encode_bp
+from .posix_layout import (K_DATA, MAX_FILE_SIZE, Inode, blkid_of, data_key, kind_hi)
+from .tree import REF_BLOCK
+
+FLUSH_BATCH = 16 << 20      # bytes of records handed to write_blocks at once
+
+
+def _err(code: int) -> OSError:
+    return OSError(code, os.strerror(code))
+
+
+class FileData:
+    """Mixin of Posix: everything about file contents. Expects self.io, self.tree,
+    self._records {ino: {blkid: bytearray}}, self._dirty_data, self._inodes, self._mark()."""
+
+    # ---- reading -------------------------------------------------------------------------
+    def _stored_record(self, ino: int, blkid: int) -> bytes | None:
+        raw = self.tree.get(data_key(ino, blkid))
+        if raw is None:
+            return None
+        bp = decode_bp(raw)
+        return None if bp is None else self.io.read_block(bp)
+
+    def _read(self, node: Inode, offset: int, size: int) -> bytes:
+        if offset < 0 or size < 0:
+            raise _err(errno.EINVAL)
+        fsize = node.size
+        if offset >= fsize or size == 0:
+            return b""
+        end = min(offset + size, fsize)
+        bs = node.blksz
+        ino = node.ino
+        recs = self._records.get(ino)
+        parts: list = []
+        pos = offset
+        while pos < end:
+            blkid = pos // bs
+            roff = pos - blkid * bs
+            chunk = min(bs - roff, end - pos)
+            src = recs.get(blkid) if recs else None
+            if src is not None:
+                piece = src[roff:roff + chunk]           # a copy: buffers may change later
+            else:
+                src = self._stored_record(ino, blkid)
+                piece = b"" if src is None else memoryview(src)[roff:roff + chunk]
+            parts.append(piece)
+            if len(piece) < chunk:
+                parts.append(bytes(chunk - len(piece)))
+            pos += chunk
+        if len(parts) == 1 and type(parts[0]) is bytes:
+            return parts[0]
+        return b"".join(parts)
+
+    # ---- writing -------------------------------------------------------------------------
+    def _write(self, node: Inode, offset: int, data) -> int:
+        """Write into dirty records; returns the number of bytes of new buffer memory (the
+        caller reports it with note_written once its own state is consistent)."""
+        n = len(data)
+        if offset < 0:
+            raise _err(errno.EINVAL)
+        if n == 0:
+            return 0
+        end = offset + n
+        if end > MAX_FILE_SIZE:
+            raise _err(errno.EFBIG)
+        self.io.check_space(self._dirty_data + n)
+        mv = memoryview(data)
+        if mv.ndim != 1 or mv.itemsize != 1:
+            mv = mv.cast("B")
+        bs = node.blksz
+        ino = node.ino
+        size = node.size
+        recs = self._records.get(ino)
+        if recs is None:
+            recs = self._records[ino] = {}
+        grown = 0
+        pos = offset
+        i = 0
+        while pos < end:
+            blkid = pos // bs
+            rstart = blkid * bs
+            roff = pos - rstart
+            chunk = min(bs - roff, end - pos)
+            buf = recs.get(blkid)
+            if buf is None:
+                valid = min(bs, size - rstart) if size > rstart else 0
+                if roff == 0 and chunk >= valid:
+                    # the write replaces everything the record holds: no need to read it
+                    recs[blkid] = bytearray(mv[i:i + chunk])
+                    grown += chunk
+                    pos += chunk
+                    i += chunk
+                    continue
+                old = self._stored_record(ino, blkid)
+                buf = recs[blkid] = bytearray(old) if old else bytearray()
+                grown += len(buf)
+            before = len(buf)
+            if roff > before:
+                buf += bytes(roff - before)
+            buf[roff:roff + chunk] = mv[i:i + chunk]
+            grown += len(buf) - before
+            pos += chunk
+            i += chunk
+        if end > size:
+            node.size = end
+        self._dirty_data += grown
+        return grown
+
+    def _truncate(self, node: Inode, size: int) -> int:
+        """Set the file size; frees records past the end and trims the last one. Returns the
+        bytes of new buffer memory (see _write)."""
+        old = node.size
+        ino = node.ino
+        bs = node.blksz
+        grown = 0
+        if size < old:
+            first_gone = -(-size // bs)
+            recs = self._records.get(ino)
+            if recs:
+                for b in [b for b in recs if b >= first_gone]:
+                    self._dirty_data -= len(recs.pop(b))
+            if first_gone <= (old - 1) // bs:
+                lo, hi = data_key(ino, first_gone), kind_hi(ino, K_DATA)
+                freed = 0
+                count = 0
+                for _k, v in self.tree.scan(lo, hi):
+                    bp = decode_bp(v)
+                    count += 1
+                    if bp is not None:
+                        freed += bp.asize
+                if count:
+                    self.tree.delete_range(lo, hi)
+                    node.used -= freed
+            keep = size - (size // bs) * bs
+            if keep:
+                blkid = size // bs
+                buf = recs.get(blkid) if recs else None
+                if buf is not None:
+                    if len(buf) > keep:
+                        self._dirty_data -= len(buf) - keep
+                        del buf[keep:]
+                else:
+                    raw = self.tree.get(data_key(ino, blkid))
+                    bp = None if raw is None else decode_bp(raw)
+                    if bp is not None and bp.lsize > keep:
+                        trimmed = bytearray(memoryview(self.io.read_block(bp))[:keep])
+                        self._records.setdefault(ino, {})[blkid] = trimmed
+                        self._dirty_data += keep
+                        grown += keep
+        node.size = size
+        return grown
+
+    def _drop_data(self, ino: int) -> None:
+        recs = self._records.pop(ino, None)
+        if recs:
+            self._dirty_data -= sum(len(b) for b in recs.values())
+
+    def _pending_bytes(self, ino: int) -> int:
+        recs = self._records.get(ino)
+        return sum(-(-len(b) // 512) * 512 for b in recs.values()) if recs else 0
+
+    # ---- SEEK_DATA / SEEK_HOLE -----------------------------------------------------------
+    def _has_data(self, ino: int, blkid: int) -> bool:
+        recs = self._records.get(ino)
+        if recs and blkid in recs:
+            return True
+        return self.tree.get(data_key(ino, blkid)) is not None
+
+    def _seek(self, node: Inode, offset: int, whence: int) -> int:
+        if offset < 0:
+            raise _err(errno.ENXIO)
+        if offset >= node.size:
+            raise _err(errno.ENXIO)
+        bs = node.blksz
+        ino = node.ino
+        first = offset // bs
+        recs = self._records.get(ino) or {}
+        if whence == os.SEEK_DATA:
+            cands = [b for b in recs if b >= first]
+            for k, _v in self.tree.scan(data_key(ino, first), kind_hi(ino, K_DATA)):
+                cands.append(blkid_of(k))
+                break
+            if not cands:
+                raise _err(errno.ENXIO)
+            return max(offset, min(cands) * bs)
+        # SEEK_HOLE: the first record at or after `first` with no data, or end of file
+        b = first
+        last = (node.size - 1) // bs
+        while b <= last and self._has_data(ino, b):
+            b += 1
+        return min(max(offset, b * bs), node.size)
+
+    # ---- flushing into blocks ------------------------------------------------------------
+    def _flush_data(self) -> None:
+        if not self._records:
+            return
+        batch: list = []
+        nbytes = 0
+        for ino in sorted(self._records):
+            recs = self._records[ino]
+            for blkid in sorted(recs):
+                batch.append((ino, blkid, recs[blkid]))
+                nbytes += len(recs[blkid])
+                if nbytes >= FLUSH_BATCH:
+                    self._flush_batch(batch)
+                    batch, nbytes = [], 0
+        self._flush_batch(batch)
+        if not self._records:
+            self._dirty_data = 0
+
+    def _flush_batch(self, batch: list) -> None:
+        if not batch:
+            return
+        holes_for_zeros = bool(getattr(self.io, "compress", False))
+        writes = []
+        holes = []
+        for item in batch:
+            buf = item[2]
+            if not buf or (holes_for_zeros and buf.count(0) == len(buf)):
+                holes.append(item)
+            else:
+                writes.append(item)
+        bps = self.io.write_blocks([w[2] for w in writes]) if writes else []
+        for (ino, blkid, _buf) in holes:
+            self._set_record(ino, blkid, None)
+        for (ino, blkid, _buf), bp in zip(writes, bps):
+            self._set_record(ino, blkid, bp)
+        # only now are these records safe in the tree
+        for ino, blkid, buf in batch:
+            recs = self._records.get(ino)
+            if recs is not None and recs.get(blkid) is buf:
+                del recs[blkid]
+                self._dirty_data -= len(buf)
+                if not recs:
+                    del self._records[ino]
+
+    def _set_record(self, ino: int, blkid: int, bp) -> None:
+        node = self._inodes[ino]
+        key = data_key(ino, blkid)
+        old = self.tree.get(key)
+        if old is not None:
+            obp = decode_bp(old)
+            if obp is not None:
+                node.used -= obp.asize
+            if bp is None:
+                self.tree.delete(key)
+        if bp is not None:
+            self.tree.put(key, encode_bp(bp), REF_BLOCK)
+            node.used += bp.asize
+        self._mark(node)
