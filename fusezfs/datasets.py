@@ -415,6 +415,7 @@ class Datasets:
                 raise DatasetError("dataset is busy", errno.EBUSY)
             raise DatasetError("snapshot has dependent clones", errno.EEXIST,
                                [self.name(c) for c in snap.clones])
+        self.pool.sync()                     # trees clean: walks below see the current state
         head = self.record(snap.parent)
         boundary = self.record(snap.prev_snap).createtxg if snap.prev_snap else head.origin_txg
         nxt = self.next_of(snap)
@@ -433,8 +434,7 @@ class Datasets:
         nxt.prev_snap = snap.prev_snap
         if nxt.id == head.id:
             head.prev_txg = boundary
-        else:
-            nxt.written = self._written_between(nxt, boundary)
+        nxt.written = self._written_between(nxt, boundary)
         self.touch(nxt)
         self.touch(head)
         self._unlink(snap)
@@ -481,7 +481,7 @@ class Datasets:
             raise DatasetError("filesystem has children", errno.EEXIST)
         tree = self.tree(rec)
         tree.sync()
-        for _kind, bp in list(tree.walk(skip=lambda bp: bp.birth <= rec.origin_txg)):
+        for _kind, bp in list(tree.walk()):
             if bp.birth > rec.origin_txg:
                 self.pool.blocks.free(bp)
         self.pool.forget_objset(tree_name(rec.id))
@@ -501,7 +501,7 @@ class Datasets:
         snap = self.record(head.prev_snap)
         self.pool.sync()
         tree = self.tree(head)
-        for _kind, bp in list(tree.walk(skip=lambda bp: bp.birth <= snap.createtxg)):
+        for _kind, bp in list(tree.walk()):
             if bp.birth > snap.createtxg:
                 self.pool.blocks.free(bp)
         back = sum(bp.asize for _k, bp in self.dead_entries(head.deadlist, head.origin_txg))

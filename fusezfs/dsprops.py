@@ -139,7 +139,7 @@ def _zstd(level: int) -> int:
 _ZSTD_FAST_LEVELS = list(range(1, 11)) + [20, 30, 40, 50, 60, 70, 80, 90, 100, 500, 1000]
 _COMPRESS = (
     (("on", 1), ("off", 2), ("lzjb", 3), ("gzip", 10))
-    + tuple((f"gzip-{i}", 4 + i - 1 if i != 6 else 10) for i in range(1, 10))
+    + tuple((f"gzip-{i}", 4 + i) for i in range(1, 10))
     + (("zle", 14), ("lz4", 15), ("zstd", _ZSTD), ("zstd-fast", _zstd(1001)))
     + tuple((f"zstd-{i}", _zstd(i)) for i in range(1, 20))
     + tuple((f"zstd-fast-{i}", _zstd(1000 + 10000 + i)) for i in _ZSTD_FAST_LEVELS)
@@ -398,7 +398,7 @@ def all_properties(ds_type: str, head_type: str = FILESYSTEM) -> list[str]:
 
 
 # ---- sizes -------------------------------------------------------------------------------------
-_STRTOD = re.compile(r"(\d*)(\.\d*)?([eE][+-]?\d+)?")
+_STRTOD = re.compile(r"([0-9]*)(\.[0-9]*)?([eE][+-]?[0-9]+)?")
 
 
 def _str2shift(suffix: str) -> int:
@@ -423,7 +423,7 @@ def parse_size(text: str) -> int:
     """
     if not text or not (text[0].isdigit() and text[0].isascii() or text[0] == "."):
         raise PropError(f"bad numeric value '{text}'")
-    m = re.match(r"\d*", text)
+    m = re.match(r"[0-9]*", text)
     digits = m.group(0)
     end = m.end()
     if digits and int(digits) > UINT64_MAX:
@@ -601,13 +601,14 @@ def _check_value(typed: str, value: str, ds_type: str, creating: bool,
 
 def validate(name: str, value: str, ds_type: str = FILESYSTEM, *, creating: bool = False,
              max_recordsize: int = MAX_RECORDSIZE) -> Any:
-    """Check `zfs set name=value` (creating: `zfs create -o`) and return the raw value to store.
+    """Check `zfs set name=value` (creating: `zfs create -o name=value`); return the raw value.
 
-    Use `validate_props` for several at once (it also applies the utf8only/normalization rule
-    and returns canonical names). Raises PropError carrying zfs's message.
+    Use `validate_props` for several at once: it returns canonical names and applies the
+    utf8only/normalization rule. Raises PropError carrying zfs's message.
     """
-    return validate_props({name: value}, ds_type, creating=creating,
-                          max_recordsize=max_recordsize).popitem()[1]
+    canon, raw = _check_value(name, value, ds_type, creating, max_recordsize)
+    _check_supported(canon, raw, creating)
+    return raw
 
 
 def validate_props(props: Mapping[str, str], ds_type: str = FILESYSTEM, *,
@@ -629,22 +630,20 @@ def validate_props(props: Mapping[str, str], ds_type: str = FILESYSTEM, *,
             out["utf8only"] = "on"
         elif out["utf8only"] == "off":
             raise PropError("'utf8only' must be set 'on' if normalization chosen")
-    if not is_user_only(out):
-        out.pop("utf8only", None) if False else None
     for canon, raw in out.items():
-        if canon in PROPS:
-            why = _unsupported(PROPS[canon], raw, creating)
-            if why is not None:
-                raise PropError(why)
-        elif is_userquota(canon):
-            raise PropError(MSG_UPGRADE_CREATE if creating else MSG_UPGRADE_SET)
-        elif is_user(canon) and len(raw) >= ZAP_MAXVALUELEN:
-            raise PropError("property value too long")
+        _check_supported(canon, raw, creating)
     return out
 
 
-def is_user_only(props: Iterable[str]) -> bool:
-    return all(is_user(n) for n in props)
+def _check_supported(canon: str, raw: Any, creating: bool) -> None:
+    if canon in PROPS:
+        why = _unsupported(PROPS[canon], raw, creating)
+        if why is not None:
+            raise PropError(why)
+    elif is_userquota(canon):
+        raise PropError(MSG_UPGRADE_CREATE if creating else MSG_UPGRADE_SET)
+    elif is_user(canon) and len(raw) >= ZAP_MAXVALUELEN:
+        raise PropError("property value too long")
 
 
 # ---- `zfs inherit` -------------------------------------------------------------------------------
@@ -780,7 +779,7 @@ def _level(x: Any) -> Level:
     raise TypeError(f"not a Level: {x!r}")
 
 
-def resolve(name: str, chain: Sequence[Any], ds_type: str = FILESYSTEM) -> Resolved:
+def resolve(name: str, chain: Sequence[Any]) -> Resolved:
     """Effective value and SOURCE of a settable native or a user property (dsl_prop_get_ds).
 
     chain: Levels from the dataset itself up to the pool's root dataset; for a snapshot, the
@@ -802,19 +801,14 @@ def resolve(name: str, chain: Sequence[Any], ds_type: str = FILESYSTEM) -> Resol
     inheritable = user or p.inheritable
     found: tuple[Any, str, str] | None = None
     for i, lv in enumerate(levels):
-        inheriting = i > 0 and not (ds_type == SNAPSHOT and i == 0)
-        if i > 0 and ds_type == SNAPSHOT and i == 1:
-            inheriting = True
         if i > 0 and not inheritable:
             break
         if name in lv.local:
-            found = (lv.local[name], lv.name, f"inherited from {lv.name}" if inheriting else "local")
+            found = (lv.local[name], lv.name, f"inherited from {lv.name}" if i else "local")
             break
         if name in lv.received and name not in lv.masked:
-            found = (lv.received[name], lv.name if inheriting else RECEIVED,
-                     f"inherited from {lv.name}" if inheriting else "received")
-            break
-        if ds_type == SNAPSHOT and i == 0 and p is not None and not p.inheritable:
+            found = (lv.received[name], lv.name if i else RECEIVED,
+                     f"inherited from {lv.name}" if i else "received")
             break
     if found is None:
         if user:
@@ -931,7 +925,7 @@ def get_property(name: str, ds_type: str, chain: Sequence[Any],
     computed = computed or {}
     levels = [_level(x) for x in chain]
     if is_user(name):
-        r = resolve(name, levels, ds_type)
+        r = resolve(name, levels)
         return None if r.value is None else (str(r.value), r.source)
     if is_written(name) or is_userquota(name):
         raw = computed.get(name)
@@ -951,7 +945,7 @@ def get_property(name: str, ds_type: str, chain: Sequence[Any],
     if p.name in ("filesystem_count", "snapshot_count"):
         raw = computed.get(p.name, UINT64_MAX)
         return format_value(p.name, raw, parsable), "default" if raw == UINT64_MAX else "local"
-    r = resolve(p.name, levels, ds_type)
+    r = resolve(p.name, levels)
     if p.name == "mountpoint":
         return mountpoint_value(str(r.value), r.setpoint, levels[0].name, altroot), r.source
     return format_value(p.name, r.value, parsable), r.source

@@ -257,6 +257,16 @@ def test_garbage(tmp_path):
         fh.write(uberblock(10, guid, sm=bad_bp, mos=os.urandom(128)))
     rc, out = fzdump("--verify", tops[0][0])
     assert rc == 1 and "invalid block pointer" in out, out
+    # well-checksummed nonsense: a config of the wrong shapes, an uberblock from the far future
+    odd = tmp_path / "odd.img"
+    with open(odd, "wb") as fh:
+        fh.truncate(MiB)
+        fh.write(config_area({"pool_guid": 1, "guid": [2], "vdev_tree": [{"id": [0]}]}, 1))
+        fh.seek(131072 + 1024 * 3)
+        fh.write(uberblock(3, 1, ts=2 ** 64 - 1, sm=bp([(0, 512, 0x80000)], 9, 9, 3, 0, 3, b"")))
+    rc, out = fzdump(odd)
+    assert rc == 0 and "!! config malformed" in out and "time 18446744073709551615?" in out
+    assert "space map: no device present for vdev(s) [0]" in out, out
 
 
 def test_hand_trees(tmp_path):
@@ -312,6 +322,37 @@ def test_hand_space_accounting(tmp_path, edit, message):
     assert rc == 0, out                          # only --verify judges
     rc, out = fzdump("--verify", *tops[0])
     assert rc == 1 and "verify: 6 blocks read, " in out and f"\n  {message}\n" in out, out
+
+
+def test_parsers_reject_garbage_with_bad_only():
+    """Mutated node, space map and config payloads: the parsers raise Bad and nothing else."""
+    import importlib.machinery
+    import importlib.util
+    import random
+    loader = importlib.machinery.SourceFileLoader("fzdump", FZDUMP)
+    mod = importlib.util.module_from_spec(importlib.util.spec_from_loader("fzdump", loader))
+    loader.exec_module(mod)
+    rng = random.Random(7)
+    samples = [(node(0, [(b"a", 0, b"x" * 10), (b"b", 1, bytes(128)), (b"c", 2, b"\1" * 130)]),
+                mod.parse_node),
+               (node(1, [(b"", b"\2" * 128), (b"k", b"\3" * 128)]), mod.parse_node),
+               (spacemap([(0, [(0x40000, 0x41000), (0x50000, 0x60000)])]), mod.parse_spacemap),
+               (config_area({"a": 1}, 3)[:200], lambda d: mod.parse_config(d.ljust(16384, b"\0")))]
+    for base, parse in samples:
+        for _ in range(3000):
+            d = bytearray(base)
+            for _ in range(rng.randint(1, 4)):
+                r = rng.random()
+                if r < 0.6:
+                    d[rng.randrange(len(d))] = rng.randrange(256)
+                elif r < 0.8:
+                    d = d[:rng.randrange(len(d) + 1)] or bytearray(b"\0")
+                else:
+                    d += bytes(rng.randrange(1, 5))
+            try:
+                parse(bytes(d))
+            except mod.Bad:
+                pass
 
 
 # ---- pools made by the library -----------------------------------------------------------
