@@ -244,7 +244,7 @@ class Posix(FileData, PathHelpers):
     def _reclaim_unlinked(self) -> None:
         for key, _v in list(self.tree.scan(UNLINKED_LO, UNLINKED_HI)):
             ino = int.from_bytes(key[9:17], "big")
-            if self.tree.get(inode_key(ino)) is not None:
+            if ino in self._inodes or self.tree.get(inode_key(ino)) is not None:
                 self._destroy(ino)
             else:
                 self.tree.delete(key)

@@ -28,7 +28,9 @@ class Leaf:
 
     # label I/O --------------------------------------------------------------------------------
     def read_configs(self) -> list[tuple[dict, int]]:
-        out = []
+        out: list[tuple[dict, int]] = []
+        if self.device.size < 2 * fl.LABEL_SIZE:      # too small to hold a label
+            return out
         for off in fl.label_offsets(self.device.size):
             got = fl.decode_config(self.device.read(off, fl.CONFIG_SIZE))
             if got is not None:
@@ -44,7 +46,9 @@ class Leaf:
             self.device.flush()
 
     def read_uberblocks(self) -> list[fl.Uberblock]:
-        out = []
+        out: list[fl.Uberblock] = []
+        if self.device.size < 2 * fl.LABEL_SIZE:
+            return out
         for off in fl.label_offsets(self.device.size):
             ring = self.device.read(off + fl.RING_OFFSET, fl.UB_SLOTS * fl.UB_SIZE)
             for slot in range(fl.UB_SLOTS):

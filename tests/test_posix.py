@@ -785,6 +785,12 @@ op_st = st.one_of(
 )
 
 
+# every sequence starts from this small tree, so that most operations meet something
+PRELUDE = [("mkdir", "a"), ("mkdir", "b"), ("mkdir", "a/b"), ("write", "c", 0, 5000, 1),
+           ("write", "a/a", 0, 140_000, 2), ("write", "b/c", 300_000, 1, 3),
+           ("symlink", "a/b", "b/b"), ("link", "c", "a/c"), ("setxattr", "c", "user.a", b"v")]
+
+
 class HostSide:
     def __init__(self, root: str) -> None:
         self.root = root
@@ -953,14 +959,14 @@ def outcome(side, op):
 
 
 @settings(max_examples=70, deadline=None, suppress_health_check=list(HealthCheck))
-@given(ops=st.lists(op_st, min_size=1, max_size=30),
+@given(ops=st.lists(op_st, min_size=5, max_size=30),
        recordsize=st.sampled_from([512, 4096, 128 * KiB]), compress=st.booleans())
 def test_model_against_host_directory(ops, recordsize, compress):
     root = tempfile.mkdtemp(prefix="fzposix-")
     try:
         t = FS(size=16 * MiB, recordsize=recordsize, compress=compress)
         host, ours = HostSide(root), OurSide(t)
-        for i, op in enumerate(ops):
+        for i, op in enumerate(PRELUDE + ops):
             want = outcome(host, op) if op[0] not in ("sync", "reopen") else ("ok", None)
             got = outcome(ours, op)
             assert got == want, (i, op)

@@ -7,7 +7,7 @@ import struct
 import time
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition,
                                  rule)
@@ -374,7 +374,6 @@ class TreeMachine(RuleBasedStateMachine):
     def structure_holds(self):
         stats = self.tree.check()
         assert stats["items"] == len(self.model)
-        event(f"height {stats['height']}")
         assert self.tree.dirty or self.tree.dirty_bytes == 0
 
     @invariant()
