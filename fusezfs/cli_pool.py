@@ -8,7 +8,8 @@ from __future__ import annotations
 import os
 import sys
 
-from . import poolprops, registry
+from . import dsprops, poolprops, registry
+from .datasets import Datasets
 from .cli import Failed, Usage, error, nicenum, parse, print_table
 from .devices import FileDevice
 from .names import pool_name_error
@@ -152,6 +153,10 @@ def cmd_create(args: list[str]) -> int:
                                         or fsprops["mountpoint"] in ("legacy", "none")):
         raise Failed(f"invalid mountpoint '{fsprops['mountpoint']}': must be an absolute path, "
                      f"'legacy', or 'none'")
+    try:
+        dsprops.validate_props(fsprops, creating=True)
+    except dsprops.PropError as e:
+        raise Failed(f"cannot create '{name}': {e.message}") from None
     if name in imported_names():
         raise Failed(f"cannot create '{name}': pool already exists")
     devices = []
@@ -161,6 +166,7 @@ def cmd_create(args: list[str]) -> int:
         pool = Pool.create(name, devices, props, fsprops)
     except PoolError as e:
         raise Failed(str(e)) from None
+    Datasets(pool)                      # the pool's root filesystem
     registry.add(name, pool.guid, paths)
     pool.close()
     return 0

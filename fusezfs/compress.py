@@ -39,7 +39,9 @@ def parse(name: str) -> tuple[int, int]:
     """A `compression` property value -> (algorithm, level). Raises ValueError if invalid."""
     if name in ("off",):
         return COMP_OFF, 0
-    if name in ("on", "zstd"):
+    if name == "on":           # OpenZFS: lz4, "fast"; here the fastest zstd level
+        return COMP_ZSTD, 1
+    if name == "zstd":
         return COMP_ZSTD, 3
     if name == "gzip":
         return COMP_GZIP, 6

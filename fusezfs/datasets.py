@@ -32,6 +32,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 
+from . import dsprops
 from .blocks import Policy
 from .formats.bp import BT_DATA, BT_NODE, BlockPointer, decode_bp, encode_bp
 from .names import dataset_name_error
@@ -74,7 +75,9 @@ class Record:
     used_head: int = 0             # head: usedbydataset
     used_snap: int = 0             # head: usedbysnapshots
     written: int = 0               # bytes born after the previous snapshot
-    props: dict = field(default_factory=dict)
+    props: dict = field(default_factory=dict)     # local property values (raw, dsprops)
+    received: dict = field(default_factory=dict)  # values set by a receive
+    masked: list = field(default_factory=list)    # inherited explicitly over a received value
     holds: dict = field(default_factory=dict)      # snapshot: tag -> creation time
     clones: list = field(default_factory=list)     # snapshot: clone head ids
     defer_destroy: bool = False
@@ -181,7 +184,7 @@ class Datasets:
 
     def _create_root(self) -> None:
         raw = self.mos.get(b"rootprops")
-        props = json.loads(raw) if raw else {}
+        props = dsprops.validate_props(json.loads(raw), creating=True) if raw else {}
         rec = Record(ROOT_ID, "filesystem", "", 0, new_guid(), self.pool.txg, int(time.time()),
                      deadlist=self._new_id(), props=props)
         self.records[rec.id] = rec
@@ -621,9 +624,8 @@ class Datasets:
         return sum(self.used(child) for child in self.children(rec.id))
 
     def used_by_refreservation(self, rec: Record) -> int:
-        refres = int(rec.props.get("refreservation", 0) or 0) if str(
-            rec.props.get("refreservation", "0")).isdigit() else 0
-        return max(0, refres - rec.used_head)
+        refres = rec.props.get("refreservation") or 0
+        return max(0, int(refres) - rec.used_head)
 
     def chain_deadlists(self, head: Record) -> list[int]:
         return [s.deadlist for s in self.snapshots(head.id)] + [head.deadlist]

@@ -22,15 +22,19 @@ casesensitivity, version): every other value OpenZFS knows is refused with the w
 when the pool lacks the feature. `Prop.unsupported` lists values OpenZFS accepts that fusezfs
 refuses the same way (lz4, lzjb, zle and zstd-fast* for compression; checksums other than on and
 sha256; dedup checksums other than sha256).
+
+compression=on means fusezfs's default algorithm, zstd at the level fusezfs.compress.parse picks
+for "on" (its fastest, 1, when written): OpenZFS's "on" is lz4, which fusezfs lacks. The value
+is kept and shown as "on". The default compression is "on", as in OpenZFS 2.2 (zfs-fuse: off).
 """
 from __future__ import annotations
 
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, MutableMapping, MutableSet, Sequence
+from typing import Any, Mapping, MutableMapping, MutableSet, Sequence
 
-# ---- dataset types ---------------------------------------------------------------------------
+# ---- dataset types -------------------------------------------------------------------------------
 FILESYSTEM = "filesystem"
 SNAPSHOT = "snapshot"
 VOLUME = "volume"
@@ -42,7 +46,7 @@ _FS_VOL = frozenset({FILESYSTEM, VOLUME})
 _FS_SNAP = frozenset({FILESYSTEM, SNAPSHOT})
 _SNAP_VOL = frozenset({SNAPSHOT, VOLUME})
 
-# ---- property kinds and attributes (zprop_type_t, zprop_attr_t) --------------------------------
+# ---- property kinds and attributes (zprop_type_t, zprop_attr_t) ----------------------------------
 NUMBER, INDEX, STRING = "number", "index", "string"
 READONLY = "readonly"              # computed; never set
 INHERIT = "inherit"                # settable, inherited by descendants
@@ -50,7 +54,7 @@ DEFAULT = "default"                # settable, not inherited
 ONETIME = "onetime"                # set only at creation, inherited (utf8only, normalization, ...)
 ONETIME_DEFAULT = "onetime_default"  # set only at creation, not inherited (keyformat, pbkdf2iters)
 
-# ---- limits ----------------------------------------------------------------------------------
+# ---- limits --------------------------------------------------------------------------------------
 UINT64_MAX = (1 << 64) - 1
 MIN_BLOCKSIZE = 512                # SPA_MINBLOCKSIZE
 MAX_RECORDSIZE = 1 << 20           # the largest record fusezfs writes (OpenZFS: pool maxblocksize)
@@ -62,7 +66,7 @@ ZFS_MAX_DATASET_NAME_LEN = 256     # mountpoint components must be shorter
 ZPL_VERSION = 5
 RECEIVED = "$recvd"                # setpoint of a value received on the dataset itself
 
-# ---- messages that belong to operations other than validation -----------------------------------
+# ---- messages that belong to operations other than validation ------------------------------------
 MSG_QUOTA_TOO_SMALL = "size is less than current used or reserved space"   # set quota (ENOSPC)
 MSG_RESV_TOO_BIG = "size is greater than available space"                  # set reservation
 MSG_UPGRADE_SET = "pool and or dataset must be upgraded to set this property or value"
@@ -91,7 +95,7 @@ class Prop:
     column: str                        # `zfs list -o` header
     default: Any = None                # raw default; None: the property has no default value
     fmt: str = "string"                # how `zfs get` prints it (see format_value)
-    index: tuple = ()                  # index properties: ((name, number), ...) as OpenZFS lists them
+    index: tuple = ()                  # index properties: ((name, number), ...), OpenZFS order
     rightalign: bool = False           # `zfs list` aligns the column right
     visible: bool = True               # hidden properties ('name') are not in `get all` or usage
     support: str = "native"            # native | stored | fixed (see the module docstring)
@@ -122,7 +126,7 @@ class Prop:
         return [n for n, _ in self.index]
 
 
-# ---- index tables (zfs_prop.c; Linux) ----------------------------------------------------------
+# ---- index tables (zfs_prop.c; Linux) ------------------------------------------------------------
 _BOOL = (("off", 0), ("on", 1))
 _CHECKSUM = (("on", 1), ("off", 2), ("fletcher2", 6), ("fletcher4", 7), ("sha256", 8),
              ("noparity", 10), ("sha512", 11), ("skein", 12), ("edonr", 13), ("blake3", 14))
@@ -177,7 +181,7 @@ _DEDUP_UNSUPPORTED = frozenset(["sha512", "sha512,verify", "skein", "skein,verif
 _ENCRYPTION_PROPS = frozenset(["encryption", "keyformat", "keylocation", "pbkdf2iters"])
 
 
-# ---- the table, in zfs_prop_t order: `zfs get all` prints in this order ----------------------------
+# ---- the table, in zfs_prop_t order: `zfs get all` prints in this order --------------------------
 def _num(name, attr, types, values, column, default=0, fmt="num", **kw) -> Prop:
     return Prop(name, NUMBER, attr, types, values, column, default, fmt, rightalign=True, **kw)
 
@@ -331,7 +335,7 @@ _USERQUOTA_PREFIXES = ("userused@", "userquota@", "groupused@", "groupquota@",
 _USER_CHARS = re.compile(r"[a-z0-9\-_.:]*")
 
 
-# ---- names -------------------------------------------------------------------------------------
+# ---- names ---------------------------------------------------------------------------------------
 def canonical(name: str) -> str | None:
     """The native property `name` stands for (its name or its lowercased column), else None.
 
@@ -397,7 +401,7 @@ def all_properties(ds_type: str, head_type: str = FILESYSTEM) -> list[str]:
     return [p.name for p in _TABLE if p.visible and applies(p.name, ds_type, head_type)]
 
 
-# ---- sizes -------------------------------------------------------------------------------------
+# ---- sizes ---------------------------------------------------------------------------------------
 _STRTOD = re.compile(r"([0-9]*)(\.[0-9]*)?([eE][+-]?[0-9]+)?")
 
 
@@ -479,7 +483,7 @@ def format_ratio(hundredths: int, parsable: bool = False) -> str:
 
 
 def compress_ratio(logical: int, physical: int) -> int:
-    """The ratio zfs stores, in hundredths: logical * 100 // physical, 100 when nothing is stored."""
+    """The ratio zfs keeps, in hundredths: logical * 100 // physical; 100 for nothing stored."""
     return 100 if physical == 0 else logical * 100 // physical
 
 
@@ -488,8 +492,8 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 
 
 def format_time(seconds: int, parsable: bool = False) -> str:
-    """creation as zfs prints it: strftime "%a %b %e %k:%M %Y" in local time ("Fri Nov 27  3:15 2026");
-    parsable: the seconds since the epoch."""
+    """creation as zfs prints it: strftime "%a %b %e %k:%M %Y", local time, e.g.
+    "Fri Nov 27  3:15 2026"; parsable: the seconds since the epoch."""
     if parsable:
         return str(int(seconds))
     t = time.localtime(int(seconds))
@@ -515,7 +519,9 @@ def _unsupported(p: Prop, value: Any, creating: bool) -> str | None:
         return None
     if p.name == "version":
         if value != str(ZPL_VERSION):
-            return MSG_UPGRADE_CREATE if creating else f"Can not downgrade; already at version {ZPL_VERSION}"
+            if creating:
+                return MSG_UPGRADE_CREATE
+            return f"Can not downgrade; already at version {ZPL_VERSION}"
         return None
     if value in p.unsupported:
         return MSG_UPGRADE_CREATE if creating else MSG_UPGRADE_SET
@@ -677,7 +683,7 @@ def check_inherit_type(name: str, ds_type: str) -> None:
         raise PropError(MSG_WRONG_TYPE_INHERIT)
 
 
-# ---- property lists (get, list -o, list -s) ---------------------------------------------------------
+# ---- property lists (get, list -o, list -s) ------------------------------------------------------
 def parse_proplist(text: str) -> list[str] | None:
     """`zfs get PROPS` / `zfs list -o PROPS`: canonical names; None for "all".
 
@@ -749,7 +755,7 @@ def sorts_numerically(name: str) -> bool:
     return PROPS[canon].numeric_sort if canon else False
 
 
-# ---- inheritance -------------------------------------------------------------------------------------
+# ---- inheritance ---------------------------------------------------------------------------------
 @dataclass
 class Level:
     """One dataset's own property settings, as the dataset layer stores them.
@@ -767,7 +773,7 @@ class Level:
 @dataclass(frozen=True)
 class Resolved:
     value: Any          # raw value (the default when nothing is set; None: user prop unset)
-    source: str         # SOURCE as zfs get prints it: local | default | received | inherited from X | -
+    source: str         # SOURCE: local | default | received | inherited from X | -
     setpoint: str       # dataset the value comes from; RECEIVED; "" for the default
 
 
@@ -864,7 +870,7 @@ def mountpoint_value(raw: str, setpoint: str, dataset: str, altroot: str = "") -
     return root + s + ("" if relpath[0] == "@" else "/") + relpath
 
 
-# ---- values as zfs get prints them -----------------------------------------------------------
+# ---- values as zfs get prints them ---------------------------------------------------------------
 def format_value(name: str, raw: Any, parsable: bool = False) -> str:
     """A raw value as `zfs get` / `zfs list` print it (parsable: -p)."""
     if is_user(name):
@@ -951,9 +957,9 @@ def get_property(name: str, ds_type: str, chain: Sequence[Any],
     return format_value(p.name, r.value, parsable), r.source
 
 
-# ---- usage text -------------------------------------------------------------------------------------
+# ---- usage text ----------------------------------------------------------------------------------
 def usage_properties() -> str:
-    """The property part of zfs's usage for set/get/inherit/list ("The following properties ...")."""
+    """The property part of zfs's usage text for set, get, inherit and list."""
     def key(p: Prop):
         return (p.attr != READONLY, p.name)
 

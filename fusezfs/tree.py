@@ -476,55 +476,56 @@ class Tree:
 
     def _split_up(self, path: list[_Node], idxs: list[int]) -> None:
         """Split overfull nodes from the leaf up; a split root makes the tree one level taller."""
-        d = len(path) - 1
-        while d >= 0:
-            node = path[d]
-            pieces = self._split_all(node)
+        for d in range(len(path) - 1, 0, -1):
+            pieces = self._split_all(path[d])
             if not pieces:
                 return
-            if d == 0:
-                top = _Node(node.level + 1, [b""], [node], None, _HEAD + _INNER)
-                self._dirty_bytes += top.nbytes
-                self._top = top
-                self._adopt(top, 1, pieces)
-                path.insert(0, top)     # the new root may need splitting too
-                idxs.insert(0, 0)
-                d = 1
-            else:
-                self._adopt(path[d - 1], idxs[d - 1] + 1, pieces)
-            d -= 1
+            self._adopt(path[d - 1], idxs[d - 1] + 1, pieces)
+        self._fix_root()
 
     def _rebalance(self, path: list[_Node], idxs: list[int]) -> None:
         """After removals: merge each underfull node on the path with a sibling (splitting the
-        union again if it is too big), bottom-up; then drop single-child roots."""
+        union again if it is too big), bottom-up. A merge can also make the parent overfull (a new
+        separator may be longer than the one it replaces), so parents are split as needed."""
         for d in range(len(path) - 1, 0, -1):
-            if path[d].nbytes >= self.node_min:
-                continue
             parent = path[d - 1]
             n = len(parent.keys)
-            if n < 2:
-                continue
-            li = idxs[d - 1] if idxs[d - 1] + 1 < n else idxs[d - 1] - 1
-            ri = li + 1
-            left = self._dirty_child(parent, li)
-            right = self._dirty_child(parent, ri)
-            sep = parent.keys[ri]
-            merged = left.nbytes + right.nbytes - _HEAD
-            if left.level:
-                right.keys[0] = sep
-                merged += len(sep)
-            else:
-                left.refs += right.refs
-            left.keys += right.keys
-            left.vals += right.vals
-            self._dirty_bytes += merged - left.nbytes - right.nbytes
-            left.nbytes = merged
-            del parent.keys[ri], parent.vals[ri]
-            parent.nbytes -= _INNER + len(sep)
-            self._dirty_bytes -= _INNER + len(sep)
-            if merged > self.node_max:
-                self._adopt(parent, ri, self._split_all(left))
+            if path[d].nbytes < self.node_min and n >= 2:
+                li = idxs[d - 1] if idxs[d - 1] + 1 < n else idxs[d - 1] - 1
+                ri = li + 1
+                left = self._dirty_child(parent, li)
+                right = self._dirty_child(parent, ri)
+                sep = parent.keys[ri]
+                merged = left.nbytes + right.nbytes - _HEAD
+                if left.level:
+                    right.keys[0] = sep
+                    merged += len(sep)
+                else:
+                    left.refs += right.refs
+                left.keys += right.keys
+                left.vals += right.vals
+                self._dirty_bytes += merged - left.nbytes - right.nbytes
+                left.nbytes = merged
+                del parent.keys[ri], parent.vals[ri]
+                parent.nbytes -= _INNER + len(sep)
+                self._dirty_bytes -= _INNER + len(sep)
+                if merged > self.node_max:
+                    self._adopt(parent, ri, self._split_all(left))
+            if d >= 2 and parent.nbytes > self.node_max:
+                self._adopt(path[d - 2], idxs[d - 2] + 1, self._split_all(parent))
+        self._fix_root()
+
+    def _fix_root(self) -> None:
+        """Grow a new root above an overfull one; drop roots that have a single child."""
         top = self._top
+        while True:
+            pieces = self._split_all(top)
+            if not pieces:
+                break
+            new = _Node(top.level + 1, [b""], [top], None, _HEAD + _INNER)
+            self._dirty_bytes += new.nbytes
+            self._adopt(new, 1, pieces)
+            top = new
         while top.level and len(top.keys) == 1:
             child = self._dirty_child(top, 0)
             self._dirty_bytes -= top.nbytes

@@ -1,0 +1,114 @@
+"""Values the POSIX layer hands out (attributes, directory entries, statfs), its flags, and the
+helpers its modules share (errors, name validation, the lock decorator)."""
+from __future__ import annotations
+
+import errno
+import functools
+import os
+from dataclasses import dataclass
+
+from .posix_layout import NAME_MAX, XATTR_NAME_MAX
+
+RENAME_NOREPLACE = 1        # Linux's values (renameat2)
+RENAME_EXCHANGE = 2
+XATTR_CREATE = 1            # Linux's values (setxattr)
+XATTR_REPLACE = 2
+
+
+class _Now:
+    def __repr__(self) -> str:
+        return "NOW"
+
+
+NOW = _Now()        # setattr(atime=NOW, mtime=NOW): the current time (UTIME_NOW)
+
+
+@dataclass(frozen=True, slots=True)
+class Attr:
+    """What getattr returns; field names as os.stat_result's."""
+
+    st_ino: int
+    st_mode: int
+    st_nlink: int
+    st_uid: int
+    st_gid: int
+    st_rdev: int
+    st_size: int
+    st_blocks: int
+    st_blksize: int
+    st_atime_ns: int
+    st_mtime_ns: int
+    st_ctime_ns: int
+    st_birthtime_ns: int
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class DirEntry:
+    name: bytes
+    ino: int
+    type: int           # d_type: S_IFMT(mode) >> 12
+    cookie: int         # readdir(dir, cookie) continues after this entry
+
+
+@dataclass(frozen=True, slots=True)
+class StatFS:
+    """What statfs returns; field names as os.statvfs_result's (ZFS's zfs_statvfs rules)."""
+
+    f_bsize: int
+    f_frsize: int
+    f_blocks: int
+    f_bfree: int
+    f_bavail: int
+    f_files: int
+    f_ffree: int
+    f_favail: int
+    f_namemax: int
+
+
+@dataclass(slots=True)
+class Handle:
+    ino: int
+    flags: int
+
+
+def err(code: int) -> OSError:
+    return OSError(code, os.strerror(code))
+
+
+def locked(fn):
+    @functools.wraps(fn)
+    def wrapper(self, *args, **kwargs):
+        with self.lock:
+            return fn(self, *args, **kwargs)
+    return wrapper
+
+
+def check_name(name) -> bytes:
+    """Validate one path component."""
+    if isinstance(name, str):
+        name = os.fsencode(name)
+    else:
+        name = bytes(name)
+    if not name:
+        raise err(errno.ENOENT)
+    if len(name) > NAME_MAX:
+        raise err(errno.ENAMETOOLONG)
+    if b"/" in name or b"\0" in name:
+        raise err(errno.EINVAL)
+    return name
+
+
+def check_xname(name) -> bytes:
+    if isinstance(name, str):
+        name = os.fsencode(name)
+    else:
+        name = bytes(name)
+    if not name or len(name) > XATTR_NAME_MAX:
+        raise err(errno.ERANGE)
+    if b"\0" in name:
+        raise err(errno.EINVAL)
+    return name
+
+
+DOTS = (b".", b"..")

@@ -1,0 +1,180 @@
+"""Dataset properties applied to datasets: inheritance chains, computed values, set and inherit
+with their checks, and the write policy the properties ask for.
+
+dsprops.py knows the table and the words; datasets.py knows the records and the space. This
+module joins them. Local values live in a dataset's record (`props`, `received`, `masked`), so
+a `set` is one record change in the open txg: it commits atomically with everything else.
+"""
+from __future__ import annotations
+
+import errno
+
+from . import compress, dsprops
+from .blocks import Policy
+from .datasets import DatasetError, Datasets, Record, ROOT_ID
+from .formats.bp import CKSUM_SHA256, CKSUM_XXH3_128
+
+SLOP_SHIFT = 5            # 1/32 of the pool is kept back from datasets (spa_slop_shift)
+
+
+def level(dsl: Datasets, rec: Record) -> dsprops.Level:
+    return dsprops.Level(dsl.name(rec.id), rec.props, rec.received, set(rec.masked))
+
+
+def chain(dsl: Datasets, rec: Record) -> list[dsprops.Level]:
+    """The record's own level, then its head's (for a snapshot), then every ancestor's."""
+    out = [level(dsl, rec)]
+    if rec.kind == "snapshot":
+        rec = dsl.record(rec.parent)
+        out.append(level(dsl, rec))
+    while rec.id != ROOT_ID:
+        rec = dsl.record(rec.parent)
+        out.append(level(dsl, rec))
+    return out
+
+
+def value(dsl: Datasets, rec: Record, name: str):
+    """Effective raw value of a settable property."""
+    return dsprops.resolve(name, chain(dsl, rec)).value
+
+
+def as_int(raw) -> int:
+    return int(raw) if raw not in (None, "", "none") else 0
+
+
+def write_policy(dsl: Datasets, rec: Record) -> Policy:
+    """compression, checksum and copies as the block layer takes them. compression=on means
+    zstd-1 here (OpenZFS: lz4, which fusezfs does not have: both mean "fast"); checksum=on is
+    xxh3-128 (OpenZFS: fletcher4)."""
+    comp_name = str(value(dsl, rec, "compression"))
+    algorithm, lvl = compress.parse("zstd-1" if comp_name == "on" else comp_name)
+    cksum = CKSUM_SHA256 if str(value(dsl, rec, "checksum")).startswith("sha256") else CKSUM_XXH3_128
+    return Policy(algorithm, lvl, cksum, int(value(dsl, rec, "copies")))
+
+
+# ---- space ----------------------------------------------------------------------------------
+def pool_available(dsl: Datasets) -> int:
+    pool = dsl.pool
+    slop = pool.size >> SLOP_SHIFT
+    reserved = sum(max(0, as_int(r.props.get("reservation")) - dsl.used(r))
+                   for r in dsl.descendants(ROOT_ID))
+    return max(0, pool.free - slop - reserved)
+
+
+def available(dsl: Datasets, rec: Record) -> int:
+    """AVAIL: what this dataset may still write, after pool space, quotas up the tree and its
+    refquota."""
+    if rec.kind == "snapshot":
+        rec = dsl.record(rec.parent)
+    avail = pool_available(dsl) + max(0, as_int(rec.props.get("reservation")) - dsl.used(rec))
+    refquota = as_int(rec.props.get("refquota"))
+    if refquota:
+        avail = min(avail, max(0, refquota - rec.refer))
+    walk = rec
+    while True:
+        quota = as_int(walk.props.get("quota"))
+        if quota:
+            avail = min(avail, max(0, quota - dsl.used(walk)))
+        if walk.id == ROOT_ID:
+            break
+        walk = dsl.record(walk.parent)
+    return avail
+
+
+def check_space(dsl: Datasets, rec: Record, nbytes: int) -> None:
+    """Raise EDQUOT (a quota or refquota would be exceeded) or ENOSPC before anything is
+    written, so a write either fits whole or changes nothing."""
+    refquota = as_int(rec.props.get("refquota"))
+    if refquota and rec.refer + nbytes > refquota:
+        raise OSError(errno.EDQUOT, "Disk quota exceeded")
+    walk = rec
+    while True:
+        quota = as_int(walk.props.get("quota"))
+        if quota and dsl.used(walk) + nbytes > quota:
+            raise OSError(errno.EDQUOT, "Disk quota exceeded")
+        if walk.id == ROOT_ID:
+            break
+        walk = dsl.record(walk.parent)
+    if nbytes > pool_available(dsl) + max(0, as_int(rec.props.get("reservation")) - dsl.used(rec)):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+# ---- computed (read-only) properties --------------------------------------------------------
+def computed(dsl: Datasets, rec: Record, wanted: list[str] | None = None) -> dict:
+    """Raw values of the read-only properties of `rec` for dsprops.get_property."""
+    snap = rec.kind == "snapshot"
+    used = dsl.used(rec)
+    out = {
+        "type": rec.kind, "creation": rec.creation, "used": used, "referenced": rec.refer,
+        "guid": rec.guid, "createtxg": rec.createtxg, "objsetid": rec.id,
+        "compressratio": dsprops.compress_ratio(rec.refer_lsize, rec.refer_psize),
+        "refcompressratio": dsprops.compress_ratio(rec.refer_lsize, rec.refer_psize),
+        "logicalreferenced": rec.refer_lsize, "written": rec.written,
+    }
+    if snap:
+        out.update({"userrefs": len(rec.holds), "defer_destroy": rec.defer_destroy,
+                    "clones": [dsl.name(c) for c in rec.clones], "available": None})
+        out["logicalused"] = None
+    else:
+        by_children = dsl.used_by_children(rec)
+        out.update({
+            "available": available(dsl, rec), "mounted": False,
+            "usedbysnapshots": rec.used_snap, "usedbydataset": rec.used_head,
+            "usedbychildren": by_children,
+            "usedbyrefreservation": dsl.used_by_refreservation(rec),
+            "logicalused": rec.refer_lsize + sum(
+                computed(dsl, c)["logicalused"] for c in dsl.children(rec.id)),
+            "origin": dsl.name(rec.origin) if rec.origin else None,
+        })
+    for name in wanted or []:
+        if dsprops.is_written(name):
+            out[name] = written_since(dsl, rec, name.partition("@")[2])
+    return out
+
+
+def written_since(dsl: Datasets, rec: Record, snap_short: str) -> int | None:
+    """written@SNAP: bytes referenced now that were born after SNAP (of the same head)."""
+    head = dsl.record(rec.parent) if rec.kind == "snapshot" else rec
+    snap = dsl.lookup(f"{dsl.name(head.id)}@{snap_short}")
+    if snap is None:
+        return None
+    total = 0
+    for kind, bp in dsl.tree(rec).walk():
+        if kind in ("node", "block") and bp.birth > snap.createtxg:
+            total += bp.asize
+    return total
+
+
+# ---- set and inherit ------------------------------------------------------------------------
+def set_props(dsl: Datasets, rec: Record, props: dict[str, str]) -> None:
+    """`zfs set a=b c=d`: all checked first, then all applied (one record change)."""
+    if rec.kind == "snapshot":
+        for name in props:
+            if not dsprops.is_user(name):
+                raise DatasetError(dsprops.MSG_SNAPSHOT_PROPS)
+    try:
+        raw = dsprops.validate_props(props, rec.kind)
+    except dsprops.PropError as e:
+        raise DatasetError(e.message, errno.EINVAL) from None
+    for name, val in raw.items():
+        if name == "quota" and as_int(val) and as_int(val) < dsl.used(rec):
+            raise DatasetError(dsprops.MSG_QUOTA_TOO_SMALL, errno.ENOSPC)
+        if name == "refquota" and as_int(val) and as_int(val) < rec.refer:
+            raise DatasetError(dsprops.MSG_QUOTA_TOO_SMALL, errno.ENOSPC)
+        if name in ("reservation", "refreservation") and as_int(val) > available(dsl, rec) + \
+                as_int(rec.props.get(name)):
+            raise DatasetError(dsprops.MSG_RESV_TOO_BIG, errno.ENOSPC)
+    for name, val in raw.items():
+        level_ = level(dsl, rec)
+        dsprops.apply_set(level_, name, val)
+        rec.props = dict(level_.local)
+        rec.masked = sorted(level_.masked)
+    dsl.touch(rec)
+
+
+def inherit(dsl: Datasets, rec: Record, name: str, *, received: bool = False) -> None:
+    level_ = level(dsl, rec)
+    dsprops.apply_inherit(level_, name, received=received)
+    rec.props = dict(level_.local)
+    rec.masked = sorted(level_.masked)
+    dsl.touch(rec)
