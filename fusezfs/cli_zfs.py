@@ -550,7 +550,7 @@ def cmd_list(args: list[str]) -> int:
         for opt, val in opts:
             if opt == "-o":
                 got = dsprops.parse_proplist(val)
-                columns = got if got is not None else ["name"] + dsprops.ORDER
+                columns = got if got is not None else ["name"] + dsprops.all_properties("filesystem")
             elif opt in ("-s", "-S"):
                 sort.append((dsprops.check_sort_property(val), opt == "-S"))
             elif opt == "-t":

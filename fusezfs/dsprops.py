@@ -172,10 +172,13 @@ _DNSIZE = (("legacy", 0), ("auto", 1), ("1k", 1024), ("2k", 2048), ("4k", 4096),
 _REDUNDANT_MD = (("all", 0), ("most", 1))
 _VOLMODE = (("default", 0), ("full", 1), ("geom", 1), ("dev", 2), ("none", 3))
 
-_COMPRESS_UNSUPPORTED = frozenset(
-    ["lzjb", "zle", "lz4", "zstd-fast"] + [f"zstd-fast-{i}" for i in _ZSTD_FAST_LEVELS])
-_CHECKSUM_UNSUPPORTED = frozenset(
-    ["off", "fletcher2", "fletcher4", "noparity", "sha512", "skein", "edonr", "blake3"])
+# fusezfs has zstd and gzip; scripts written for OpenZFS set lz4 (and older lzjb/zle, or
+# zstd-fast): those values are accepted and shown as given, and written with zstd-1 (fast).
+# Likewise every checksum name is accepted: sha256/sha512/skein/edonr/blake3 are written as
+# sha256, the others (on, off, fletcher*) as xxh3-128 -- fusezfs never stores a block without
+# a checksum (properties.write_policy).
+_COMPRESS_UNSUPPORTED: frozenset = frozenset()
+_CHECKSUM_UNSUPPORTED: frozenset = frozenset()
 _DEDUP_UNSUPPORTED = frozenset(["sha512", "sha512,verify", "skein", "skein,verify",
                                 "edonr,verify", "blake3", "blake3,verify"])
 _ENCRYPTION_PROPS = frozenset(["encryption", "keyformat", "keylocation", "pbkdf2iters"])

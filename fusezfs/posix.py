@@ -26,6 +26,14 @@ stay until their last reference goes, and are recorded in the tree's unlinked se
 opening the filesystem read-write destroys whatever that set holds, so a process that dies
 holding such files leaks nothing (ZFS's unlinked set / delete queue).
 
+Modules: posix.py (this: the object, inodes, open files, xattrs, flush), posix_names.py
+(directories and names), posix_data.py (file contents: records, holes, the dirty-record buffer),
+posix_paths.py (path helpers), posix_types.py (values returned, flags), posix_layout.py (the
+on-disk items, bit-exact).
+
+Inode numbers: the root directory is inode 1; numbers are handed out from a counter kept in the
+tree and are never reused in a dataset or its clones; the generation is the creating txg.
+
 What the dataset layer provides is the `ObjsetIO` protocol below. Use:
 
     fs = Posix(io)                          # formats an empty tree (root directory = inode 1)
@@ -116,6 +124,7 @@ class Posix(Names, FileData, PathHelpers):
         self._lookups: dict[int, int] = {}
         self._next_fh = 1
         self._sb_dirty = False
+        self._depth = 0                 # nesting of locked operations (see posix_types.locked)
         with self.lock:
             raw = self.tree.get(SUPER_KEY)
             if raw is None:
@@ -507,9 +516,15 @@ class Posix(Names, FileData, PathHelpers):
         if self._sb_dirty:
             tree.put(SUPER_KEY, self.sb.encode())
             self._sb_dirty = False
-        if len(self._inodes) > INODE_CACHE:
-            keep = {ROOT_INO} | self._opens.keys() | self._lookups.keys() | self._records.keys()
-            self._inodes = {i: n for i, n in self._inodes.items() if i in keep}
+        if len(self._inodes) > INODE_CACHE and self._depth == 1:    # not inside an operation
+            self._evict()
+
+    def _evict(self) -> None:
+        """Forget the clean inode records nothing holds (they are in the tree). Only between
+        operations: an operation in progress may hold Inode objects it has not marked yet."""
+        keep = {ROOT_INO} | self._opens.keys() | self._lookups.keys() | self._records.keys() \
+            | self._dirty
+        self._inodes = {i: n for i, n in self._inodes.items() if i in keep}
 
     @property
     def dirty_bytes(self) -> int:

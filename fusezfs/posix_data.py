@@ -64,7 +64,12 @@ class FileData:
                 piece = src[roff:roff + chunk]           # a copy: buffers may change later
             else:
                 src = self._stored_record(ino, blkid)
-                piece = b"" if src is None else memoryview(src)[roff:roff + chunk]
+                if src is None:
+                    piece = b""
+                elif roff == 0 and chunk >= len(src):
+                    piece = src                         # the whole block: no copy
+                else:
+                    piece = memoryview(src)[roff:roff + chunk]
             parts.append(piece)
             if len(piece) < chunk:
                 parts.append(bytes(chunk - len(piece)))
@@ -136,8 +141,27 @@ class FileData:
         bs = node.blksz
         grown = 0
         if size < old:
-            first_gone = -(-size // bs)
             recs = self._records.get(ino)
+            # the record that will hold the new end first: reading it may fail (EIO), and
+            # nothing must have changed then
+            keep = size - (size // bs) * bs
+            if keep:
+                blkid = size // bs
+                buf = recs.get(blkid) if recs else None
+                if buf is not None:
+                    if len(buf) > keep:
+                        self._dirty_data -= len(buf) - keep
+                        del buf[keep:]
+                else:
+                    raw = self.tree.get(data_key(ino, blkid))
+                    bp = None if raw is None else decode_bp(raw)
+                    if bp is not None and bp.lsize > keep:
+                        trimmed = bytearray(memoryview(self.io.read_block(bp))[:keep])
+                        recs = self._records.setdefault(ino, {})
+                        recs[blkid] = trimmed
+                        self._dirty_data += keep
+                        grown += keep
+            first_gone = -(-size // bs)
             if recs:
                 for b in [b for b in recs if b >= first_gone]:
                     self._dirty_data -= len(recs.pop(b))
@@ -153,22 +177,6 @@ class FileData:
                 if count:
                     self.tree.delete_range(lo, hi)
                     node.used -= freed
-            keep = size - (size // bs) * bs
-            if keep:
-                blkid = size // bs
-                buf = recs.get(blkid) if recs else None
-                if buf is not None:
-                    if len(buf) > keep:
-                        self._dirty_data -= len(buf) - keep
-                        del buf[keep:]
-                else:
-                    raw = self.tree.get(data_key(ino, blkid))
-                    bp = None if raw is None else decode_bp(raw)
-                    if bp is not None and bp.lsize > keep:
-                        trimmed = bytearray(memoryview(self.io.read_block(bp))[:keep])
-                        self._records.setdefault(ino, {})[blkid] = trimmed
-                        self._dirty_data += keep
-                        grown += keep
         node.size = size
         return grown
 
@@ -214,7 +222,10 @@ class FileData:
 
     # ---- flushing into blocks ------------------------------------------------------------
     def _flush_data(self) -> None:
+        for ino in [i for i, recs in self._records.items() if not recs]:
+            del self._records[ino]
         if not self._records:
+            self._dirty_data = 0
             return
         batch: list = []
         nbytes = 0

@@ -13,6 +13,7 @@ RENAME_NOREPLACE = 1        # Linux's values (renameat2)
 RENAME_EXCHANGE = 2
 XATTR_CREATE = 1            # Linux's values (setxattr)
 XATTR_REPLACE = 2
+CACHE_TRIM = 32768          # inode records cached before an operation trims the cache
 
 
 class _Now:
@@ -77,10 +78,18 @@ def err(code: int) -> OSError:
 
 
 def locked(fn):
+    """Run a Posix operation under the pool's lock; between top-level operations, trim the
+    inode cache (a read-only filesystem is never flushed, so this bounds its memory too)."""
     @functools.wraps(fn)
     def wrapper(self, *args, **kwargs):
         with self.lock:
-            return fn(self, *args, **kwargs)
+            if self._depth == 0 and len(self._inodes) > CACHE_TRIM:
+                self._evict()
+            self._depth += 1
+            try:
+                return fn(self, *args, **kwargs)
+            finally:
+                self._depth -= 1
     return wrapper
 
 

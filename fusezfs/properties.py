@@ -43,13 +43,21 @@ def as_int(raw) -> int:
 
 
 def write_policy(dsl: Datasets, rec: Record) -> Policy:
-    """compression, checksum and copies as the block layer takes them. compression=on means
-    zstd-1 here (OpenZFS: lz4, which fusezfs does not have: both mean "fast"); checksum=on is
-    xxh3-128 (OpenZFS: fletcher4)."""
+    """compression, checksum and copies as the block layer takes them.
+
+    fusezfs writes zstd or gzip: compression=on and the fast algorithms it lacks (lz4, lzjb,
+    zle, zstd-fast-N) are written with zstd-1, the fastest level. Every checksum value is
+    honoured with a real checksum: the cryptographic ones as sha256, the rest (on, off,
+    fletcher2/4) as xxh3-128 -- a block is never stored unverifiable.
+    """
     comp_name = str(value(dsl, rec, "compression"))
-    algorithm, lvl = compress.parse("zstd-1" if comp_name == "on" else comp_name)
-    cksum = CKSUM_SHA256 if str(value(dsl, rec, "checksum")).startswith("sha256") else CKSUM_XXH3_128
-    return Policy(algorithm, lvl, cksum, int(value(dsl, rec, "copies")))
+    if comp_name == "on" or comp_name in ("lz4", "lzjb", "zle") or comp_name.startswith("zstd-fast"):
+        comp_name = "zstd-1"
+    algorithm, lvl = compress.parse(comp_name)
+    strong = str(value(dsl, rec, "checksum")).startswith(("sha256", "sha512", "skein", "edonr",
+                                                          "blake3"))
+    return Policy(algorithm, lvl, CKSUM_SHA256 if strong else CKSUM_XXH3_128,
+                  int(value(dsl, rec, "copies")))
 
 
 # ---- space ----------------------------------------------------------------------------------

@@ -372,15 +372,17 @@ class Tree:
             delta = len(value) - len(old)
             leaf.vals[i] = value
             leaf.refs[i] = ref
+            appended = False
         else:
             keys.insert(i, key)
             leaf.vals.insert(i, value)
             leaf.refs.insert(i, ref)
             delta = _LEAF + len(key) + len(value)
+            appended = i == len(keys) - 1
         leaf.nbytes += delta
         self._dirty_bytes += delta
         if leaf.nbytes > self.node_max:
-            self._split_up(path, idxs)
+            self._split_up(path, idxs, appended)
         elif delta < 0 and leaf.nbytes < self.node_min:
             self._rebalance(path, idxs)
 
@@ -428,21 +430,31 @@ class Tree:
         self._dirty_bytes -= gone
 
     # ---- shape -------------------------------------------------------------------------------
-    def _split(self, node: _Node) -> tuple[_Node, bytes]:
-        """Split a dirty node in two of about equal encoded size; returns (right, separator)."""
+    def _split(self, node: _Node, at_end: bool = False) -> tuple[_Node, bytes]:
+        """Split a dirty node in two; returns (right, separator). Normally the halves have about
+        equal encoded size. When the node overflowed because an entry was appended at its end
+        (sequential keys: a file written in order, inodes allocated in order), the left part is
+        filled to 7/8 instead, or ascending inserts would leave every node half empty."""
         n = len(node.keys)
         sizes = [_entry_size(node, i) for i in range(n)]
         total = sum(sizes)
         acc = 0
         k = 1
-        for k in range(1, n):
-            acc += sizes[k - 1]
-            if 2 * acc >= total:
-                # take entry k-1 on the left only if that is closer to an even split
-                if 2 * acc - total > total - 2 * (acc - sizes[k - 1]) and k > 1:
-                    k -= 1
-                    acc -= sizes[k]
-                break
+        if at_end:
+            budget = self.node_max * 7 // 8 - _HEAD
+            k = 0
+            while k < n - 1 and (k == 0 or acc + sizes[k] <= budget):
+                acc += sizes[k]
+                k += 1
+        else:
+            for k in range(1, n):
+                acc += sizes[k - 1]
+                if 2 * acc >= total:
+                    # take entry k-1 on the left only if that is closer to an even split
+                    if 2 * acc - total > total - 2 * (acc - sizes[k - 1]) and k > 1:
+                        k -= 1
+                        acc -= sizes[k]
+                    break
         right = _Node(node.level, node.keys[k:], node.vals[k:],
                       None if node.refs is None else node.refs[k:], _HEAD + total - acc)
         del node.keys[k:], node.vals[k:]
@@ -456,14 +468,14 @@ class Tree:
         node.nbytes = _HEAD + acc
         return right, sep
 
-    def _split_all(self, node: _Node) -> list[tuple[bytes, _Node]]:
+    def _split_all(self, node: _Node, at_end: bool = False) -> list[tuple[bytes, _Node]]:
         """Split an overfull node until every piece fits (a single entry always "fits"); returns
         the new right siblings with their separators, in key order. With the default NODE_MAX one
         split always suffices; smaller test sizes may need more."""
         if node.nbytes <= self.node_max or len(node.keys) < 2:
             return []
-        right, sep = self._split(node)
-        return self._split_all(node) + [(sep, right)] + self._split_all(right)
+        right, sep = self._split(node, at_end)
+        return self._split_all(node) + [(sep, right)] + self._split_all(right, at_end)
 
     def _adopt(self, parent: _Node, i: int, pieces: list[tuple[bytes, _Node]]) -> None:
         """Insert new children (with their separators) into a dirty parent at index i."""
@@ -474,14 +486,17 @@ class Tree:
             self._dirty_bytes += _INNER + len(sep)
             i += 1
 
-    def _split_up(self, path: list[_Node], idxs: list[int]) -> None:
-        """Split overfull nodes from the leaf up; a split root makes the tree one level taller."""
+    def _split_up(self, path: list[_Node], idxs: list[int], at_end: bool) -> None:
+        """Split overfull nodes from the leaf up; a split root makes the tree one level taller.
+        at_end: the leaf overflowed by an append at its end (see _split)."""
         for d in range(len(path) - 1, 0, -1):
-            pieces = self._split_all(path[d])
+            pieces = self._split_all(path[d], at_end)
             if not pieces:
                 return
-            self._adopt(path[d - 1], idxs[d - 1] + 1, pieces)
-        self._fix_root()
+            parent = path[d - 1]
+            self._adopt(parent, idxs[d - 1] + 1, pieces)
+            at_end = idxs[d - 1] + len(pieces) == len(parent.keys) - 1
+        self._fix_root(at_end)
 
     def _rebalance(self, path: list[_Node], idxs: list[int]) -> None:
         """After removals: merge each underfull node on the path with a sibling (splitting the
@@ -515,11 +530,11 @@ class Tree:
                 self._adopt(path[d - 2], idxs[d - 2] + 1, self._split_all(parent))
         self._fix_root()
 
-    def _fix_root(self) -> None:
+    def _fix_root(self, at_end: bool = False) -> None:
         """Grow a new root above an overfull one; drop roots that have a single child."""
         top = self._top
         while True:
-            pieces = self._split_all(top)
+            pieces = self._split_all(top, at_end)
             if not pieces:
                 break
             new = _Node(top.level + 1, [b""], [top], None, _HEAD + _INNER)

@@ -759,6 +759,40 @@ def test_many_entries_with_long_names_survive_reopen(t):
     t.check()
 
 
+def test_tiny_inode_cache_changes_nothing(monkeypatch):
+    """The same random operations with the inode cache trimmed all the time and with no trimming
+    give the same filesystem."""
+    import fusezfs.posix as posix_mod
+    import fusezfs.posix_types as types_mod
+    trees = []
+    for tiny in (False, True):
+        if tiny:
+            monkeypatch.setattr(posix_mod, "INODE_CACHE", 2)
+            monkeypatch.setattr(types_mod, "CACHE_TRIM", 3)
+        t = FS(size=32 * MiB, recordsize=4096)
+        side = OurSide(t)
+        rng = random.Random(11)
+        paths = [f"{a}/{b}" for a in "abcdef" for b in "xyz"] + list("abcdef")
+        for i in range(600):
+            op = rng.choice(OPS_FOR_CRASH)(rng)
+            op = (op[0],) + tuple(rng.choice(paths) if isinstance(x, str) and x in PATHS
+                                  else x for x in op[1:])
+            if op[0] in ("hold", "release"):
+                continue
+            try:
+                side.run(op)
+            except OSError:
+                pass
+            if i % 97 == 0:
+                t.pool.sync()
+        before = our_tree(t.fs)
+        t.reopen()
+        assert our_tree(t.fs) == before and len(before) > 10
+        trees.append(before)
+        t.check()
+    assert trees[0] == trees[1]
+
+
 # ---- the model: fusezfs against a directory on the host ------------------------------------
 NAMES = ["a", "b", "c"]
 PATHS = NAMES + [f"{x}/{y}" for x in NAMES for y in NAMES]

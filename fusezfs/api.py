@@ -1,0 +1,51 @@
+"""The library surface front ends use: an open pool with its datasets and the POSIX
+filesystems of those datasets.
+
+A filesystem object buffers dirty file data; it is flushed into its tree by the pool's sync
+hook, so every txg commits a consistent state of every open filesystem. Operations that replace
+a dataset's tree (rollback, destroy) go through `Handle`, which drops the filesystem objects
+that would otherwise keep looking at the old tree.
+"""
+from __future__ import annotations
+
+from .datasets import Datasets
+from .objset import DatasetIO
+from .pool import Pool
+from .posix import Posix
+
+
+class Handle:
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.dsl = Datasets(pool)
+        self._open: dict[int, Posix] = {}
+        pool.sync_hooks.insert(0, self._flush)
+
+    def _flush(self, pool: Pool) -> None:
+        for fs in self._open.values():
+            fs.flush()
+
+    def filesystem(self, name: str) -> Posix:
+        """The POSIX view of filesystem or snapshot `name` (DatasetError if it does not exist)."""
+        rec = self.dsl.get(name)
+        fs = self._open.get(rec.id)
+        if fs is None:
+            fs = self._open[rec.id] = Posix(DatasetIO(self.dsl, rec))
+        return fs
+
+    def forget(self, name_or_id) -> None:
+        """Drop cached filesystem objects (after rollback/destroy/property changes)."""
+        if isinstance(name_or_id, int):
+            fs = self._open.pop(name_or_id, None)
+        else:
+            rec = self.dsl.lookup(name_or_id)
+            fs = self._open.pop(rec.id, None) if rec else None
+        if fs is not None:
+            fs.flush()
+
+    def forget_all(self) -> None:
+        for ds_id in list(self._open):
+            self.forget(ds_id)
+
+    def close(self) -> None:
+        self.pool.close()

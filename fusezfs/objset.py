@@ -1,0 +1,54 @@
+"""A dataset as the POSIX layer sees it (posix.ObjsetIO): its tree, the properties that steer
+writes, and space checks, all answered by the dataset layer.
+
+Blocks a filesystem writes are accounted to its dataset as they are born (datasets.born) and
+freed through its deadlist rules (datasets.kill, via the tree's store), so nothing here keeps
+state of its own: it is a view, made again whenever properties may have changed.
+"""
+from __future__ import annotations
+
+import time
+
+from . import properties
+from .datasets import Datasets, Record
+from .formats.bp import BlockPointer
+
+
+class DatasetIO:
+    def __init__(self, dsl: Datasets, rec: Record) -> None:
+        self.dsl = dsl
+        self.rec = rec
+        self.tree = dsl.tree(rec)
+        self.lock = dsl.pool.lock
+        head = dsl.record(rec.parent) if rec.kind == "snapshot" else rec
+        value = lambda name: properties.value(dsl, head, name)  # noqa: E731
+        self.readonly = rec.kind == "snapshot" or str(value("readonly")) == "on"
+        self.recordsize = int(value("recordsize"))
+        self.compress = str(value("compression")) != "off"
+        self.atime = str(value("atime")) == "on"
+        self.policy = properties.write_policy(dsl, head)
+
+    @property
+    def txg(self) -> int:
+        return self.dsl.pool.txg
+
+    def write_blocks(self, datas: list) -> list[BlockPointer]:
+        return self.dsl.write_blocks(self.rec, datas, self.policy)
+
+    def read_block(self, bp: BlockPointer) -> bytes:
+        return self.dsl.pool.blocks.read(bp)
+
+    def check_space(self, nbytes: int) -> None:
+        properties.check_space(self.dsl, self.rec, nbytes)
+
+    def note_written(self, nbytes: int) -> None:
+        self.dsl.pool.note_written(nbytes)
+
+    def now_ns(self) -> int:
+        return time.time_ns()
+
+    def space(self) -> tuple[int, int]:
+        return self.rec.refer, properties.available(self.dsl, self.rec)
+
+    def sync(self) -> None:
+        self.dsl.pool.sync()
