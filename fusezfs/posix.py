@@ -526,6 +526,23 @@ class Posix(Names, FileData, PathHelpers):
             | self._dirty
         self._inodes = {i: n for i, n in self._inodes.items() if i in keep}
 
+    @locked
+    def reload(self, tree: Tree | None = None) -> None:
+        """Forget everything cached or buffered and read the tree again: after a rollback
+        replaced the dataset's tree (pass the new one). Buffered changes are discarded, not
+        flushed. Handles and lookup counts stay; those whose inode is gone now get ENOENT."""
+        self.tree = tree if tree is not None else self.io.tree
+        self._inodes.clear()
+        self._dirty.clear()
+        self._records.clear()
+        self._dirty_data = 0
+        self._sb_dirty = False
+        raw = self.tree.get(SUPER_KEY)
+        if raw is None:
+            self._format(0o755, 0, 0)
+        else:
+            self.sb = Superblock.decode(raw)
+
     @property
     def dirty_bytes(self) -> int:
         """Bytes of file data buffered in memory, not yet in blocks."""

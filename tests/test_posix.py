@@ -25,6 +25,7 @@ from fusezfs.posix import (MAX_FILE_SIZE, NOW, RENAME_EXCHANGE, RENAME_NOREPLACE
                            XATTR_CREATE, XATTR_REPLACE, Posix)
 from fusezfs.posix_layout import (K_DATA, UNLINKED_HI, UNLINKED_LO, ino_prefix,
                                   kind_hi, kind_lo)
+from fusezfs.tree import Tree
 from fusezfs.verify import verify
 
 MiB = 1 << 20
@@ -519,6 +520,25 @@ def test_close_reclaims_unlinked_files(t):
     fs.unlink(ROOT_INO, "f")
     fs.close()
     assert errno_of(fs.getattr, ino) == errno.ENOENT
+
+
+def test_reload_after_the_tree_is_replaced(t):
+    """A rollback replaces the dataset's tree: reload() drops buffered changes and rereads."""
+    fs = t.fs
+    ino = fs.write_file("/f", b"old")
+    fs.makedirs("/d")
+    t.pool.sync()
+    old_root = fs.tree.root
+    fs.write_file("/f", b"new content")
+    fs.makedirs("/e")
+    t.pool.sync()
+    fh = fs.open(ino, os.O_WRONLY)
+    fs.write(fh, 0, b"buffered")                 # not flushed: must not survive the reload
+    fs.reload(Tree(fs.tree.store, old_root))
+    assert fs.read_file("/f") == b"old" and sorted(fs.listdir("/")) == [b"d", b"f"]
+    assert fs.read(fs.open(ino), 0, 100) == b"old"
+    fs.release(fh)
+    assert fs.dirty_bytes == 0
 
 
 # ---- xattrs ----------------------------------------------------------------------------------

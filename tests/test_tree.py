@@ -282,6 +282,14 @@ class TreeMachine(RuleBasedStateMachine):
         for _ in range(n):
             self._put(key_of((base + rng.randrange(span)) % 3000), rng)
 
+    @rule(seed=st.integers(0, 2 ** 32), n=st.integers(1, 400), down=st.booleans())
+    def put_run(self, seed, n, down):
+        """Ascending (a file written in order) or descending keys."""
+        rng = random.Random(seed)
+        start = rng.randrange(3000)
+        for i in range(n):
+            self._put(key_of((start - i if down else start + i) % 3000), rng)
+
     @rule(i=KEYS)
     def delete(self, i):
         key = key_of(i)
@@ -409,6 +417,29 @@ def test_empty_tree_and_no_op_sync():
     assert not tree.delete(b"nope") and not tree.dirty    # a miss dirties nothing
     assert tree.delete(b"x")
     assert tree.sync() is None and store.live() == set()
+
+
+def test_dirty_bytes_track_what_sync_will_write():
+    store = FakeStore()
+    tree = Tree(store, None)
+    for i in range(1000):
+        tree.put(b"%08d" % i, b"v" * 100)       # 8 + 8 + 100 bytes encoded per item
+    assert 116_000 <= tree.dirty_bytes <= 116_000 + 20 * 200
+    tree.sync()
+    assert tree.dirty_bytes == 0
+    tree.put(b"%08d" % 5, b"w" * 100)           # one path copied: a leaf and the root
+    assert tree.dirty_bytes <= 2 * NODE_MAX + 2 * 200
+
+
+def test_sequential_inserts_fill_nodes():
+    store = FakeStore()
+    tree = Tree(store, None)
+    for i in range(50_000):
+        tree.put(extent_key(7, i * 4096), bytes(BP_SIZE))
+    tree.sync()
+    stats = tree.check()
+    payload = 50_000 * (8 + 16 + BP_SIZE)
+    assert stats["leaves"] <= payload / (NODE_MAX * 0.8) + 1    # not half-empty leaves
 
 
 def test_ref_values_are_owned_or_reported():
