@@ -257,7 +257,7 @@ def _destroy_order(dsl: Datasets, recs: list[Record]) -> list[Record]:
                     + [rank(s) + 1 for s in dsl.snapshots(r.id) if s.id in seen] + [0])
         depth[r.id] = d
         return d
-    return sorted(seen.values(), key=lambda r: (rank(r), -r.createtxg, -r.id))
+    return sorted(seen.values(), key=lambda r: (rank(r), r.createtxg, r.id))
 
 
 def cmd_destroy(args: list[str]) -> int:

@@ -21,14 +21,11 @@ import errno
 import os
 
 from .formats.bp import decode_bp, encode_bp
-from .posix_layout import (K_DATA, MAX_FILE_SIZE, Inode, blkid_of, data_key, kind_hi)
+from .posix_layout import K_DATA, MAX_FILE_SIZE, Inode, blkid_of, data_key, kind_hi
+from .posix_types import err
 from .tree import REF_BLOCK
 
 FLUSH_BATCH = 16 << 20      # bytes of records handed to write_blocks at once
-
-
-def _err(code: int) -> OSError:
-    return OSError(code, os.strerror(code))
 
 
 class FileData:
@@ -45,7 +42,7 @@ class FileData:
 
     def _read(self, node: Inode, offset: int, size: int) -> bytes:
         if offset < 0 or size < 0:
-            raise _err(errno.EINVAL)
+            raise err(errno.EINVAL)
         fsize = node.size
         if offset >= fsize or size == 0:
             return b""
@@ -84,12 +81,12 @@ class FileData:
         caller reports it with note_written once its own state is consistent)."""
         n = len(data)
         if offset < 0:
-            raise _err(errno.EINVAL)
+            raise err(errno.EINVAL)
         if n == 0:
             return 0
         end = offset + n
         if end > MAX_FILE_SIZE:
-            raise _err(errno.EFBIG)
+            raise err(errno.EFBIG)
         self.io.check_space(self._dirty_data + n)
         mv = memoryview(data)
         if mv.ndim != 1 or mv.itemsize != 1:
@@ -198,9 +195,9 @@ class FileData:
 
     def _seek(self, node: Inode, offset: int, whence: int) -> int:
         if offset < 0:
-            raise _err(errno.ENXIO)
+            raise err(errno.ENXIO)
         if offset >= node.size:
-            raise _err(errno.ENXIO)
+            raise err(errno.ENXIO)
         bs = node.blksz
         ino = node.ino
         first = offset // bs
@@ -211,7 +208,7 @@ class FileData:
                 cands.append(blkid_of(k))
                 break
             if not cands:
-                raise _err(errno.ENXIO)
+                raise err(errno.ENXIO)
             return max(offset, min(cands) * bs)
         # SEEK_HOLE: the first record at or after `first` with no data, or end of file
         b = first

@@ -295,7 +295,7 @@ class Names:
         if cookie < COOKIE_DOTDOT:
             out.append(DirEntry(b"..", node.parent, stat.S_IFDIR >> 12, COOKIE_DOTDOT))
         start = max(cookie + 1, 1 << CD_BITS)
-        if limit is None or len(out) < limit:
+        if start < 1 << 63 and (limit is None or len(out) < limit):
             for k, v in self.tree.scan(dirent_key(ino, start), kind_hi(ino, K_DIRENT)):
                 child, dt, name = decode_dirent(v)
                 out.append(DirEntry(name, child, dt, cookie_of(k)))

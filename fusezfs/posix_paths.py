@@ -9,13 +9,10 @@ import os
 import stat
 
 from .posix_layout import ROOT_INO
+from .posix_types import err
 
 MAX_SYMLINKS = 40
 IO_CHUNK = 1 << 20
-
-
-def _err(code: int) -> OSError:
-    return OSError(code, os.strerror(code))
 
 
 class PathHelpers:
@@ -40,17 +37,17 @@ class PathHelpers:
             if ino is None:
                 if last:
                     return cur, c, None
-                raise _err(errno.ENOENT)
+                raise err(errno.ENOENT)
             node = self._inode(ino)
             if node.is_lnk and (follow or not last):
                 budget[0] -= 1
                 if budget[0] < 0:
-                    raise _err(errno.ELOOP)
+                    raise err(errno.ELOOP)
                 parent, name, ino = self._walk(node.target, True, cur, budget)
                 if last:
                     return parent, name, ino
                 if ino is None:
-                    raise _err(errno.ENOENT)
+                    raise err(errno.ENOENT)
             if last:
                 return cur, c, ino
             cur = ino
@@ -62,9 +59,9 @@ class PathHelpers:
             path = os.fsencode(path) if isinstance(path, str) else bytes(path)
             _parent, _name, ino = self._walk(path, follow)
             if ino is None:
-                raise _err(errno.ENOENT)
+                raise err(errno.ENOENT)
             if path.endswith(b"/") and not self._inode(ino).is_dir:
-                raise _err(errno.ENOTDIR)
+                raise err(errno.ENOTDIR)
             return ino
 
     def parent_of(self, path) -> tuple[int, bytes]:
@@ -86,12 +83,12 @@ class PathHelpers:
             parent, name, ino = self._walk(path, not (excl or flags & os.O_NOFOLLOW))
             if ino is None:
                 if not flags & os.O_CREAT:
-                    raise _err(errno.ENOENT)
+                    raise err(errno.ENOENT)
                 fh, _attr = self.create(parent, name, mode, flags, uid, gid)
                 self.forget(_attr.st_ino)
                 return fh
             if excl:
-                raise _err(errno.EEXIST)
+                raise err(errno.EEXIST)
             return self.open(ino, flags)
 
     def write_file(self, path, data, mode: int = 0o644, uid: int = 0, gid: int = 0) -> int:
@@ -128,9 +125,9 @@ class PathHelpers:
                     ino = self.mkdir(parent, name, mode, uid, gid).st_ino
                     self.forget(ino)
                 elif i == len(comps) - 1 and not exist_ok:
-                    raise _err(errno.EEXIST)
+                    raise err(errno.EEXIST)
                 if not stat.S_ISDIR(self._inode(ino).mode):
-                    raise _err(errno.ENOTDIR if i < len(comps) - 1 else errno.EEXIST)
+                    raise err(errno.ENOTDIR if i < len(comps) - 1 else errno.EEXIST)
                 cur = ino
             return cur
 

@@ -206,3 +206,61 @@ def test_cp_round_trips_a_tree_with_attributes(env, capsys):
     assert code == 1 and "Read-only file system" in err
     code, _o, err = run(capsys, "cp", str(src), "tank/t:/x")
     assert code == 1 and "-r not specified" in err
+
+
+def test_destroy_forms_dry_runs_and_deferred(env, capsys):
+    ok(capsys, "create", "tank/d")
+    for i in range(1, 6):
+        put(env, capsys, "tank/d:/f", os.urandom(20_000 * i))
+        ok(capsys, "snapshot", f"tank/d@s{i}")
+    out = ok(capsys, "destroy", "-nv", "tank/d@s1,s2")
+    assert out.splitlines()[:2] == ["would destroy tank/d@s1", "would destroy tank/d@s2"]
+    assert out.splitlines()[-1].startswith("would reclaim ")
+    out = ok(capsys, "destroy", "-np", "tank/d@s2%s4")
+    assert [l.split("\t")[1] for l in out.splitlines() if l.startswith("destroy")] == \
+        ["tank/d@s2", "tank/d@s3", "tank/d@s4"]
+    assert len(ok(capsys, "list", "-H", "-t", "snapshot", "-o", "name").splitlines()) == 5
+    ok(capsys, "destroy", "tank/d@s1,s3")
+    ok(capsys, "destroy", "tank/d@s4%")
+    assert ok(capsys, "list", "-H", "-t", "snapshot", "-o", "name") == "tank/d@s2\n"
+    ok(capsys, "hold", "keep", "tank/d@s2")
+    out = ok(capsys, "holds", "-H", "tank/d@s2")
+    assert out.split("\t")[:2] == ["tank/d@s2", "keep"]
+    assert ok(capsys, "get", "-H", "-o", "value", "userrefs", "tank/d@s2") == "1\n"
+    code, _o, err = run(capsys, "destroy", "tank/d@s2")
+    assert code == 1 and err == "cannot destroy snapshot tank/d@s2: dataset is busy\n"
+    ok(capsys, "destroy", "-d", "tank/d@s2")
+    assert ok(capsys, "get", "-H", "-o", "value", "defer_destroy", "tank/d@s2") == "on\n"
+    code, _o, err = run(capsys, "release", "nope", "tank/d@s2")
+    assert code == 1 and "no such tag on this dataset" in err
+    ok(capsys, "release", "keep", "tank/d@s2")
+    assert ok(capsys, "list", "-H", "-t", "snapshot", "-o", "name") == ""
+
+
+def test_rename_forms(env, capsys):
+    ok(capsys, "create", "-p", "tank/a/b")
+    ok(capsys, "snapshot", "-r", "tank/a@x")
+    ok(capsys, "rename", "-r", "tank/a@x", "tank/a@y")
+    assert ok(capsys, "list", "-H", "-t", "snapshot", "-o", "name") == "tank/a@y\ntank/a/b@y\n"
+    ok(capsys, "rename", "-p", "tank/a", "tank/m/n/a")
+    assert ok(capsys, "list", "-H", "-o", "name") == "tank\ntank/m\ntank/m/n\ntank/m/n/a\ntank/m/n/a/b\n"
+    code, _o, err = run(capsys, "rename", "tank/m", "tank/m/n/a/b/c")
+    assert code == 1 and "cannot rename to 'tank/m/n/a/b/c'" in err
+
+
+def test_list_types_sorting_and_written(env, capsys):
+    for name, size in (("tank/big", 400_000), ("tank/small", 10_000), ("tank/mid", 100_000)):
+        ok(capsys, "create", name)
+        put(env, capsys, f"{name}:/f", os.urandom(size))
+    ok(capsys, "snapshot", "tank/mid@1")
+    put(env, capsys, "tank/mid:/g", os.urandom(50_000))
+    out = ok(capsys, "list", "-H", "-o", "name", "-s", "used", "-d", "1", "tank")
+    assert out.splitlines()[1:] == ["tank/small", "tank/mid", "tank/big"] or \
+        out.splitlines()[:3] == ["tank/small", "tank/mid", "tank/big"]
+    out = ok(capsys, "list", "-H", "-o", "name", "-S", "referenced", "-t", "filesystem,snapshot", "-r", "tank")
+    assert out.splitlines()[0] == "tank/big"
+    assert ok(capsys, "list", "-H", "-o", "name", "-t", "snap") == "tank/mid@1\n"
+    written = int(ok(capsys, "get", "-Hp", "-o", "value", "written@1", "tank/mid"))
+    assert 50_000 <= written < 100_000
+    out = ok(capsys, "get", "-H", "-o", "name", "-t", "snapshot", "type")
+    assert out == "tank/mid@1\n"

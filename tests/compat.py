@@ -1,0 +1,180 @@
+"""Shared machinery for the scripted sessions run against zfs-fuse and against fusezfs.
+
+A session is a list of `Step`s. Each step runs on both sides, each with its own sparse files and
+state: zfs-fuse in a private daemon (tests/zfsfuse.py), fusezfs in-process (`fusezfs.cli.main`)
+with its own FUSEZFS_STATE_DIR. The work directory is written `{D}` in the steps and in the
+compared output. Each step names a comparison rule: a function from a `Result` to anything
+comparable with ==; the default, `exact`, compares exit code, stdout and stderr. All mismatches
+are collected and reported together, as unified diffs (- zfs-fuse, + fusezfs).
+
+Where zfs-fuse (pool version 23) lacks a feature that OpenZFS has, a step can give `alt`: the
+commands to run on the zfs-fuse side instead, whose results are concatenated (for instance one
+`zfs set` per property where OpenZFS takes several at once).
+"""
+from __future__ import annotations
+
+import contextlib
+import difflib
+import io
+import re
+import shlex
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from fusezfs import cli
+from zfsfuse import ZfsFuse
+
+MiB = 1 << 20
+NOISE = re.compile(r"^Defaulting to 4K blocksize \(ashift=12\) for '[^']*'\n", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Result:
+    code: int | str
+    out: str
+    err: str
+
+    def render(self) -> list[str]:
+        return ([f"exit {self.code}", "--- stdout ---"] + self.out.splitlines()
+                + ["--- stderr ---"] + self.err.splitlines())
+
+
+# ---- comparison rules: what of a Result must agree --------------------------------------------
+def exact(r: Result):
+    return r
+
+
+def usage(r: Result):
+    """Usage errors: exit code, stdout and the first stderr line (the usage texts differ)."""
+    return Result(r.code, r.out, r.err.splitlines()[0] if r.err else "")
+
+
+def table(r: Result):
+    """Tables whose column widths differ: compare the whitespace-split cells."""
+    return (r.code, [line.split() for line in r.out.splitlines()], r.err)
+
+
+def merged(r: Result):
+    """Same text and exit code, either stream (zfs-fuse and OpenZFS chose different streams)."""
+    return (r.code, r.out + r.err)
+
+
+def exit_code(r: Result):
+    return r.code
+
+
+def stdout_only(r: Result):
+    return r.out
+
+
+def no_stderr(r: Result):
+    """Exit code and stdout; stderr differs in wording only (the step says why)."""
+    return (r.code, r.out)
+
+
+def first_err_line(r: Result):
+    """Exit code, stdout and the first stderr line (the hints after it differ)."""
+    return (r.code, r.out, r.err.splitlines()[:1])
+
+
+def sub(pattern: str, repl: str, base: Callable[[Result], object] = exact,
+        name: str | None = None) -> Callable[[Result], object]:
+    """`base` after replacing `pattern` (a multiline regex) by `repl` in stdout and stderr."""
+    rx = re.compile(pattern, re.MULTILINE)
+
+    def rule(r: Result):
+        return base(Result(r.code, rx.sub(repl, r.out), rx.sub(repl, r.err)))
+    rule.__name__ = name or f"sub({pattern!r})"
+    return rule
+
+
+def both(*rules: Callable[[Result], object]) -> Callable[[Result], object]:
+    """Apply rules that return Results one after another."""
+    def rule(r: Result):
+        for f in rules:
+            r = f(r)
+        return r
+    rule.__name__ = "+".join(getattr(f, "__name__", "?") for f in rules)
+    return rule
+
+
+@dataclass(frozen=True)
+class Step:
+    argv: tuple[str, ...]
+    rule: Callable[[Result], object] = exact
+    why: str = ""        # why the rule is not `exact` where it is not obvious
+    alt: tuple[tuple[str, ...], ...] = ()   # what zfs-fuse runs instead, if it lacks the feature
+
+
+def S(cmd: str, rule: Callable[[Result], object] = exact, why: str = "",
+      alt: Sequence[str] = ()) -> Step:
+    """A step from a shell-like command line (shlex rules: quote arguments with spaces)."""
+    return Step(tuple(shlex.split(cmd)), rule, why, tuple(tuple(shlex.split(a)) for a in alt))
+
+
+# ---- running a step on each side --------------------------------------------------------------
+def expand(argv: Sequence[str], workdir: Path) -> list[str]:
+    return [a.replace("{D}", str(workdir)) for a in argv]
+
+
+def normalize(code, out: str, err: str, workdir: Path) -> Result:
+    d = str(workdir)
+    return Result(code, out.replace(d, "{D}"), NOISE.sub("", err).replace(d, "{D}"))
+
+
+def run_zfsfuse(zf: ZfsFuse, tool: str, step: Step, workdir: Path) -> Result:
+    """Run the step (or its `alt` commands) with zfs-fuse's `tool` (zfs or zpool)."""
+    code, out, err = 0, "", ""
+    for argv in step.alt or (step.argv,):
+        run = zf.zpool if tool == "zpool" else zf.zfs
+        r = run(*expand(argv, workdir), busy_retries=10)
+        out, err = out + r.stdout, err + r.stderr
+        code = code or r.returncode
+    return normalize(code, out, err, workdir)
+
+
+def run_fusezfs(prefix: Sequence[str], step: Step, workdir: Path) -> Result:
+    """Run `fusezfs PREFIX... ARGV...` in-process, capturing its streams and exit code."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = cli.main([*prefix, *expand(step.argv, workdir)])
+        except SystemExit as e:
+            code = e.code
+        except Exception:
+            code = "exception"
+            err.write(traceback.format_exc())
+    return normalize(code, out.getvalue(), err.getvalue(), workdir)
+
+
+def report(i: int, tool: str, step: Step, a: Result, b: Result) -> str:
+    rule = getattr(step.rule, "__name__", repr(step.rule))
+    head = f"step {i}: {tool} {shlex.join(step.argv)}   [rule: {rule}]"
+    if step.alt:
+        head += "\n  (zfs-fuse ran: " + "; ".join(shlex.join(a) for a in step.alt) + ")"
+    if step.why:
+        head += f"\n  ({step.why})"
+    diff = difflib.unified_diff(a.render(), b.render(), "zfs-fuse", "fusezfs", lineterm="", n=20)
+    return head + "\n" + "\n".join("    " + line for line in diff)
+
+
+def run_session(zf: ZfsFuse, tool: str, prefix: Sequence[str], session: Sequence[Step],
+                dirs: dict[str, Path]) -> list[str]:
+    """Run every step on both sides (dirs: "zfs-fuse" and "fusezfs" work directories);
+    return the reports of the steps that differ."""
+    mismatches = []
+    for i, step in enumerate(session):
+        a = run_zfsfuse(zf, tool, step, dirs["zfs-fuse"])
+        b = run_fusezfs(prefix, step, dirs["fusezfs"])
+        if step.rule(a) != step.rule(b):
+            mismatches.append(report(i, tool, step, a, b))
+    return mismatches
+
+
+def make_files(d: Path, names: Sequence[str], size: int = 128 * MiB) -> None:
+    d.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        with open(d / name, "wb") as f:
+            f.truncate(size)
