@@ -9,7 +9,7 @@ import os
 import sys
 
 from . import dsprops, poolprops, registry
-from .datasets import Datasets
+from .api import Handle
 from .cli import Failed, Usage, error, nicenum, parse, print_table
 from .devices import FileDevice
 from .names import pool_name_error
@@ -166,7 +166,7 @@ def cmd_create(args: list[str]) -> int:
         pool = Pool.create(name, devices, props, fsprops)
     except PoolError as e:
         raise Failed(str(e)) from None
-    Datasets(pool)                      # the pool's root filesystem
+    Handle(pool).filesystem(name)       # the pool's root filesystem, with its root directory
     registry.add(name, pool.guid, paths)
     pool.close()
     return 0
