@@ -10,6 +10,7 @@ import sys
 
 from . import dsprops, poolprops, registry
 from .api import Handle
+from .datasets import Datasets
 from .cli import Failed, Usage, error, nicenum, parse, print_table
 from .devices import FileDevice
 from .names import pool_name_error
@@ -549,6 +550,8 @@ def cmd_verify(args: list[str]) -> int:
     pool = open_pool(names[0])
     try:
         report = verify(pool)
+        if report.ok:   # space accounting of every dataset, recounted from the trees
+            report.faults += Datasets(pool).check()
         print(report.text(pool.name))
     finally:
         pool.close()

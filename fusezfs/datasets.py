@@ -617,6 +617,11 @@ class Datasets:
         snapshot (what destroying it alone would free)."""
         if rec.kind == "snapshot":
             return self.snapshot_used(rec)
+        # below its reservation a dataset counts as using the reservation (zfsprops(7))
+        return max(self.used_actual(rec), int(rec.props.get("reservation") or 0))
+
+    def used_actual(self, rec: Record) -> int:
+        """A head's used without the reservation floor: the four usedby* added up."""
         return (rec.used_head + rec.used_snap + self.used_by_children(rec)
                 + self.used_by_refreservation(rec))
 

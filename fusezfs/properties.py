@@ -64,9 +64,17 @@ def write_policy(dsl: Datasets, rec: Record) -> Policy:
 def pool_available(dsl: Datasets) -> int:
     pool = dsl.pool
     slop = pool.size >> SLOP_SHIFT
-    reserved = sum(max(0, as_int(r.props.get("reservation")) - dsl.used(r))
-                   for r in dsl.descendants(ROOT_ID))
+    # space promised but not yet used: reservations (beyond what the dataset uses) and
+    # refreservations (beyond what its own data uses: usedbyrefreservation)
+    reserved = sum(max(0, as_int(r.props.get("reservation")) - dsl.used_actual(r))
+                   + dsl.used_by_refreservation(r) for r in dsl.descendants(ROOT_ID))
     return max(0, pool.free - slop - reserved)
+
+
+def own_reserve(dsl: Datasets, rec: Record) -> int:
+    """Space set aside for this dataset that pool_available left out: its own to use."""
+    return max(0, as_int(rec.props.get("reservation")) - dsl.used_actual(rec)) + \
+        dsl.used_by_refreservation(rec)
 
 
 def available(dsl: Datasets, rec: Record) -> int:
@@ -74,7 +82,7 @@ def available(dsl: Datasets, rec: Record) -> int:
     refquota."""
     if rec.kind == "snapshot":
         rec = dsl.record(rec.parent)
-    avail = pool_available(dsl) + max(0, as_int(rec.props.get("reservation")) - dsl.used(rec))
+    avail = pool_available(dsl) + own_reserve(dsl, rec)
     refquota = as_int(rec.props.get("refquota"))
     if refquota:
         avail = min(avail, max(0, refquota - rec.refer))
@@ -103,7 +111,7 @@ def check_space(dsl: Datasets, rec: Record, nbytes: int) -> None:
         if walk.id == ROOT_ID:
             break
         walk = dsl.record(walk.parent)
-    if nbytes > pool_available(dsl) + max(0, as_int(rec.props.get("reservation")) - dsl.used(rec)):
+    if nbytes > pool_available(dsl) + own_reserve(dsl, rec):
         raise OSError(errno.ENOSPC, "No space left on device")
 
 

@@ -264,3 +264,19 @@ def test_list_types_sorting_and_written(env, capsys):
     assert 50_000 <= written < 100_000
     out = ok(capsys, "get", "-H", "-o", "name", "-t", "snapshot", "type")
     assert out == "tank/mid@1\n"
+
+
+def test_reservations_set_space_aside(env, capsys):
+    ok(capsys, "create", "tank/r")
+    ok(capsys, "create", "tank/other")
+    avail = int(ok(capsys, "get", "-Hp", "-o", "value", "available", "tank/other"))
+    ok(capsys, "set", "reservation=50M", "tank/r")
+    after = int(ok(capsys, "get", "-Hp", "-o", "value", "available", "tank/other"))
+    assert avail - after >= 50 * MiB - 64 * 1024
+    assert int(ok(capsys, "get", "-Hp", "-o", "value", "available", "tank/r")) >= after + 49 * MiB
+    ok(capsys, "set", "refreservation=30M", "tank/other")
+    assert int(ok(capsys, "get", "-Hp", "-o", "value", "usedbyrefreservation", "tank/other")) > 29 * MiB
+    used_root = int(ok(capsys, "get", "-Hp", "-o", "value", "used", "tank"))
+    assert used_root >= 80 * MiB
+    code, _o, err = run(capsys, "set", "reservation=10G", "tank/r")
+    assert code == 1 and "size is greater than available space" in err
