@@ -75,8 +75,9 @@ def print_table(headers: list[str], rows: list[list[str]], *, scripted: bool,
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    from . import cli_cp, cli_pool, cli_zfs
-    verbs: dict[str, Callable[[list[str]], int]] = {"pool": cli_pool.main, "cp": cli_cp.main}
+    from . import cli_cp, cli_mount, cli_pool, cli_zfs
+    verbs: dict[str, Callable[[list[str]], int]] = {"pool": cli_pool.main, "cp": cli_cp.main,
+                                                    **cli_mount.COMMANDS}
     for name in cli_zfs.VERBS:
         verbs[name] = (lambda v: lambda a: cli_zfs.run(v, a))(name)
     if not argv or argv[0] in ("-h", "--help", "-?"):

@@ -335,13 +335,17 @@ class Datasets:
             raise DatasetError("parent does not exist", errno.ENOENT)
         return parent
 
+    def create_parents(self, name: str) -> None:
+        """`-p`: create every missing ancestor of `name` (not `name` itself)."""
+        parts = name.split("/")
+        for i in range(2, len(parts)):
+            if self.lookup("/".join(parts[:i])) is None:
+                self.create("/".join(parts[:i]))
+
     def create(self, name: str, props: dict[str, str] | None = None, *,
                parents: bool = False) -> Record:
         if parents:
-            parts = name.split("/")
-            for i in range(2, len(parts)):
-                if self.lookup("/".join(parts[:i])) is None:
-                    self.create("/".join(parts[:i]))
+            self.create_parents(name)
         parent = self.check_new_name(name)
         if parent.kind != "filesystem":
             raise DatasetError("parent is not a filesystem")
@@ -459,10 +463,7 @@ class Datasets:
         if snap is None or snap.kind != "snapshot":
             raise DatasetError("dataset does not exist", errno.ENOENT)
         if parents:
-            parts = name.split("/")
-            for i in range(2, len(parts)):
-                if self.lookup("/".join(parts[:i])) is None:
-                    self.create("/".join(parts[:i]))
+            self.create_parents(name)
         parent = self.check_new_name(name)
         rec = Record(self._new_id(), "filesystem", name.rpartition("/")[2], parent.id,
                      new_guid(), self.pool.txg, int(time.time()), origin=snap.id,

@@ -1,0 +1,685 @@
+"""The pyfuse3 adapter: one FUSE tree over the filesystems of one open pool.
+
+Theory of operation
+-------------------
+The daemon mounts the pool's root filesystem; every other filesystem with canmount=on and a
+mountpoint inside the root's tree appears at that mountpoint (ZFS mounts it there). Each
+dataset shown is a *view*: a Posix object (the POSIX layer, with FUSE lookup counting) and an
+index. Inode numbers the kernel sees are `view index << 48 | the dataset's own inode number`,
+so they are unique across the tree; the root view is index 0, so its root is inode 1 (FUSE's
+root). One FUSE mount has a single st_dev: datasets cannot show distinct device numbers here
+(the kernel assigns st_dev per superblock; FUSE gives no way to vary it per inode).
+
+Mountpoints: a child's mountpoint directory is made in the dataset that contains that path
+(as `zfs mount` makes it), and is then *covered*: lookup and readdir of that name in the
+parent answer the child's root instead. rmdir or rename of a covered name is EBUSY; rename
+and link between views are EXDEV; writes to snapshot views and readonly=on datasets are EROFS
+(the POSIX layer raises it).
+
+`.zfs` in the root of each filesystem view is a virtual directory holding `snapshot`, whose
+entries are the dataset's snapshots, each a read-only view made on first use. `.zfs` is found
+by lookup always and listed by readdir only with snapdir=visible. Virtual inodes use the top
+local numbers of their view (never handed out by the POSIX layer).
+
+Every handler is a thin async wrapper around a synchronous function run under the pool's
+lock. If the lock is free the function runs at once on the trio thread (the common case: no
+thread hop); if a sync holds it on a worker thread, the function runs on a worker thread too,
+so the event loop keeps serving other requests meanwhile. fsync and the timer's syncs (CPU
+and I/O heavy: compression, checksums, device flushes) always run on worker threads.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import threading
+
+import pyfuse3
+import trio
+
+from . import dsprops, properties
+from .datasets import ROOT_ID, Record
+from .objset import DatasetIO
+from .posix import Posix, ROOT_INO
+
+log = logging.getLogger("fusezfs.fuse")
+
+SHIFT = 48
+LOCAL_MASK = (1 << SHIFT) - 1
+CTL_INO = LOCAL_MASK            # .zfs
+SNAPDIR_INO = LOCAL_MASK - 1    # .zfs/snapshot
+COOKIE_ZFS = 3                  # readdir cookie of .zfs in a root (real cookies are >= 1 << 15)
+READDIR_CHUNK = 256
+
+
+class View:
+    """One dataset as the mount shows it."""
+
+    def __init__(self, index: int, rec: Record, fs: Posix, name: str) -> None:
+        self.index = index
+        self.rec = rec
+        self.fs = fs
+        self.name = name
+        self.snapshot = rec.kind == "snapshot"
+        self.head: View | None = None           # snapshot view: its filesystem's view
+        self.parent: tuple[int, int] | None = None   # (view, dir ino) the root is mounted in
+
+    def g(self, local: int) -> int:
+        return self.index << SHIFT | local
+
+
+def mountpoint_of(dsl, rec: Record) -> str:
+    """The mountpoint property as `zfs get` shows it (inherited paths extended)."""
+    value = dsprops.get_property("mountpoint", "filesystem", properties.chain(dsl, rec))
+    return value[0] if value else "none"
+
+
+def mounted_children(dsl) -> list[tuple[str, Record]]:
+    """(path relative to the root dataset's mountpoint, record) of every filesystem below the
+    root that mounts inside its tree, shallowest first. Others are left out, with a log line."""
+    root = dsl.record(ROOT_ID)
+    base = mountpoint_of(dsl, root)
+    if not base.startswith("/"):
+        base = "/" + dsl.pool.name
+    base = base.rstrip("/")
+    out = []
+    for rec in dsl.descendants(ROOT_ID):
+        name = dsl.name(rec.id)
+        if str(properties.value(dsl, rec, "canmount")) != "on":
+            continue
+        mp = mountpoint_of(dsl, rec)
+        if not mp.startswith("/"):
+            continue
+        if not mp.startswith(base + "/"):
+            log.warning("%s: mountpoint %s is outside the pool's tree %s; not mounted",
+                        name, mp, base or "/")
+            continue
+        rel = os.path.normpath(mp[len(base) + 1:])
+        if rel in (".", "") or rel.startswith(".."):
+            log.warning("%s: mountpoint %s is the pool root's; not mounted", name, mp)
+            continue
+        out.append((rel, rec))
+    out.sort(key=lambda x: (x[0].count("/"), x[0]))
+    return out
+
+
+def fuse_error(e: OSError) -> pyfuse3.FUSEError:
+    return pyfuse3.FUSEError(e.errno or errno.EIO)
+
+
+class Operations(pyfuse3.Operations):
+    """The FUSE operations over a `Handle` (see the module comment)."""
+
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+
+    def __init__(self, handle, *, entry_timeout: float = 1.0, attr_timeout: float = 1.0,
+                 negative_timeout: float = 1.0) -> None:
+        super().__init__()
+        self.handle = handle
+        self.dsl = handle.dsl
+        self.pool = handle.pool
+        self.lock: threading.RLock = self.pool.lock
+        self.entry_timeout = entry_timeout
+        self.attr_timeout = attr_timeout
+        self.negative_timeout = negative_timeout
+        self.views: list[View] = []
+        self.covers: dict[tuple[int, int], int] = {}
+        self.snap_views: dict[int, int] = {}
+        self.files: dict[int, tuple[View, int]] = {}
+        self.dirs: dict[int, tuple[View, int]] = {}
+        self._next_fh = 1
+        with self.lock:
+            self._build()
+
+    # ---- views --------------------------------------------------------------------------
+    def _open_view(self, rec: Record) -> View:
+        fs = Posix(DatasetIO(self.dsl, rec), track_lookups=True)
+        # Handle's sync hook flushes the filesystems it knows: register ours there, so one
+        # dataset never has two Posix objects (library users of the handle get this one)
+        self.handle._open[rec.id] = fs
+        view = View(len(self.views), rec, fs, self.dsl.name(rec.id))
+        self.views.append(view)
+        return view
+
+    def _build(self) -> None:
+        root = self._open_view(self.dsl.record(ROOT_ID))
+        mounted: list[tuple[str, View]] = [("", root)]
+        covered_paths: set[str] = set()
+        for rel, rec in mounted_children(self.dsl):
+            if rel in covered_paths:
+                log.warning("%s: mountpoint already used; not mounted", self.dsl.name(rec.id))
+                continue
+            host_rel, host = max(((r, v) for r, v in mounted
+                                  if r == "" or rel.startswith(r + "/")), key=lambda x: len(x[0]))
+            sub = rel[len(host_rel):].lstrip("/")
+            try:
+                if host.fs.io.readonly:
+                    ino = host.fs.resolve(sub)
+                else:
+                    ino = host.fs.makedirs(sub)
+                if not stat.S_ISDIR(host.fs.getattr(ino).st_mode):
+                    raise OSError(errno.ENOTDIR, "not a directory")
+            except OSError as e:
+                log.warning("%s: cannot make mountpoint %s in %s: %s; not mounted",
+                            self.dsl.name(rec.id), sub, host.name, e.strerror)
+                continue
+            view = self._open_view(rec)
+            view.parent = (host.index, ino)
+            self.covers[(host.index, ino)] = view.index
+            covered_paths.add(rel)
+            mounted.append((rel, view))
+
+    def _snap_view(self, head: View, rec: Record) -> View:
+        idx = self.snap_views.get(rec.id)
+        if idx is not None:
+            return self.views[idx]
+        view = self._open_view(rec)
+        view.head = head
+        self.snap_views[rec.id] = view.index
+        return view
+
+    def _split(self, g: int) -> tuple[View, int]:
+        idx = g >> SHIFT
+        if idx >= len(self.views):
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self.views[idx], g & LOCAL_MASK
+
+    def _snapdir_visible(self, view: View) -> bool:
+        return str(properties.value(self.dsl, view.rec, "snapdir")) == "visible"
+
+    def _snapshot_rec(self, view: View, name: bytes) -> Record | None:
+        try:
+            short = os.fsdecode(name)
+        except UnicodeDecodeError:
+            return None
+        if not short or "/" in short or "@" in short:
+            return None
+        rec = self.dsl.lookup(f"{self.dsl.name(view.rec.id)}@{short}")
+        return rec if rec is not None and rec.kind == "snapshot" else None
+
+    # ---- attributes ---------------------------------------------------------------------
+    def _entry(self, view: View, a) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = view.g(a.st_ino)
+        e.generation = a.generation
+        e.entry_timeout = self.entry_timeout
+        e.attr_timeout = self.attr_timeout
+        e.st_mode = a.st_mode
+        e.st_nlink = a.st_nlink
+        e.st_uid = a.st_uid
+        e.st_gid = a.st_gid
+        e.st_rdev = a.st_rdev
+        e.st_size = a.st_size
+        e.st_blksize = a.st_blksize
+        e.st_blocks = a.st_blocks
+        e.st_atime_ns = a.st_atime_ns
+        e.st_mtime_ns = a.st_mtime_ns
+        e.st_ctime_ns = a.st_ctime_ns
+        return e
+
+    def _virtual(self, view: View, local: int) -> pyfuse3.EntryAttributes:
+        root = view.fs.getattr(ROOT_INO)
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = view.g(local)
+        e.generation = 0
+        e.entry_timeout = self.entry_timeout
+        e.attr_timeout = self.attr_timeout
+        e.st_mode = stat.S_IFDIR | 0o555
+        e.st_nlink = 2 if local == CTL_INO else 2 + len(self.dsl.snapshots(view.rec.id))
+        e.st_uid = e.st_gid = 0
+        e.st_size = 0
+        e.st_blksize = 512
+        e.st_blocks = 0
+        t = self.rec_time(view.rec)
+        e.st_atime_ns = e.st_mtime_ns = e.st_ctime_ns = t or root.st_ctime_ns
+        return e
+
+    @staticmethod
+    def rec_time(rec: Record) -> int:
+        return int(rec.creation) * 10**9
+
+    def _root_entry(self, view: View) -> pyfuse3.EntryAttributes:
+        """The root of `view`, counted as a lookup."""
+        return self._entry(view, view.fs.lookup(ROOT_INO, b"."))
+
+    def _cover(self, view: View, a) -> pyfuse3.EntryAttributes:
+        """Entry for an attribute found in `view`, replaced by a mounted child's root (the
+        lookup count moves from the covered directory to the child's root)."""
+        child = self.covers.get((view.index, a.st_ino))
+        if child is None:
+            return self._entry(view, a)
+        view.fs.forget(a.st_ino, 1)
+        return self._root_entry(self.views[child])
+
+    def _is_covered(self, view: View, parent: int, name: bytes) -> bool:
+        if parent == ROOT_INO and name == b".zfs" and not view.snapshot:
+            return True
+        try:
+            ino = view.fs.lookup(parent, name).st_ino
+        except OSError:
+            return False
+        view.fs.forget(ino, 1)
+        return (view.index, ino) in self.covers
+
+    # ---- running synchronous code --------------------------------------------------------
+    def _call(self, fn, *args):
+        with self.lock:
+            try:
+                return fn(*args)
+            except pyfuse3.FUSEError:
+                raise
+            except OSError as e:
+                raise fuse_error(e) from None
+            except Exception:
+                log.exception("internal error in %s", getattr(fn, "__name__", fn))
+                raise pyfuse3.FUSEError(errno.EIO) from None
+
+    async def _run(self, fn, *args):
+        if self.lock.acquire(blocking=False):
+            try:
+                return self._call(fn, *args)
+            finally:
+                self.lock.release()
+        return await trio.to_thread.run_sync(self._call, fn, *args)
+
+    async def _run_thread(self, fn, *args):
+        return await trio.to_thread.run_sync(self._call, fn, *args)
+
+    # ---- lookups ------------------------------------------------------------------------
+    async def lookup(self, parent_inode, name, ctx=None):
+        return await self._run(self._lookup, parent_inode, bytes(name))
+
+    def _lookup(self, parent: int, name: bytes) -> pyfuse3.EntryAttributes:
+        view, local = self._split(parent)
+        if local == CTL_INO:
+            if name == b"snapshot":
+                return self._virtual(view, SNAPDIR_INO)
+            if name == b".":
+                return self._virtual(view, CTL_INO)
+            if name == b"..":
+                return self._root_entry(view)
+            return self._negative()
+        if local == SNAPDIR_INO:
+            if name == b".":
+                return self._virtual(view, SNAPDIR_INO)
+            if name == b"..":
+                return self._virtual(view, CTL_INO)
+            rec = self._snapshot_rec(view, name)
+            if rec is None:
+                return self._negative()
+            return self._root_entry(self._snap_view(view, rec))
+        if local == ROOT_INO and name == b"..":
+            if view.head is not None:
+                return self._virtual(view.head, SNAPDIR_INO)
+            if view.parent is not None:
+                host_idx, dir_ino = view.parent
+                host = self.views[host_idx]
+                return self._cover(host, host.fs.lookup(dir_ino, b".."))
+        if local == ROOT_INO and name == b".zfs" and not view.snapshot:
+            return self._virtual(view, CTL_INO)
+        try:
+            a = view.fs.lookup(local, name)
+        except OSError as e:
+            if e.errno == errno.ENOENT:
+                return self._negative()
+            raise
+        return self._cover(view, a)
+
+    def _negative(self) -> pyfuse3.EntryAttributes:
+        if self.negative_timeout <= 0:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = 0
+        e.entry_timeout = self.negative_timeout
+        return e
+
+    async def forget(self, inode_list):
+        try:
+            await self._run(self._forget, list(inode_list))
+        except Exception:       # must not raise
+            log.exception("forget")
+
+    def _forget(self, inode_list) -> None:
+        for g, n in inode_list:
+            idx, local = g >> SHIFT, g & LOCAL_MASK
+            if idx < len(self.views) and local not in (CTL_INO, SNAPDIR_INO):
+                self.views[idx].fs.forget(local, n)
+
+    async def getattr(self, inode, ctx=None):
+        return await self._run(self._getattr, inode)
+
+    def _getattr(self, g: int) -> pyfuse3.EntryAttributes:
+        view, local = self._split(g)
+        if local in (CTL_INO, SNAPDIR_INO):
+            return self._virtual(view, local)
+        return self._entry(view, view.fs.getattr(local))
+
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        return await self._run(self._setattr, inode, attr, fields)
+
+    def _setattr(self, g: int, attr, fields) -> pyfuse3.EntryAttributes:
+        view, local = self._split(g)
+        if local in (CTL_INO, SNAPDIR_INO):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        kw = {}
+        if fields.update_mode:
+            kw["mode"] = attr.st_mode
+        if fields.update_uid:
+            kw["uid"] = attr.st_uid
+        if fields.update_gid:
+            kw["gid"] = attr.st_gid
+        if fields.update_size:
+            kw["size"] = attr.st_size
+        if fields.update_atime:
+            kw["atime"] = attr.st_atime_ns
+        if fields.update_mtime:
+            kw["mtime"] = attr.st_mtime_ns
+        if fields.update_ctime:
+            kw["ctime"] = attr.st_ctime_ns
+        return self._entry(view, view.fs.setattr(local, **kw))
+
+    async def readlink(self, inode, ctx):
+        return await self._run(self._readlink, inode)
+
+    def _readlink(self, g: int) -> bytes:
+        view, local = self._split(g)
+        if local in (CTL_INO, SNAPDIR_INO):
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return view.fs.readlink(local)
+
+    # ---- making and removing names -------------------------------------------------------
+    def _real_dir(self, g: int) -> tuple[View, int]:
+        view, local = self._split(g)
+        if local in (CTL_INO, SNAPDIR_INO):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        return view, local
+
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        return await self._run(self._mknod, parent_inode, bytes(name), mode, rdev, ctx.uid,
+                               ctx.gid)
+
+    def _mknod(self, parent, name, mode, rdev, uid, gid):
+        view, local = self._real_dir(parent)
+        self._check_new(view, local, name)
+        return self._entry(view, view.fs.mknod(local, name, mode, rdev, uid, gid))
+
+    def _check_new(self, view: View, local: int, name: bytes) -> None:
+        if local == ROOT_INO and name == b".zfs" and not view.snapshot:
+            raise pyfuse3.FUSEError(errno.EEXIST)
+
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        return await self._run(self._mkdir, parent_inode, bytes(name), mode, ctx.uid, ctx.gid)
+
+    def _mkdir(self, parent, name, mode, uid, gid):
+        view, local = self._real_dir(parent)
+        self._check_new(view, local, name)
+        return self._entry(view, view.fs.mkdir(local, name, mode, uid, gid))
+
+    async def symlink(self, parent_inode, name, target, ctx):
+        return await self._run(self._symlink, parent_inode, bytes(name), bytes(target),
+                               ctx.uid, ctx.gid)
+
+    def _symlink(self, parent, name, target, uid, gid):
+        view, local = self._real_dir(parent)
+        self._check_new(view, local, name)
+        return self._entry(view, view.fs.symlink(local, name, target, uid, gid))
+
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        return await self._run(self._link, inode, new_parent_inode, bytes(new_name))
+
+    def _link(self, g, new_parent, new_name):
+        view, local = self._split(g)
+        pview, plocal = self._real_dir(new_parent)
+        if local in (CTL_INO, SNAPDIR_INO):
+            raise pyfuse3.FUSEError(errno.EPERM)
+        if view is not pview:
+            raise pyfuse3.FUSEError(errno.EXDEV)
+        self._check_new(view, plocal, new_name)
+        return self._entry(view, view.fs.link(local, plocal, new_name))
+
+    async def unlink(self, parent_inode, name, ctx):
+        return await self._run(self._unlink, parent_inode, bytes(name))
+
+    def _unlink(self, parent, name):
+        view, local = self._real_dir(parent)
+        if self._is_covered(view, local, name):
+            raise pyfuse3.FUSEError(errno.EBUSY)
+        view.fs.unlink(local, name)
+
+    async def rmdir(self, parent_inode, name, ctx):
+        return await self._run(self._rmdir, parent_inode, bytes(name))
+
+    def _rmdir(self, parent, name):
+        view, local = self._real_dir(parent)
+        if self._is_covered(view, local, name):
+            raise pyfuse3.FUSEError(errno.EBUSY)
+        view.fs.rmdir(local, name)
+
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        return await self._run(self._rename, parent_inode_old, bytes(name_old),
+                               parent_inode_new, bytes(name_new), flags)
+
+    def _rename(self, old_parent, old_name, new_parent, new_name, flags):
+        oview, olocal = self._real_dir(old_parent)
+        nview, nlocal = self._real_dir(new_parent)
+        if oview is not nview:
+            raise pyfuse3.FUSEError(errno.EXDEV)
+        if self._is_covered(oview, olocal, old_name) or self._is_covered(nview, nlocal, new_name):
+            raise pyfuse3.FUSEError(errno.EBUSY)
+        oview.fs.rename(olocal, old_name, nlocal, new_name, flags)
+
+    # ---- files --------------------------------------------------------------------------
+    def _new_fh(self, table: dict, view: View, fh: int) -> int:
+        gfh = self._next_fh
+        self._next_fh += 1
+        table[gfh] = (view, fh)
+        return gfh
+
+    def _file(self, gfh: int) -> tuple[View, int]:
+        try:
+            return self.files[gfh]
+        except KeyError:
+            raise pyfuse3.FUSEError(errno.EBADF) from None
+
+    async def open(self, inode, flags, ctx):
+        return await self._run(self._open, inode, flags)
+
+    def _open(self, g, flags):
+        view, local = self._split(g)
+        if local in (CTL_INO, SNAPDIR_INO):
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        fh = view.fs.open(local, flags)
+        fi = pyfuse3.FileInfo(fh=self._new_fh(self.files, view, fh))
+        fi.keep_cache = view.snapshot     # a snapshot never changes: keep its page cache
+        return fi
+
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        return await self._run(self._create, parent_inode, bytes(name), mode, flags, ctx.uid,
+                               ctx.gid)
+
+    def _create(self, parent, name, mode, flags, uid, gid):
+        view, local = self._real_dir(parent)
+        self._check_new(view, local, name)
+        fh, a = view.fs.create(local, name, mode, flags, uid, gid)
+        return pyfuse3.FileInfo(fh=self._new_fh(self.files, view, fh)), self._entry(view, a)
+
+    async def read(self, fh, off, size):
+        return await self._run(self._read, fh, off, size)
+
+    def _read(self, gfh, off, size):
+        view, fh = self._file(gfh)
+        return view.fs.read(fh, off, size)
+
+    async def write(self, fh, off, buf):
+        return await self._run(self._write, fh, off, buf)
+
+    def _write(self, gfh, off, buf):
+        view, fh = self._file(gfh)
+        return view.fs.write(fh, off, buf)
+
+    async def flush(self, fh):
+        return None
+
+    async def release(self, fh):
+        return await self._run(self._release, fh)
+
+    def _release(self, gfh):
+        view, fh = self.files.pop(gfh, (None, None))
+        if view is not None:
+            view.fs.release(fh)
+
+    async def fsync(self, fh, datasync):
+        await self._run_thread(self._fsync, fh)
+
+    def _fsync(self, gfh):
+        view, fh = self._file(gfh)
+        view.fs.fsync(fh)
+        self.pool.sync()        # the txg committed even if this view had nothing new
+
+    # ---- directories --------------------------------------------------------------------
+    async def opendir(self, inode, ctx):
+        return await self._run(self._opendir, inode)
+
+    def _opendir(self, g):
+        view, local = self._split(g)
+        if local in (CTL_INO, SNAPDIR_INO):
+            return self._new_fh(self.dirs, view, (None, local))
+        return self._new_fh(self.dirs, view, (view.fs.opendir(local), local))
+
+    async def readdir(self, fh, start_id, token):
+        cookie = start_id
+        while True:
+            batch = await self._run(self._readdir, fh, cookie)
+            if not batch:
+                return
+            accepted = []
+            for name, attr, next_id, view, local in batch:
+                if not pyfuse3.readdir_reply(token, name, attr, next_id):
+                    break
+                accepted.append((view, local))
+                cookie = next_id
+            if accepted:
+                await self._run(self._add_lookups, accepted)
+            if len(accepted) < len(batch):
+                return
+
+    def _add_lookups(self, accepted) -> None:
+        for view, local in accepted:
+            if local not in (CTL_INO, SNAPDIR_INO):
+                view.fs.add_lookup(local)
+
+    def _readdir(self, gfh, cookie):
+        try:
+            view, (fh, local) = self.dirs[gfh]
+        except KeyError:
+            raise pyfuse3.FUSEError(errno.EBADF) from None
+        out = []
+        if local == CTL_INO:
+            if cookie < 1:
+                out.append((b"snapshot", self._virtual(view, SNAPDIR_INO), 1, view, SNAPDIR_INO))
+            return out
+        if local == SNAPDIR_INO:
+            for rec in sorted(self.dsl.snapshots(view.rec.id), key=lambda r: r.id):
+                if rec.id > cookie:
+                    sv = self._snap_view(view, rec)
+                    a = sv.fs.getattr(ROOT_INO)
+                    out.append((os.fsencode(rec.component), self._entry(sv, a), rec.id, sv,
+                                ROOT_INO))
+                    if len(out) >= READDIR_CHUNK:
+                        break
+            return out
+        if local == ROOT_INO and not view.snapshot and cookie < COOKIE_ZFS \
+                and self._snapdir_visible(view):
+            out.append((b".zfs", self._virtual(view, CTL_INO), COOKIE_ZFS, view, CTL_INO))
+        for e in view.fs.readdir(local, max(cookie, COOKIE_ZFS), READDIR_CHUNK):
+            child = self.covers.get((view.index, e.ino))
+            if child is not None:
+                cv = self.views[child]
+                out.append((e.name, self._entry(cv, cv.fs.getattr(ROOT_INO)), e.cookie, cv,
+                            ROOT_INO))
+            else:
+                out.append((e.name, self._entry(view, view.fs.getattr(e.ino)), e.cookie, view,
+                            e.ino))
+        return out
+
+    async def releasedir(self, fh):
+        return await self._run(self._releasedir, fh)
+
+    def _releasedir(self, gfh):
+        view, (fh, _local) = self.dirs.pop(gfh, (None, (None, None)))
+        if view is not None and fh is not None:
+            view.fs.releasedir(fh)
+
+    async def fsyncdir(self, fh, datasync):
+        await self._run_thread(self.pool.sync)
+
+    # ---- xattrs -------------------------------------------------------------------------
+    async def setxattr(self, inode, name, value, ctx):
+        return await self._run(self._setxattr, inode, bytes(name), bytes(value))
+
+    def _setxattr(self, g, name, value):
+        view, local = self._real_dir(g)
+        view.fs.setxattr(local, name, value)
+
+    async def getxattr(self, inode, name, ctx):
+        return await self._run(self._getxattr, inode, bytes(name))
+
+    def _getxattr(self, g, name):
+        view, local = self._split(g)
+        if local in (CTL_INO, SNAPDIR_INO):
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return view.fs.getxattr(local, name)
+
+    async def listxattr(self, inode, ctx):
+        return await self._run(self._listxattr, inode)
+
+    def _listxattr(self, g):
+        view, local = self._split(g)
+        if local in (CTL_INO, SNAPDIR_INO):
+            return []
+        return view.fs.listxattr(local)
+
+    async def removexattr(self, inode, name, ctx):
+        return await self._run(self._removexattr, inode, bytes(name))
+
+    def _removexattr(self, g, name):
+        view, local = self._real_dir(g)
+        view.fs.removexattr(local, name)
+
+    # ---- the filesystem -----------------------------------------------------------------
+    async def statfs(self, ctx):
+        return await self._run(self._statfs)
+
+    def _statfs(self):
+        # pyfuse3 does not say which inode statfs(2) was called on: the root dataset answers
+        s = self.views[0].fs.statfs()
+        out = pyfuse3.StatvfsData()
+        out.f_bsize = s.f_bsize
+        out.f_frsize = s.f_frsize
+        out.f_blocks = s.f_blocks
+        out.f_bfree = s.f_bfree
+        out.f_bavail = s.f_bavail
+        out.f_files = s.f_files
+        out.f_ffree = s.f_ffree
+        out.f_favail = s.f_favail
+        out.f_namemax = 255
+        return out
+
+    def sync(self) -> int:
+        """Commit the open txg (called on a worker thread)."""
+        with self.lock:
+            return self.pool.sync()
+
+    def close(self) -> None:
+        """After the session ended: drop every lookup and handle (unlinked files go)."""
+        with self.lock:
+            for view in self.views:
+                try:
+                    view.fs.close()
+                except Exception:
+                    log.exception("closing %s", view.name)
+                self.handle._open.pop(view.rec.id, None)
+            self.files.clear()
+            self.dirs.clear()
