@@ -411,13 +411,14 @@ class Datasets:
             self.record(snap.parent).origin_txg
         return sum(bp.asize for _k, bp in self.dead_entries(self.next_of(snap).deadlist, boundary))
 
-    def destroy_snapshot(self, snap: Record, *, defer: bool = False) -> bool:
-        """Destroy one snapshot; returns False if it was only marked for deferred destroy."""
+    def destroy_snapshot(self, snap: Record, *, defer: bool = False) -> int | None:
+        """Destroy one snapshot; returns the bytes it freed (what it alone held), or None if it
+        was only marked for deferred destroy."""
         if snap.clones or snap.holds:
             if defer:
                 snap.defer_destroy = True
                 self.touch(snap)
-                return False
+                return None
             if snap.holds:
                 raise DatasetError("dataset is busy", errno.EBUSY)
             raise DatasetError("snapshot has dependent clones", errno.EEXIST,
@@ -445,7 +446,7 @@ class Datasets:
         self.touch(nxt)
         self.touch(head)
         self._unlink(snap)
-        return True
+        return freed
 
     def _written_between(self, snap: Record, boundary: int) -> int:
         """Bytes `snap` references that were born after `boundary` (for its `written`)."""

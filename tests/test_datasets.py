@@ -239,8 +239,9 @@ def test_random_histories_keep_the_invariants(dsl):
             dsl.snapshot([name])
             snaps.append(name)
         elif r < 0.9 and snaps:
-            victim = snaps.pop(rng.randrange(len(snaps)))
-            dsl.destroy_snapshot(dsl.get(victim))
+            victim = dsl.get(snaps.pop(rng.randrange(len(snaps))))
+            alone = dsl.used(victim)
+            assert dsl.destroy_snapshot(victim) == alone    # used = what destroying it frees
         elif snaps:
             dsl.pool.sync()
         if step % 10 == 9:
@@ -251,8 +252,8 @@ def test_random_histories_keep_the_invariants(dsl):
     # destroying every snapshot frees exactly usedbysnapshots
     expected = fs.used_snap
     free_before = dsl.pool.free
-    for name in snaps:
-        dsl.destroy_snapshot(dsl.get(name))
+    freed = sum(dsl.destroy_snapshot(dsl.get(name)) for name in snaps)
+    assert freed == expected                   # exactly usedbysnapshots, no more, no less
     dsl.pool.sync()
     dsl.pool.sync()
     assert dsl.pool.free - free_before >= expected
