@@ -240,6 +240,7 @@ def test_random_histories_keep_the_invariants(dsl):
             snaps.append(name)
         elif r < 0.9 and snaps:
             victim = dsl.get(snaps.pop(rng.randrange(len(snaps))))
+            dsl.pool.sync()                                  # space is settled at sync
             alone = dsl.used(victim)
             assert dsl.destroy_snapshot(victim) == alone    # used = what destroying it frees
         elif snaps:
