@@ -32,9 +32,10 @@ def error(message: str) -> None:
 
 
 def parse(args: list[str], shortopts: str) -> tuple[list[tuple[str, str]], list[str]]:
-    """POSIX getopt with zfs's complaints for unknown options and missing arguments."""
+    """getopt as glibc's (options may follow operands, as zfs and zpool accept them), with
+    zfs's complaints for unknown options and missing arguments."""
     try:
-        return getopt.getopt(args, shortopts)
+        return getopt.gnu_getopt(args, shortopts)
     except getopt.GetoptError as e:
         if "requires argument" in e.msg:
             raise Usage(f"missing argument for '{e.opt}' option") from None

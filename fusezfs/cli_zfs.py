@@ -8,6 +8,7 @@ Messages are OpenZFS's: "cannot VERB 'NAME': REASON", exit 1; usage errors exit 
 from __future__ import annotations
 
 import errno
+import time
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -47,6 +48,9 @@ def usage_text(verb: str) -> str:
     text = "usage:\n" + USAGE[verb] + "\n"
     if verb in PROP_VERBS:
         text += dsprops.usage_properties()
+    else:                                   # zfs_main.c's usage() says this to the others
+        text += ("\nFor the property list, run: zfs set|get\n"
+                 "\nFor the delegated permission list, run: zfs allow|unallow\n")
     return text.rstrip("\n")
 
 
@@ -76,12 +80,14 @@ def need(dsl: Datasets, name: str, verb: str = "open") -> Record:
 
 
 def parse_props(opts: list[tuple[str, str]], flag: str = "-o") -> dict[str, str]:
+    """-o property=value options; a malformed one fails without the usage text, as zfs's
+    parseprop does (exit 1)."""
     out: dict[str, str] = {}
     for opt, val in opts:
         if opt != flag:
             continue
         if "=" not in val:
-            raise Usage(f"missing '=' for property=value argument")
+            raise Failed("missing '=' for property=value argument")
         k, v = val.split("=", 1)
         if k in out:
             raise Failed(f"property '{k}' specified multiple times")
@@ -92,6 +98,38 @@ def parse_props(opts: list[tuple[str, str]], flag: str = "-o") -> dict[str, str]
 def dserr(verb: str, name: str, e: DatasetError) -> Failed:
     text = f"cannot {verb} '{name}': {e.message}"
     return Failed(text)
+
+
+def check_parents(dsl: Datasets, name: str) -> None:
+    """libzfs's check_parents for a new dataset `name`: its pool and its parent must exist
+    (messages say "cannot create", whatever the verb). A parent in another pool than `dsl`'s
+    is not looked at."""
+    parent = name.rpartition("/")[0]
+    if not parent:
+        raise Failed(f"cannot create '{name}': missing dataset name")
+    pool = pool_of(parent)
+    if pool not in imported_names():
+        raise Failed(f"cannot create '{name}': no such pool '{pool}'")
+    if pool != dsl.pool.name:
+        return
+    rec = dsl.lookup(parent)
+    if rec is None:
+        raise Failed(f"cannot create '{name}': parent does not exist")
+    if rec.kind != "filesystem":
+        raise Failed(f"cannot create '{name}': parent is not a filesystem")
+
+
+def create_ancestors(dsl: Datasets, name: str) -> None:
+    """-p: the missing filesystems above `name` (zfs_create_ancestors)."""
+    pool = pool_of(name)
+    if pool not in imported_names():
+        raise Failed(f"cannot create '{name}': no such pool '{pool}'")
+    if pool != dsl.pool.name:
+        return
+    try:
+        dsl.create_parents(name)
+    except DatasetError as e:
+        raise dserr("create", name, e) from None
 
 
 # ---- create, clone, snapshot ---------------------------------------------------------------
@@ -105,18 +143,32 @@ def cmd_create(args: list[str]) -> int:
     if len(rest) > 1:
         raise Usage("too many arguments")
     name = rest[0]
+    parents = ("-p", "") in opts
+    # zfs_create's order: the name, the pool and the parent, existence, then the properties
     why = dataset_name_error(name)
     if why:
         raise Failed(f"cannot create '{name}': {why}")
-    try:
-        raw = dsprops.validate_props(props, creating=True)
-    except dsprops.PropError as e:
-        raise Failed(f"cannot create '{name}': {e.message}") from None
-    with session(pool_of(name), name) as dsl:
-        if ("-p", "") in opts and dsl.lookup(name) is not None:
-            return 0
+    pool = pool_of(name)
+    if parents and "/" not in name and pool in imported_names():
+        return 0                                # the pool's own filesystem exists
+    if "/" not in name:
+        raise Failed(f"cannot create '{name}': missing dataset name")
+    if pool not in imported_names():
+        raise Failed(f"cannot create '{name}': no such pool '{pool}'")
+    with session(pool, name) as dsl:
+        if parents:
+            if dsl.lookup(name) is not None:
+                return 0
+            create_ancestors(dsl, name)
+        check_parents(dsl, name)
+        if dsl.lookup(name) is not None:
+            raise Failed(f"cannot create '{name}': dataset already exists")
         try:
-            dsl.create(name, raw, parents=("-p", "") in opts)
+            raw = dsprops.validate_props(props, creating=True)
+        except dsprops.PropError as e:
+            raise Failed(f"cannot create '{name}': {e.message}") from None
+        try:
+            dsl.create(name, raw)
         except DatasetError as e:
             raise dserr("create", name, e) from None
     return 0
@@ -135,19 +187,26 @@ def cmd_clone(args: list[str]) -> int:
     why = dataset_name_error(snap, snapshot=True)
     if why:
         raise Failed(f"cannot open '{snap}': {why}")
-    why = dataset_name_error(name)
-    if why:
-        raise Failed(f"cannot create '{name}': {why}")
-    if pool_of(snap) != pool_of(name):
-        raise Failed(f"cannot create '{name}': source and target pools differ")
-    try:
-        raw = dsprops.validate_props(props, creating=True)
-    except dsprops.PropError as e:
-        raise Failed(f"cannot create '{name}': {e.message}") from None
     with session(pool_of(snap), snap) as dsl:
         need(dsl, snap)
+        why = dataset_name_error(name)
+        if ("-p", "") in opts and not why:
+            if pool_of(name) == dsl.pool.name and dsl.lookup(name) is not None:
+                return 0
+            create_ancestors(dsl, name)
+        if why:
+            raise Failed(f"cannot create '{name}': {why}")
+        check_parents(dsl, name)
         try:
-            dsl.clone(snap, name, raw, parents=("-p", "") in opts)
+            raw = dsprops.validate_props(props, creating=True)
+        except dsprops.PropError as e:
+            raise Failed(f"cannot create '{name}': {e.message}") from None
+        if pool_of(name) != dsl.pool.name:
+            raise Failed(f"cannot create '{name}': source and target pools differ")
+        if dsl.lookup(name) is not None:
+            raise Failed(f"cannot create '{name}': dataset already exists")
+        try:
+            dsl.clone(snap, name, raw)
         except DatasetError as e:
             raise dserr("create", name, e) from None
     return 0
@@ -159,188 +218,234 @@ def cmd_snapshot(args: list[str]) -> int:
     if not rest:
         raise Usage("missing snapshot argument")
     recursive = ("-r", "") in opts
+    several = recursive or len(rest) > 1
+    # zfs_do_snapshot: a name without '@', or a filesystem that cannot be opened, is a
+    # usage error (after zfs_open's message)
     for name in rest:
-        why = dataset_name_error(name, snapshot=True)
+        fs = name.partition("@")[0]
+        if "@" not in name:
+            raise Usage()
+        why = dataset_name_error(fs)
         if why:
-            raise Failed(f"cannot create snapshot '{name}': {why}")
+            raise Usage(f"cannot open '{fs}': {why}")
     pools = {pool_of(n) for n in rest}
     if len(pools) > 1:
         raise Failed("cannot create snapshots in multiple pools")
-    for key in props:
-        if not dsprops.is_user(key):
-            raise Failed(f"cannot create snapshot '{rest[0]}': {dsprops.MSG_SNAPSHOT_PROPS}")
     with session(pools.pop(), rest[0].partition("@")[0]) as dsl:
         names = []
         for name in rest:
             fs, _, snap = name.partition("@")
             head = dsl.lookup(fs)
             if head is None or head.kind != "filesystem":
-                raise Failed(f"cannot open '{fs}': dataset does not exist")
+                raise Usage(f"cannot open '{fs}': dataset does not exist")
             names.append(name)
             if recursive:
                 names += [f"{dsl.name(d.id)}@{snap}" for d in dsl.descendants(head.id)]
         try:
-            dsl.snapshot(names, props)
-        except DatasetError as e:
-            bad = next((n for n in names if dsl.lookup(n) is not None), names[0])
-            raise Failed(f"cannot create snapshot '{bad}': {e.message}") from None
+            for name in names:
+                why = dataset_name_error(name, snapshot=True)
+                if why:
+                    raise Failed(f"cannot create snapshot '{name}': {why}")
+            for key in props:
+                if not dsprops.is_user(key):
+                    # zfs_snapshot_nvl's errbuf, trailing space included
+                    raise Failed(f"cannot create snapshots : {dsprops.MSG_SNAPSHOT_PROPS}")
+            try:
+                dsl.snapshot(names, props)
+            except DatasetError as e:
+                bad = next((n for n in names if dsl.lookup(n) is not None), names[0])
+                raise Failed(f"cannot create snapshot '{bad}': {e.message}") from None
+        except Failed as e:
+            if several:
+                e.message += "\nno snapshots were created"
+            raise
     return 0
 
 
-# ---- destroy ---------------------------------------------------------------------------------
-def _snapshot_targets(dsl: Datasets, spec: str, recursive: bool) -> list[Record]:
-    """fs@a,b,c%e: the snapshots named (ranges inclusive), in every descendant with -r."""
-    fs, _, snaps = spec.partition("@")
-    head = dsl.lookup(fs)
-    if head is None:
-        raise Failed(f"could not find any snapshots to destroy; check snapshot names.")
-    heads = [head] + (dsl.descendants(head.id) if recursive else [])
-    out = []
-    for h in heads:
-        chain = dsl.snapshots(h.id)
-        names = [s.component for s in chain]
-        for part in snaps.split(","):
-            if "%" in part:
-                lo, _, hi = part.partition("%")
-                i = names.index(lo) if lo in names else (0 if not lo else None)
-                j = names.index(hi) if hi in names else (len(names) - 1 if not hi else None)
-                if i is None or j is None:
-                    continue
-                out += chain[i:j + 1]
-            elif part in names:
-                out.append(chain[names.index(part)])
-    return out
+# ---- dependents ------------------------------------------------------------------------------
+def _clones(dsl: Datasets, snap: Record) -> list[Record]:
+    return sorted((dsl.record(c) for c in snap.clones), key=lambda r: (r.createtxg, r.id))
 
 
-def _dependents(dsl: Datasets, rec: Record) -> list[Record]:
-    """Everything -R would destroy with `rec`: clones of its snapshots and their dependents."""
-    out = []
-    snaps = [rec] if rec.kind == "snapshot" else dsl.snapshots(rec.id)
-    for s in snaps:
-        for cid in s.clones:
-            clone = dsl.record(cid)
-            out.append(clone)
-            out += _subtree(dsl, clone, dependents=True)
-    return out
+def dependents(dsl: Datasets, rec: Record) -> list[Record]:
+    """What depends on `rec`, as libzfs's zfs_iter_dependents walks it: child filesystems,
+    then snapshots, then each snapshot's clones, depth first, every dataset after all that
+    depends on it, so the list is an order to destroy them in (`rec` itself not included).
+    Children come by name, snapshots and clones by creation (ZFS's order among siblings is
+    its directories' hash order)."""
+    out: list[Record] = []
+    seen: set[int] = set()
+    stack: set[int] = set()
 
-
-def _subtree(dsl: Datasets, rec: Record, *, dependents: bool) -> list[Record]:
-    """Descendant filesystems and all snapshots below `rec` (and -R dependents)."""
-    out = list(dsl.snapshots(rec.id))
-    for child in dsl.children(rec.id):
-        out.append(child)
-        out += _subtree(dsl, child, dependents=dependents)
-    if dependents:
-        for s in dsl.snapshots(rec.id):
-            for cid in s.clones:
-                clone = dsl.record(cid)
-                out.append(clone)
-                out += _subtree(dsl, clone, dependents=True)
-    return out
-
-
-def _destroy_order(dsl: Datasets, recs: list[Record]) -> list[Record]:
-    """Clones and children before what they depend on."""
-    seen: dict[int, Record] = {}
-    for r in recs:
-        seen.setdefault(r.id, r)
-    depth = {}
-
-    def rank(r: Record) -> int:
-        if r.id in depth:
-            return depth[r.id]
-        d = 0
+    def visit(r: Record, top: bool) -> None:
         if r.kind == "snapshot":
-            d = max([rank(dsl.record(c)) + 1 for c in r.clones if c in seen] + [0])
+            for clone in _clones(dsl, r):
+                visit(clone, False)
         else:
-            d = max([rank(c) + 1 for c in dsl.children(r.id) if c.id in seen]
-                    + [rank(s) + 1 for s in dsl.snapshots(r.id) if s.id in seen] + [0])
-        depth[r.id] = d
-        return d
-    return sorted(seen.values(), key=lambda r: (rank(r), r.createtxg, r.id))
+            if r.id in stack:
+                return
+            stack.add(r.id)
+            for child in dsl.children(r.id):
+                visit(child, False)
+            for snap in dsl.snapshots(r.id):
+                visit(snap, False)
+            stack.discard(r.id)
+        if not top and r.id not in seen:
+            seen.add(r.id)
+            out.append(r)
+    visit(rec, True)
+    return out
+
+
+def _below(name: str, top: str) -> bool:
+    """`name` is a descendant or a snapshot of `top` (by name, as destroy_check_dependent)."""
+    return name.startswith(top) and name[len(top):len(top) + 1] in ("/", "@")
+
+
+def _destroy_one(dsl: Datasets, rec: Record, defer: bool = False) -> None:
+    name = dsl.name(rec.id)
+    try:
+        if rec.kind == "snapshot":
+            dsl.destroy_snapshot(rec, defer=defer)
+        else:
+            dsl.destroy_filesystem(rec)
+    except DatasetError as e:
+        if e.code == errno.EBUSY and rec.kind == "snapshot":
+            raise Failed(f"cannot destroy snapshot {name}: {e.message}") from None
+        raise dserr("destroy", name, e) from None
+
+
+# ---- destroy ---------------------------------------------------------------------------------
+def _snapspec(dsl: Datasets, head: Record, spec: str) -> list[Record]:
+    """zfs_iter_snapspec: `a,b,c%e` names snapshots of `head`; ranges are inclusive, an
+    empty end means the first or the last; names that do not exist are skipped."""
+    chain = dsl.snapshots(head.id)
+    names = [s.component for s in chain]
+    out = []
+    for part in spec.split(","):
+        if "%" in part:
+            first, _, last = part.partition("%")
+            if last and last not in names:
+                continue
+            seen = not first
+            for snap in chain:
+                seen = seen or snap.component == first
+                if seen:
+                    out.append(snap)
+                if snap.component == last:
+                    break
+        elif part in names:
+            out.append(chain[names.index(part)])
+    return out
+
+
+def _say_destroy(flags: set[str], dry: bool, name: str) -> None:
+    if "-p" in flags:
+        print(f"destroy\t{name}")
+    else:
+        print(f"{'would' if dry else 'will'} destroy {name}")
+
+
+def _destroy_snapshots(name: str, flags: set[str]) -> int:
+    """zfs destroy FS@SPEC (zfs_do_destroy's snapshot branch)."""
+    fs, _, spec = name.partition("@")
+    verbose, dry = bool(flags & {"-v", "-p"}), "-n" in flags
+    deps, defer = "-R" in flags, "-d" in flags
+    why = dataset_name_error(fs)
+    if why:
+        raise Failed(f"cannot open '{fs}': {why}")
+    status = 0
+    with session(pool_of(fs), fs) as dsl:
+        head = need(dsl, fs)
+        heads = [head] + (dsl.descendants(head.id) if flags & {"-r", "-R"} else [])
+        found: dict[int, Record] = {}
+        for h in heads:
+            for snap in _snapspec(dsl, h, spec):
+                if not deps and not defer:
+                    blockers = dependents(dsl, snap)
+                    if blockers:
+                        error(f"cannot destroy '{dsl.name(snap.id)}': snapshot has dependent "
+                              f"clones\nuse '-R' to destroy the following datasets:\n"
+                              + "\n".join(dsl.name(b.id) for b in blockers))
+                        status = 1
+                found.setdefault(snap.id, snap)
+            if verbose:
+                for snap in dsl.snapshots(h.id):
+                    if snap.id in found:
+                        _say_destroy(flags, dry, dsl.name(snap.id))
+        if status:
+            return status
+        if not found:
+            raise Failed("could not find any snapshots to destroy; check snapshot names.")
+        if verbose:
+            reclaim = sum(dsl.used(s) for s in found.values())
+            if "-p" in flags:
+                print(f"reclaim\t{reclaim}")
+            else:
+                print(f"{'would' if dry else 'will'} reclaim {dsprops.nicebytes(reclaim)}")
+        if dry:
+            return 0
+        if deps:
+            for snap in found.values():
+                for rec in dependents(dsl, snap):
+                    if verbose:
+                        _say_destroy(flags, dry, dsl.name(rec.id))
+                    _destroy_one(dsl, rec)
+        # lzc_destroy_snaps: all or nothing
+        busy = [s for s in found.values() if s.holds and not defer]
+        if busy:
+            raise Failed("\n".join(f"cannot destroy snapshot {dsl.name(s.id)}: dataset is busy"
+                                   for s in busy))
+        for snap in sorted(found.values(), key=lambda r: (-r.createtxg, -r.id)):
+            _destroy_one(dsl, snap, defer=defer)
+    return 0
 
 
 def cmd_destroy(args: list[str]) -> int:
-    opts, rest = parse(args, "dfnpRrv")
+    opts, rest = parse(args, "vpndfrR")
     flags = {o for o, _ in opts}
     if not rest:
         raise Usage("missing dataset argument")
     if len(rest) > 1:
         raise Usage("too many arguments")
     name = rest[0]
-    recursive, deps, dry = "-r" in flags or "-R" in flags, "-R" in flags, "-n" in flags
+    if "@" in name:
+        return _destroy_snapshots(name, flags)
+    recursive, deps, dry = bool(flags & {"-r", "-R"}), "-R" in flags, "-n" in flags
+    why = dataset_name_error(name, snapshot=True if "-d" in flags else False)
+    if why:
+        raise Failed(f"cannot open '{name}': {why}")
     with session(pool_of(name), name) as dsl:
-        if "@" in name:
-            why = dataset_name_error(name.replace(",", "").replace("%", ""), snapshot=True) \
-                if not name.endswith("@") else "empty component or misplaced '@' or '#' delimiter in name"
-            if why and "@" not in name.partition("@")[2]:
-                raise Failed(f"cannot destroy '{name}': {why}")
-            targets = _snapshot_targets(dsl, name, "-r" in flags)
-            if not targets:
-                if dsl.lookup(name.partition("@")[0]) is None:
-                    raise Failed(f"cannot open '{name.partition('@')[0]}': dataset does not exist")
-                if "," not in name and "%" not in name:
-                    raise Failed(f"could not find any snapshots to destroy; check snapshot names.")
-                return 0
-            victims = list(targets)
-            for snap in targets:
-                if snap.clones and not deps and "-d" not in flags:
-                    raise Failed(f"cannot destroy '{dsl.name(snap.id)}': snapshot has dependent "
-                                 f"clones\nuse '-R' to destroy the following datasets:\n"
-                                 + "\n".join(dsl.name(c) for c in snap.clones))
-                if deps:
-                    victims += _dependents(dsl, snap)
-        else:
-            rec = need(dsl, name)
-            if rec.id == ROOT_ID:
-                raise Failed(f"cannot destroy '{name}': operation does not apply to pools\n"
-                             f"use 'zfs destroy -r {name}' to destroy all datasets in the pool\n"
-                             f"use 'zpool destroy {name}' to destroy the pool itself")
-            below = _subtree(dsl, rec, dependents=False)
-            if below and not recursive:
+        rec = need(dsl, name)
+        if rec.id == ROOT_ID and not recursive:
+            raise Failed(f"cannot destroy '{name}': operation does not apply to pools\n"
+                         f"use 'zfs destroy -r {name}' to destroy all datasets in the pool\n"
+                         f"use 'zpool destroy {name}' to destroy the pool itself")
+        below = dependents(dsl, rec)
+        if not deps:
+            # destroy_check_dependent: without -r, what is below by name; with -r, the clones
+            # (and their dependents) elsewhere
+            names = [dsl.name(r.id) for r in below]
+            children = [n for n in names if _below(n, name)]
+            clones = [n for n in names if not _below(n, name)]
+            if children and not recursive:
                 raise Failed(f"cannot destroy '{name}': filesystem has children\n"
-                             f"use '-r' to destroy the following datasets:\n"
-                             + "\n".join(dsl.name(r.id) for r in below))
-            victims = [rec] + below
-            ids = {v.id for v in victims}
-            outside = [dsl.record(c) for v in victims if v.kind == "snapshot"
-                       for c in v.clones if c not in ids]
-            if outside and not deps:
+                             f"use '-r' to destroy the following datasets:\n" + "\n".join(children))
+            if clones and recursive:
                 raise Failed(f"cannot destroy '{name}': filesystem has dependent clones\n"
-                             f"use '-R' to destroy the following datasets:\n"
-                             + "\n".join(dsl.name(r.id) for r in outside))
-            if deps:
-                for v in list(victims):
-                    victims += _dependents(dsl, v) if v.kind == "filesystem" else []
-        order = _destroy_order(dsl, victims)
-        reclaim = sum(dsl.used(r) if r.kind == "snapshot" else r.used_head for r in order)
-        if "-v" in flags or "-p" in flags:
-            for r in order:
-                if "-p" in flags:
-                    print(f"destroy\t{dsl.name(r.id)}")
-                else:
-                    print(f"{'would destroy' if dry else 'will destroy'} {dsl.name(r.id)}")
-            if "-p" in flags:
-                print(f"reclaim\t{reclaim}")
-            else:
-                print(f"{'would reclaim' if dry else 'will reclaim'} {dsprops.nicebytes(reclaim)}")
-        if dry:
-            return 0
-        for r in order:
-            try:
-                if r.kind == "snapshot":
-                    dsl.destroy_snapshot(r, defer="-d" in flags)
-                else:
-                    dsl.destroy_filesystem(r)
-            except DatasetError as e:
-                target = dsl.name(r.id)
-                if e.code == errno.EBUSY:
-                    raise Failed(f"cannot destroy snapshot {target}: {e.message}") from None
-                raise dserr("destroy", target, e) from None
+                             f"use '-R' to destroy the following datasets:\n" + "\n".join(clones))
+        for r in below + [rec]:
+            if flags & {"-v", "-p"}:
+                _say_destroy(flags, dry, dsl.name(r.id))
+            if not dry and r.id != ROOT_ID:     # -r on a pool spares the pool's own dataset
+                _destroy_one(dsl, r)
     return 0
 
 
 # ---- rollback, promote, rename ------------------------------------------------------------------
+ROLLBACK_SHOWN = 32         # rollback_check's max_younger
+
+
 def cmd_rollback(args: list[str]) -> int:
     opts, rest = parse(args, "rRf")
     flags = {o for o, _ in opts}
@@ -358,20 +463,21 @@ def cmd_rollback(args: list[str]) -> int:
         chain = dsl.snapshots(head.id)
         later = chain[chain.index(snap) + 1:]
         if later and not flags & {"-r", "-R"}:
+            shown = [dsl.name(s.id) for s in later[:ROLLBACK_SHOWN]]
+            if len(later) >= ROLLBACK_SHOWN:
+                shown.append(f"Output limited to {ROLLBACK_SHOWN} snapshots/bookmarks")
             raise Failed(f"cannot rollback to '{name}': more recent snapshots or bookmarks exist\n"
                          f"use '-r' to force deletion of the following snapshots and bookmarks:\n"
-                         + "\n".join(dsl.name(s.id) for s in later))
-        clones = [dsl.record(c) for s in later for c in s.clones]
-        if clones and "-R" not in flags:
-            raise Failed(f"cannot rollback to '{name}': clones of previous snapshots exist\n"
-                         f"use '-R' to force deletion of the following clones and dependents:\n"
-                         + "\n".join(dsl.name(c.id) for c in clones))
-        victims = later + [d for s in later for d in _dependents(dsl, s)]
-        for r in _destroy_order(dsl, victims):
-            if r.kind == "snapshot":
-                dsl.destroy_snapshot(r)
-            else:
-                dsl.destroy_filesystem(r)
+                         + "\n".join(shown))
+        if "-R" not in flags:
+            clones = [d for s in later for d in dependents(dsl, s)]
+            if clones:
+                raise Failed(f"cannot rollback to '{name}': clones of previous snapshots exist\n"
+                             f"use '-R' to force deletion of the following clones and dependents:\n"
+                             + "\n".join(dsl.name(c.id) for c in clones))
+        for s in reversed(later):
+            for r in dependents(dsl, s) + [s]:
+                _destroy_one(dsl, r)
         dsl.rollback(head)
     return 0
 
@@ -383,6 +489,9 @@ def cmd_promote(args: list[str]) -> int:
     if len(rest) > 1:
         raise Usage("too many arguments")
     name = rest[0]
+    why = dataset_name_error(name)
+    if why:
+        raise Failed(f"cannot open '{name}': {why}")
     with session(pool_of(name), name) as dsl:
         rec = need(dsl, name)
         try:
@@ -393,7 +502,7 @@ def cmd_promote(args: list[str]) -> int:
 
 
 def cmd_rename(args: list[str]) -> int:
-    opts, rest = parse(args, "fpru")
+    opts, rest = parse(args, "pruf")
     flags = {o for o, _ in opts}
     if len(rest) < 1:
         raise Usage("missing source dataset argument")
@@ -402,83 +511,175 @@ def cmd_rename(args: list[str]) -> int:
     if len(rest) > 2:
         raise Usage("too many arguments")
     old, new = rest
+    if "-r" in flags and "-p" in flags:
+        raise Usage("-p and -r options are mutually exclusive")
+    if "-u" in flags and "-p" in flags:
+        raise Usage("-u and -p options are mutually exclusive")
     if "-r" in flags and "@" not in old:
-        raise Failed("recursive rename must be a snapshot")
-    if pool_of(old) != pool_of(new):
-        raise Failed(f"cannot rename to '{new}': datasets must be within same pool")
-    if "@" in old and "@" not in new and new.count("/") == 0 and new:
-        new = old.partition("@")[0] + "@" + new           # zfs rename fs@a b
-    why = dataset_name_error(new, snapshot="@" in old)
+        raise Usage("source dataset for recursive rename must be a snapshot")
+    why = dataset_name_error(old, snapshot=False if flags & {"-p", "-u"} else None)
     if why:
-        raise Failed(f"cannot rename to '{new}': {why}")
+        raise Failed(f"cannot open '{old}': {why}")
     with session(pool_of(old), old) as dsl:
         rec = need(dsl, old)
+        if "-p" in flags and not dataset_name_error(new):
+            create_ancestors(dsl, new)
+        if new == old:
+            return 0
+        # zfs_rename: the target's checks say "cannot rename to", the rename's own failures
+        # "cannot rename"
+        if rec.kind == "snapshot":
+            fs = old.partition("@")[0]
+            if "@" not in new:
+                new = f"{fs}@{new}"                     # zfs rename fs@a b
+            elif new.startswith("@"):
+                new = fs + new
+            elif new.partition("@")[0] != fs:
+                raise Failed(f"cannot rename to '{new}': snapshots must be part of same dataset")
+            why = dataset_name_error(new, snapshot=True)
+            if why:
+                raise Failed(f"cannot rename to '{new}': {why}")
+        else:
+            why = dataset_name_error(new)
+            if why:
+                raise Failed(f"cannot rename to '{new}': {why}")
+            check_parents(dsl, new)
+            if pool_of(new) != dsl.pool.name:
+                raise Failed(f"cannot rename to '{new}': datasets must be within same pool")
+            if new.startswith(old + "/"):
+                raise Failed(f"cannot rename to '{new}': New dataset name cannot be a "
+                             f"descendant of current dataset name")
         try:
             if "-r" in flags:
                 snap_old, snap_new = old.partition("@")[2], new.partition("@")[2]
                 head = dsl.record(rec.parent)
+                pairs = []
                 for h in [head] + dsl.descendants(head.id):
                     s = dsl.lookup(f"{dsl.name(h.id)}@{snap_old}")
-                    if s is not None:
-                        dsl.rename(s, f"{dsl.name(h.id)}@{snap_new}")
+                    if s is None:
+                        continue
+                    if dsl.lookup(f"{dsl.name(h.id)}@{snap_new}") is not None:
+                        raise Failed(f"cannot rename '{dsl.name(s.id)}': a child dataset already "
+                                     f"has a snapshot with the new name")
+                    pairs.append((s, f"{dsl.name(h.id)}@{snap_new}"))
+                for s, target in pairs:
+                    dsl.rename(s, target)
             else:
-                if "-p" in flags and "@" not in new:
-                    parent = new.rpartition("/")[0]
-                    if dsl.lookup(parent) is None:
-                        dsl.create(parent, parents=True)
+                if dsl.lookup(new) is not None:
+                    raise Failed(f"cannot rename '{old}': dataset already exists")
                 dsl.rename(rec, new)
         except DatasetError as e:
-            raise Failed(f"cannot rename to '{new}': {e.message}") from None
+            raise dserr("rename", old, e) from None
     return 0
 
 
 # ---- holds ---------------------------------------------------------------------------------------
-def _hold_targets(dsl: Datasets, names: list[str], recursive: bool, verb: str) -> list[Record]:
-    out = []
-    for name in names:
-        if "@" not in name:
-            raise Failed(f"'{name}' is not a snapshot")
-        rec = dsl.lookup(name)
-        if rec is None:
-            raise Failed(f"cannot {verb} '{name}': dataset does not exist")
-        out.append(rec)
-        if recursive:
-            head = dsl.record(rec.parent)
-            for d in dsl.descendants(head.id):
-                s = dsl.lookup(f"{dsl.name(d.id)}@{rec.component}")
-                if s is not None:
-                    out.append(s)
-    return out
-
-
 def cmd_hold(args: list[str], release: bool = False) -> int:
-    opts, rest = parse(args, "r")
-    verb = "release" if release else "hold"
+    """zfs hold/release [-r] TAG SNAPSHOT...: each argument on its own (zfs_do_hold_rele_impl);
+    the snapshots of one argument (with -r, the same name in every descendant) all or none."""
+    opts, rest = parse(args, "r" if release else "rt")
+    recursive = ("-r", "") in opts
     if len(rest) < 2:
-        raise Usage("too few arguments")
+        raise Usage()
     tag, names = rest[0], rest[1:]
-    with session(pool_of(names[0]), names[0]) as dsl:
-        for rec in _hold_targets(dsl, names, ("-r", "") in opts, "open"):
-            try:
-                (dsl.release if release else dsl.hold)(rec, tag)
-            except DatasetError as e:
-                what = "cannot release hold from snapshot" if release else "cannot hold snapshot"
-                raise Failed(f"{what} '{dsl.name(rec.id)}': {e.message}") from None
-    return 0
+    if not release and tag.startswith("."):
+        raise Usage("tag may not start with '.'")
+    errors = 0
+    for path in names:
+        fs, at, short = path.partition("@")
+        if not at:
+            error(f"'{path}' is not a snapshot")
+            errors += 1
+            continue
+        try:
+            why = dataset_name_error(fs)
+            if why:
+                raise Failed(f"cannot open '{fs}': {why}")
+            with session(pool_of(fs), fs) as dsl:
+                head = need(dsl, fs)
+                heads = [head] + (dsl.descendants(head.id) if recursive else [])
+                if release:
+                    todo, why = [], "dataset does not exist"
+                    for h in heads:
+                        snap = dsl.lookup(f"{dsl.name(h.id)}@{short}")
+                        if snap is None:
+                            why = "dataset does not exist"
+                        elif tag not in snap.holds:
+                            why = "no such tag on this dataset"
+                        else:
+                            todo.append(snap)
+                    if not todo:
+                        raise Failed(f"cannot release hold from snapshot '{path}': {why}")
+                    for snap in todo:
+                        dsl.release(snap, tag)
+                else:
+                    todo = [s for h in heads
+                            if (s := dsl.lookup(f"{dsl.name(h.id)}@{short}")) is not None]
+                    if not todo:
+                        raise Failed(f"cannot hold snapshot '{path}': dataset does not exist")
+                    for snap in todo:
+                        if tag in snap.holds:
+                            raise Failed(f"cannot hold snapshot '{dsl.name(snap.id)}': "
+                                         f"tag already exists on this dataset")
+                    for snap in todo:
+                        dsl.hold(snap, tag)
+        except Failed as e:
+            error(e.message)
+            errors += 1
+    return 1 if errors else 0
+
+
+HOLDS_TIME = "%a %b %e %H:%M %Y"    # zfs_main.c's STRFTIME_FMT_STR
 
 
 def cmd_holds(args: list[str]) -> int:
     opts, rest = parse(args, "rHp")
+    recursive, scripted, parsable = (("-" + c, "") in opts for c in "rHp")
     if not rest:
-        raise Usage("missing snapshot argument")
-    rows = []
-    with session(pool_of(rest[0]), rest[0]) as dsl:
-        for rec in _hold_targets(dsl, rest, ("-r", "") in opts, "open"):
-            for tag, when in sorted(rec.holds.items()):
-                rows.append([dsl.name(rec.id), tag, dsprops.format_time(when, ("-p", "") in opts)])
-    if rows or ("-H", "") in opts:
-        print_table(["NAME", "TAG", "TIMESTAMP"], rows, scripted=("-H", "") in opts)
-    return 0
+        raise Usage()
+    found: dict[str, dict[str, int]] = {}
+    errors = 0
+    for path in rest:
+        fs, at, short = path.partition("@")
+        if not at:
+            error(f"'{path}' is not a snapshot")
+            errors += 1
+            continue
+        try:
+            target = fs if recursive else path
+            why = dataset_name_error(target, snapshot=not recursive)
+            if why:
+                raise Failed(f"cannot open '{target}': {why}")
+            with session(pool_of(target), target) as dsl:
+                if recursive:
+                    head = need(dsl, fs)
+                    heads = sorted([head] + dsl.descendants(head.id), key=lambda h: dsl.name(h.id))
+                    snaps = [s for h in heads
+                             if (s := dsl.lookup(f"{dsl.name(h.id)}@{short}")) is not None]
+                else:
+                    snaps = [need(dsl, path)]
+                for snap in snaps:
+                    name = dsl.name(snap.id)
+                    found.pop(name, None)
+                    found[name] = dict(snap.holds)
+        except Failed as e:
+            error(e.message)
+            errors += 1
+    # print_holds: the name and tag columns are as wide as their longest value, headers aside
+    nwidth = max((len(n) for n in found), default=0)
+    twidth = max((len(t) for holds in found.values() for t in holds), default=0)
+    if not scripted:
+        print(f"{'NAME':<{nwidth}}  {'TAG':<{twidth}}  TIMESTAMP")
+    for name, holds in found.items():
+        for tag, when in sorted(holds.items()):
+            stamp = str(when) if parsable else time.strftime(HOLDS_TIME, time.localtime(when))
+            if scripted:
+                print(f"{name}\t{tag}\t{stamp}")
+            else:
+                print(f"{name:<{nwidth}}  {tag:<{twidth}}  {stamp}")
+    if not found:
+        error("no datasets available")
+    return 1 if errors else 0
 
 
 # ---- list and get ----------------------------------------------------------------------------
@@ -521,22 +722,34 @@ def _sort_key(dsl: Datasets, rec: Record) -> tuple:
 
 
 def _gather(args_names: list[str], recursive: bool, depth: int, types: set[str],
-            verb: str) -> Iterator[tuple[Datasets, list[Record]]]:
+            verb: str, failed: list[str]) -> Iterator[tuple[Datasets, list[Record]]]:
+    """The datasets `list`/`get` report, pool by pool (zfs_for_each). A name that cannot be
+    opened is reported and added to `failed`; the others are still gathered."""
     if not args_names:
         for pool_name in imported_names():
             with session(pool_name, pool_name) as dsl:
                 yield dsl, _collect(dsl, dsl.record(ROOT_ID), -1 if depth < 0 else depth, types)
         return
     for name in args_names:
-        with session(pool_of(name), name) as dsl:
-            rec = dsl.lookup(name)
-            if rec is None:
-                raise Failed(f"cannot open '{name}': dataset does not exist")
-            if recursive or depth >= 0:
-                found = _collect(dsl, rec, depth, types | ({rec.kind} if rec.kind == "snapshot" else set()))
-            else:
-                found = [rec]
-            yield dsl, found
+        try:
+            with session(pool_of(name), name) as dsl:
+                rec = dsl.lookup(name)
+                if rec is None:
+                    raise Failed(f"cannot open '{name}': dataset does not exist")
+                if recursive or depth >= 0:
+                    found = _collect(dsl, rec, depth,
+                                     types | ({rec.kind} if rec.kind == "snapshot" else set()))
+                else:
+                    found = [rec]
+                yield dsl, found
+        except Failed as e:
+            error(e.message)
+            failed.append(name)
+
+
+def _snapshots_of_named(types: set[str], names: list[str], recursive: bool, depth: int) -> bool:
+    """`zfs list|get -t snapshot FS`: the snapshots of FS (a recursion of depth 1)."""
+    return bool(names) and types <= {"snapshot", "bookmark"} and not recursive and depth < 0
 
 
 def cmd_list(args: list[str]) -> int:
@@ -568,25 +781,28 @@ def cmd_list(args: list[str]) -> int:
         types = {"filesystem", "volume"}
         if names and any("@" in n for n in names):
             types.add("snapshot")
+    if _snapshots_of_named(types, names, recursive, depth):
+        recursive, depth = True, 1
     parsable = "-p" in flags
     rows: list[tuple[tuple, list[str]]] = []
-    status = 0
-    try:
-        for dsl, recs in _gather(names, recursive, depth if recursive or not names else -1,
-                                 types, "list"):
-            if not names:
-                recs = [r for r in recs if r.kind in types]
-            for rec in recs:
-                row = [_value(dsl, rec, col, parsable)[0] for col in columns]
-                key = _sort_key(dsl, rec)
-                sortvals = []
-                for prop, desc in sort:
-                    v, numeric = _sort_value(dsl, rec, prop)
-                    sortvals.append((v, numeric, desc))
-                rows.append(((sortvals, key), row))
-    except Failed as e:
-        error(e.message)
-        status = 1
+    failed: list[str] = []
+    listed: set[str] = set()
+    for dsl, recs in _gather(names, recursive, depth if recursive or not names else -1,
+                             types, "list", failed):
+        if not names:
+            recs = [r for r in recs if r.kind in types]
+        for rec in recs:
+            if dsl.name(rec.id) in listed:      # named twice: listed once, as zfs_for_each
+                continue
+            listed.add(dsl.name(rec.id))
+            row = [_value(dsl, rec, col, parsable)[0] for col in columns]
+            key = _sort_key(dsl, rec)
+            sortvals = []
+            for prop, desc in sort:
+                v, numeric = _sort_value(dsl, rec, prop)
+                sortvals.append((v, numeric, desc))
+            rows.append(((sortvals, key), row))
+    status = 1 if failed else 0
     rows = _sorted(rows)
     if not rows and status == 0 and not names:
         error("no datasets available")
@@ -679,40 +895,42 @@ def cmd_get(args: list[str]) -> int:
     except dsprops.PropError as e:
         raise Usage(e.message) from None
     recursive = "-r" in flags or depth >= 0
-    rows = []
-    status = 0
-    try:
-        for dsl, recs in _gather(rest[1:], recursive, depth, types, "get"):
-            for rec in recs:
-                if rec.kind not in types:
+    if _snapshots_of_named(types, rest[1:], recursive, depth):
+        recursive, depth = True, 1
+    # zfs_for_each sorts what it gathers (names, a filesystem before its snapshots, snapshots
+    # by creation), whatever the order of the arguments, and reports each dataset once
+    entries: dict[str, tuple[tuple, list[list[str]]]] = {}
+    failed: list[str] = []
+    for dsl, recs in _gather(rest[1:], recursive, depth, types, "get", failed):
+        for rec in recs:
+            if rec.kind not in types or dsl.name(rec.id) in entries:
+                continue
+            rows = entries.setdefault(dsl.name(rec.id), (_sort_key(dsl, rec), []))[1]
+            names = wanted if wanted is not None else \
+                dsprops.all_properties(rec.kind) + sorted(
+                    set(rec.props) | {k for lv in props_.chain(dsl, rec) for k in lv.local
+                                      if dsprops.is_user(k)})
+            comp = props_.computed(dsl, rec, [n for n in names if dsprops.is_written(n)])
+            chain = props_.chain(dsl, rec)
+            for prop in names:
+                if prop == "name" and wanted is None:
                     continue
-                names = wanted if wanted is not None else \
-                    dsprops.all_properties(rec.kind) + sorted(
-                        set(rec.props) | {k for lv in props_.chain(dsl, rec) for k in lv.local
-                                          if dsprops.is_user(k)})
-                comp = props_.computed(dsl, rec, [n for n in names if dsprops.is_written(n)])
-                chain = props_.chain(dsl, rec)
-                for prop in names:
-                    if prop == "name" and wanted is None:
+                got = dsprops.get_property(prop, rec.kind, chain, comp,
+                                           parsable="-p" in flags)
+                if got is None:
+                    if wanted is None:
                         continue
-                    got = dsprops.get_property(prop, rec.kind, chain, comp,
-                                               parsable="-p" in flags)
-                    if got is None:
-                        if wanted is None:
-                            continue
-                        got = ("-", "-")
-                    value, source = got
-                    if sources is not None and not _source_matches(source, sources):
-                        continue
-                    row = {"name": dsl.name(rec.id), "property": prop, "value": value,
-                           "received": "-", "source": source}
-                    rows.append([row[f] for f in fields])
-    except Failed as e:
-        error(e.message)
-        status = 1
+                    got = ("-", "-")
+                value, source = got
+                if sources is not None and not _source_matches(source, sources):
+                    continue
+                row = {"name": dsl.name(rec.id), "property": prop, "value": value,
+                       "received": "-", "source": source}
+                rows.append([row[f] for f in fields])
+    rows = [row for _key, got in sorted(entries.values(), key=lambda e: e[0]) for row in got]
     if rows:
         print_table([f.upper() for f in fields], rows, scripted="-H" in flags)
-    return status
+    return 1 if failed else 0
 
 
 def _source_matches(source: str, wanted: set[str]) -> bool:
@@ -726,19 +944,24 @@ def _source_matches(source: str, wanted: set[str]) -> bool:
 # ---- set and inherit -------------------------------------------------------------------------
 def cmd_set(args: list[str]) -> int:
     opts, rest = parse(args, "u")
-    pairs = [a for a in rest if "=" in a]
-    targets = [a for a in rest if "=" not in a]
+    # zfs_do_set: property=value arguments, then datasets (an argument without '=' starts
+    # the datasets, even the first one)
     if not rest:
         raise Usage("missing arguments")
-    if not pairs:
-        raise Usage(f"missing '=' for property=value argument")
-    if not targets:
+    if len(rest) < 2:
+        raise Usage("missing dataset name(s)" if "=" in rest[0] else
+                    "missing property=value argument(s)")
+    start = next((i for i, a in enumerate(rest) if "=" not in a), None)
+    if start is None:
         raise Usage("missing dataset name(s)")
+    if any("=" in a for a in rest[start:]):
+        raise Usage("invalid argument order")
+    targets = rest[start:]
     props: dict[str, str] = {}
-    for pair in pairs:
+    for pair in rest[:start]:
         k, v = pair.split("=", 1)
         if k in props:
-            raise Failed(f"property '{k}' specified multiple times")
+            raise Failed(f"property '{k}' specified multiple times", code=255)
         props[k] = v
     status = 0
     for name in targets:

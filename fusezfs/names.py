@@ -59,9 +59,4 @@ def dataset_name_error(name: str, *, snapshot: bool | None = False) -> str | Non
         for c in part:
             if not _valid_char(c):
                 return f"invalid character '{c}' in name"
-    pool_error = pool_name_error(parts[0])
-    if pool_error == "name must begin with a letter":
-        return "pool doesn't begin with a letter"
-    if pool_error in ("name is reserved", "pool name is reserved"):
-        return "name is reserved"
-    return None
+    return None   # pool-name rules are not applied: a bad pool part is "no such pool"
