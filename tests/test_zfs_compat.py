@@ -286,9 +286,7 @@ SESSION: list[Step] = [
       "OpenZFS words"),
     S("create tank/bad!name"),
     S("create tank/b/"),
-    S("create 1tank/x", exact, "only pool names must begin with a letter",
-      pending="fusezfs/names.py: dataset_name_error applies pool_name_error's rules "
-              "(letter first, reserved names) to datasets; entity_namecheck does not"),
+    S("create 1tank/x", exact, "only pool names must begin with a letter"),
     S("create nopool/x"),
     S("snapshot tank/nosuch@s", head(2), "zfs_do_snapshot: usage after zfs_open's message",
       expect=R(2, "", "cannot open 'tank/nosuch': dataset does not exist\nusage:")),
@@ -344,9 +342,7 @@ SESSION: list[Step] = [
     S("hold keep tank/e"),
     S("hold keep tank/e@nosuch", HOLD_WORDS, "OpenZFS words"),
     S("release keep tank/e@f2", RELEASE_WORDS, "OpenZFS words"),
-    S("list tank/b -H -o name", exact, "glibc's getopt takes options after operands",
-      pending="fusezfs/cli.py: parse() uses getopt.getopt, which stops at the first operand; "
-              "zfs (glibc getopt) permutes: getopt.gnu_getopt"),
+    S("list tank/b -H -o name", exact, "glibc's getopt takes options after operands"),
     # ---- usage errors: exit 2; the first line, or all where the usage texts are the same
     S("create", usage),
     S("create -x tank/y", usage),
