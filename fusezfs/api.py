@@ -14,10 +14,18 @@ from .pool import Pool
 from .posix import Posix
 
 
+def format_filesystem(dsl: Datasets, rec) -> None:
+    """Give a new filesystem its root directory now, as zfs create does, so that it and its
+    first snapshot show a real root (owner, mode, times) and its `referenced` is honest."""
+    fs = Posix(DatasetIO(dsl, rec))
+    fs.flush()
+
+
 class Handle:
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
         self.dsl = Datasets(pool)
+        self.dsl.format_hook = lambda rec: format_filesystem(self.dsl, rec)
         self._open: dict[int, Posix] = {}
         pool.sync_hooks.insert(0, self._flush)
 

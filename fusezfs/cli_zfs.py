@@ -15,6 +15,7 @@ from typing import Iterator
 from . import dsprops
 from . import properties as props_
 from .cli import Failed, Usage, error, parse, print_table
+from .api import Handle
 from .cli_pool import imported_names, open_pool
 from .datasets import DatasetError, Datasets, Record, ROOT_ID
 from .names import dataset_name_error
@@ -63,7 +64,7 @@ def session(pool_name: str, what: str) -> Iterator[Datasets]:
     pool = open_pool(pool_name)
     try:
         with pool.lock:
-            yield Datasets(pool)
+            yield Handle(pool).dsl
     finally:
         pool.close()
 

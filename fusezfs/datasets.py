@@ -144,6 +144,9 @@ class Datasets:
         self.records: dict[int, Record] = {}
         self.dirty: set[int] = set()
         self.deleted: set[int] = set()
+        # called with every new (non-clone) filesystem: the POSIX layer above gives it its
+        # root directory (zfs create makes the ZPL at once); None for bare object trees
+        self.format_hook = None
         pool.sync_hooks.append(self._write_records)
         if self.mos.get(REC_PREFIX + _id_bytes(ROOT_ID)) is None:
             self._create_root()
@@ -265,7 +268,7 @@ class Datasets:
         """A head's live tree, or a snapshot's read-only one."""
         if rec.kind == "snapshot":
             return Tree(ReadOnlyStore(self.pool.blocks, META_POLICY),
-                        self.pool.objset_root(snap_root_name(rec.id)))
+                        self.pool.objset_root(snap_root_name(rec.id)), cache=self.pool.node_cache)
         return self.pool.objset(tree_name(rec.id), store=HeadStore(self, rec.id))
 
     def deadlist(self, dl_id: int) -> Tree:
@@ -353,6 +356,8 @@ class Datasets:
                      new_guid(), self.pool.txg, int(time.time()), deadlist=self._new_id(),
                      props=dict(props or {}))
         self._link(rec)
+        if self.format_hook is not None:
+            self.format_hook(rec)
         return rec
 
     def _link(self, rec: Record) -> None:

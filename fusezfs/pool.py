@@ -38,11 +38,12 @@ from .formats import label as fl
 from .formats import spacemap
 from .formats.bp import (BT_NODE, BT_SPACEMAP, CKSUM_XXH3_128, COMP_ZSTD, BlockPointer,
                          decode_bp, encode_bp)
-from .tree import REF_TREE, Tree
+from .tree import REF_TREE, NodeCache, Tree
 from .vdevs import Leaf, TopVdev
 
 MIN_DEVICE_SIZE = 64 << 20          # what the command line demands, as zpool does
-ENGINE_MIN_SIZE = 2 << 20           # what the format needs (tests use small in-memory devices)
+ENGINE_MIN_SIZE = 2 << 20
+NODE_CACHE_NODES = 2048             # decoded tree nodes kept per pool (at most ~64 MiB)           # what the format needs (tests use small in-memory devices)
 # Metadata is compressed and kept in two copies (ZFS's ditto blocks): a flipped bit in a tree
 # node or the space map is healed from the other copy instead of losing a whole subtree.
 META_POLICY = Policy(COMP_ZSTD, 1, CKSUM_XXH3_128, 2)
@@ -103,6 +104,9 @@ class Pool:
         self.config_gen = config_gen
         self.allocator = Allocator({t.id: (t.start, t.end) for t in tops})
         self.blocks = BlockIO(self.tops, self.allocator)
+        # one cache of decoded tree nodes for every tree of the pool: memory stays bounded
+        # however many datasets and snapshots are open (entries are keyed by block identity)
+        self.node_cache = NodeCache(NODE_CACHE_NODES)
         self.lock = threading.RLock()
         self.synced_txg = 0
         self.mos: Tree | None = None
@@ -155,7 +159,7 @@ class Pool:
         for leaf in pool.leaves():
             lock_device(leaf.device)
         pool.created = int(time.time())
-        pool.mos = Tree(NodeStore(pool.blocks, META_POLICY), None)
+        pool.mos = Tree(NodeStore(pool.blocks, META_POLICY), None, cache=pool.node_cache)
         for key, value in (props or {}).items():
             pool.mos.put(PROP_PREFIX + key.encode(), value.encode())
         if root_props:
@@ -212,7 +216,7 @@ class Pool:
         if ub.spacemap is None:
             raise PoolError(f"cannot import '{self.name}': space map missing")
         self.allocator.load(spacemap.decode(self.blocks.read(ub.spacemap, cache=False)))
-        self.mos = Tree(NodeStore(self.blocks, META_POLICY), ub.mos)
+        self.mos = Tree(NodeStore(self.blocks, META_POLICY), ub.mos, cache=self.node_cache)
         self._synced_changes = self.allocator.changes
         raw = self.mos.get(b"errors")
         self._saved_errors = json.loads(raw) if raw else {}
@@ -255,7 +259,7 @@ class Pool:
             raise KeyError(name)
         if raw is not None:
             root = decode_bp(raw)
-        tree = Tree(store or NodeStore(self.blocks, META_POLICY), root)
+        tree = Tree(store or NodeStore(self.blocks, META_POLICY), root, cache=self.node_cache)
         if raw is None:
             self.mos.put(OBJSET_PREFIX + name, encode_bp(root), REF_TREE)
         self.trees[name] = tree

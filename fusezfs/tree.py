@@ -29,11 +29,13 @@ keyed by what identifies a stored block, so one cache may be shared by several t
 refers to a clean child by its block pointer, never by the decoded object, so only dirty nodes are
 pinned, and those are what `dirty_bytes` reports to the pool's dirty-data budget.
 
-Nodes split when their encoded size exceeds NODE_MAX (32 KiB: about 200 extent items or 240
-children, so a million extents sit three levels deep) and are merged with a sibling (then split
-again evenly if the union is too big) when they fall under NODE_MIN (8 KiB), so a tree that lost
-most of its items shrinks back. All leaves stay at the same depth: the tree grows and shrinks
-only at the root. Lookups use `bisect` on each node's key list.
+Nodes split when their encoded size exceeds NODE_MAX (32 KiB: about 210 extent items or 220
+children, so a million extents sit three levels deep), in halves, or 7/8 + 1/8 when the overflow
+came from appending at the node's end (files are mostly written in order, and even splits would
+leave such trees half empty). They are merged with a sibling (then split again evenly if the union
+is too big) when they fall under NODE_MIN (8 KiB), so a tree that lost most of its items shrinks
+back. All leaves stay at the same depth: the tree grows and shrinks only at the root. Lookups use
+`bisect` on each node's key list.
 
 A Tree is not thread safe; the pool serialises access. Scans tolerate modification of the tree
 between the items they yield (they re-find their place leaf by leaf).
@@ -419,15 +421,17 @@ class Tree:
             lo = key
 
     def _remove(self, leaf: _Node, i: int, j: int) -> None:
+        """Remove entries i..j-1 of a dirty leaf, queueing their REF_BLOCK blocks for freeing.
+        All pointers are decoded before anything changes, so a malformed one (ValueError)
+        leaves the tree as it was."""
         keys, vals, refs = leaf.keys, leaf.vals, leaf.refs
-        gone = 0
-        for t in range(i, j):
-            if refs[t] == REF_BLOCK:
-                self._release(vals[t])
-            gone += _LEAF + len(keys[t]) + len(vals[t])
+        doomed = [bp for t in range(i, j) if refs[t] == REF_BLOCK
+                  for bp in (_ref_bp(vals[t]),) if bp is not None]
+        gone = sum(_LEAF + len(keys[t]) + len(vals[t]) for t in range(i, j))
         del keys[i:j], vals[i:j], refs[i:j]
+        self._pending += doomed
         leaf.nbytes -= gone
-        self._dirty_bytes -= gone
+        self._dirty_bytes += _PENDING_COST * len(doomed) - gone
 
     # ---- shape -------------------------------------------------------------------------------
     def _split(self, node: _Node, at_end: bool = False) -> tuple[_Node, bytes]:
@@ -441,9 +445,12 @@ class Tree:
         acc = 0
         k = 1
         if at_end:
+            # internal nodes keep >= 2 children on each side: a non-root node with a single
+            # child could not be merged at its level when that child empties
+            least = 2 if node.level else 1
             budget = self.node_max * 7 // 8 - _HEAD
             k = 0
-            while k < n - 1 and (k == 0 or acc + sizes[k] <= budget):
+            while k < n - least and (k < least or acc + sizes[k] <= budget):
                 acc += sizes[k]
                 k += 1
         else:
@@ -656,7 +663,7 @@ class Tree:
             stats["nodes"] += 1
             keys = n.keys
             assert n.nbytes == _HEAD + sum(_entry_size(n, i) for i in range(len(keys))), "nbytes"
-            assert is_root or keys, "empty non-root node"
+            assert is_root or len(keys) >= (2 if n.level else 1), "non-root node too small"
             if is_dirty:
                 stats["dirty_nodes"] += 1
                 dirty_total += n.nbytes

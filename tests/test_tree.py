@@ -14,7 +14,7 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, p
 
 from fusezfs.formats import node as fmt
 from fusezfs.formats.bp import (BP_SIZE, BT_DATA, BT_NODE, CKSUM_XXH3_128, COMP_OFF, DVA,
-                                BlockPointer, checksum, encode_bp)
+                                BlockPointer, checksum, decode_bp, encode_bp)
 from fusezfs.tree import (MAX_KEY, MAX_VALUE, NODE_MAX, REF_BLOCK, REF_NONE, REF_TREE, NodeCache,
                           Tree, diff)
 
@@ -342,10 +342,10 @@ class TreeMachine(RuleBasedStateMachine):
     def _check_ownership(self):
         nodes, blocks, trees = reachable(self.tree)
         assert self.store.live() == nodes | blocks, "leak or premature free"
-        want_blocks = {fmt_bp(v).identity() for v, r in self.synced.values()
-                       if r == REF_BLOCK and fmt_bp(v) is not None}
-        want_trees = {fmt_bp(v).identity() for v, r in self.synced.values()
-                      if r == REF_TREE and fmt_bp(v) is not None}
+        want_blocks = {decode_bp(v).identity() for v, r in self.synced.values()
+                       if r == REF_BLOCK and decode_bp(v) is not None}
+        want_trees = {decode_bp(v).identity() for v, r in self.synced.values()
+                      if r == REF_TREE and decode_bp(v) is not None}
         assert blocks == want_blocks and trees == want_trees
 
     @rule()
@@ -388,11 +388,6 @@ class TreeMachine(RuleBasedStateMachine):
     def synced_root_stays_readable(self):
         nodes, blocks, _ = reachable(self.tree)
         assert nodes | blocks <= self.store.live()
-
-
-def fmt_bp(value: bytes):
-    from fusezfs.formats.bp import decode_bp
-    return decode_bp(value)
 
 
 TreeMachine.TestCase.settings = settings(max_examples=70, stateful_step_count=30, deadline=None,
