@@ -33,13 +33,21 @@ class Handle:
         for fs in self._open.values():
             fs.flush()
 
-    def filesystem(self, name: str) -> Posix:
-        """The POSIX view of filesystem or snapshot `name` (DatasetError if it does not exist)."""
-        rec = self.dsl.get(name)
+    def filesystem(self, name: str, *, track_lookups: bool = False) -> Posix:
+        """The POSIX view of filesystem or snapshot `name` (DatasetError if it does not exist).
+        One dataset has one Posix object, whoever asks (the FUSE adapter asks with
+        `track_lookups`, to count the kernel's lookups)."""
+        return self.filesystem_of(self.dsl.get(name), track_lookups=track_lookups)
+
+    def filesystem_of(self, rec, *, track_lookups: bool = False) -> Posix:
         fs = self._open.get(rec.id)
         if fs is None:
-            fs = self._open[rec.id] = Posix(DatasetIO(self.dsl, rec))
+            fs = self._open[rec.id] = Posix(DatasetIO(self.dsl, rec), track_lookups=track_lookups)
         return fs
+
+    def drop(self, ds_id: int) -> None:
+        """Forget a dataset's Posix object without flushing it (it was closed by its owner)."""
+        self._open.pop(ds_id, None)
 
     def forget(self, name_or_id) -> None:
         """Drop cached filesystem objects (after rollback/destroy/property changes)."""

@@ -10,6 +10,7 @@ import sys
 
 from . import dsprops, poolprops, registry
 from .api import Handle
+from .daemon import serving_pid
 from .datasets import Datasets
 from .cli import Failed, Usage, error, nicenum, parse, print_table
 from .devices import FileDevice
@@ -50,6 +51,10 @@ def open_pool(name: str) -> Pool:
     entry = registry.load().get(name)
     if entry is None or entry.get("state") == "exported":
         raise Failed(f"cannot open '{name}': no such pool")
+    pid = serving_pid(name)
+    if pid is not None and pid != os.getpid():
+        raise Failed(f"pool '{name}' is served by a running fusezfs daemon (pid {pid}); "
+                     f"unmount it first")
     try:
         devices = open_files(entry["devices"])
     except OSError as e:

@@ -40,7 +40,6 @@ import trio
 
 from . import dsprops, properties
 from .datasets import ROOT_ID, Record
-from .objset import DatasetIO
 from .posix import Posix, ROOT_INO
 
 log = logging.getLogger("fusezfs.fuse")
@@ -135,10 +134,7 @@ class Operations(pyfuse3.Operations):
 
     # ---- views --------------------------------------------------------------------------
     def _open_view(self, rec: Record) -> View:
-        fs = Posix(DatasetIO(self.dsl, rec), track_lookups=True)
-        # Handle's sync hook flushes the filesystems it knows: register ours there, so one
-        # dataset never has two Posix objects (library users of the handle get this one)
-        self.handle._open[rec.id] = fs
+        fs = self.handle.filesystem_of(rec, track_lookups=True)
         view = View(len(self.views), rec, fs, self.dsl.name(rec.id))
         self.views.append(view)
         return view
@@ -680,6 +676,6 @@ class Operations(pyfuse3.Operations):
                     view.fs.close()
                 except Exception:
                     log.exception("closing %s", view.name)
-                self.handle._open.pop(view.rec.id, None)
+                self.handle.drop(view.rec.id)
             self.files.clear()
             self.dirs.clear()

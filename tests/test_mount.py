@@ -1,0 +1,594 @@
+"""Through a real FUSE mount: `fusezfs mount` / `unmount`, a model-based comparison with a
+plain directory, snapshots under .zfs/snapshot, clones, child datasets, and a daemon killed
+with SIGKILL during writes.
+
+Every fusezfs command runs in a subprocess (the daemon holds the pool's device locks while it
+serves). Tests skip, with the reason, where /dev/fuse or fusermount3 is unusable. Teardown
+always unmounts (lazily as a last resort) and kills a daemon that would not exit.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _fuse_unusable() -> str | None:
+    try:
+        import pyfuse3  # noqa: F401
+        import trio  # noqa: F401
+    except ImportError as e:
+        return f"pyfuse3/trio not importable: {e}"
+    if shutil.which("fusermount3") is None:
+        return "fusermount3 not found"
+    try:
+        fd = os.open("/dev/fuse", os.O_RDWR)
+        os.close(fd)
+    except OSError as e:
+        return f"/dev/fuse unusable: {e.strerror}"
+    return None
+
+
+REASON = _fuse_unusable()
+pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
+
+
+class Env:
+    """A state directory, a pool on a temporary file, and the mounts made from it."""
+
+    def __init__(self, tmp_path) -> None:
+        self.tmp = tmp_path
+        self.state = str(tmp_path / "state")
+        self.mnt = str(tmp_path / "mnt")
+        os.makedirs(self.mnt)
+        self.env = dict(os.environ, FUSEZFS_STATE_DIR=self.state,
+                        PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
+        self.mounted = False
+
+    def run(self, *args, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+        r = subprocess.run([sys.executable, "-m", "fusezfs.cli", *args], env=self.env,
+                           capture_output=True, text=True, timeout=timeout, cwd=str(self.tmp))
+        if check and r.returncode != 0:
+            raise AssertionError(f"fusezfs {' '.join(args)} -> {r.returncode}\n{r.stdout}{r.stderr}")
+        return r
+
+    def create_pool(self, size: int = 256 << 20, *opts: str) -> None:
+        disk = str(self.tmp / "disk")
+        with open(disk, "wb") as f:
+            f.truncate(size)
+        self.run("pool", "create", *opts, "tank", disk)
+
+    def mount(self, *opts: str) -> None:
+        self.run("mount", *opts, "tank", self.mnt)
+        self.mounted = True
+
+    def daemon_pid(self) -> int | None:
+        try:
+            with open(os.path.join(self.state, "mount-tank.json")) as f:
+                return int(json.load(f)["pid"])
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def unmount(self) -> None:
+        self.run("unmount", "tank")
+        self.mounted = False
+        assert not is_fuse_mount(self.mnt)
+
+    def log(self) -> str:
+        try:
+            with open(os.path.join(self.state, "tank.log")) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def teardown(self) -> None:
+        if is_fuse_mount(self.mnt):
+            r = self.run("unmount", "tank", check=False)
+            if r.returncode != 0 or is_fuse_mount(self.mnt):
+                subprocess.run(["fusermount3", "-u", "-z", self.mnt], capture_output=True)
+        pid = self.daemon_pid()
+        if pid is not None:
+            deadline = time.monotonic() + 20
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def is_fuse_mount(path: str) -> bool:
+    path = os.path.abspath(path)
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1] == path for line in f if len(line.split()) > 2)
+
+
+@pytest.fixture
+def env(tmp_path):
+    e = Env(tmp_path)
+    try:
+        yield e
+    finally:
+        e.teardown()
+
+
+def write(path: str, data: bytes, sync: bool = False) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        if sync:
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+# ---- mount basics -----------------------------------------------------------------------
+def test_mount_unmount_and_children(env):
+    env.create_pool()
+    env.run("create", "tank/a")
+    env.run("create", "tank/a/b")
+    env.run("create", "-o", "canmount=off", "tank/off")
+    env.run("create", "-o", "readonly=on", "tank/ro")
+    env.mount()
+    m = env.mnt
+    assert sorted(os.listdir(m)) == ["a", "ro"]        # canmount=off: no mountpoint made
+    assert os.path.isdir(f"{m}/a/b")
+    write(f"{m}/top", b"root")
+    write(f"{m}/a/x", b"in a")
+    write(f"{m}/a/b/y", b"in b")
+    inos = {os.stat(p).st_ino for p in (m, f"{m}/a", f"{m}/a/b", f"{m}/top", f"{m}/a/x",
+                                        f"{m}/a/b/y")}
+    assert len(inos) == 6                       # unique across datasets
+    # EXDEV across datasets, EBUSY on mountpoints, EROFS on readonly=on
+    with pytest.raises(OSError) as ei:
+        os.link(f"{m}/top", f"{m}/a/top")
+    assert ei.value.errno == errno.EXDEV
+    with pytest.raises(OSError) as ei:
+        os.rename(f"{m}/top", f"{m}/a/top")
+    assert ei.value.errno == errno.EXDEV
+    with pytest.raises(OSError) as ei:
+        os.rmdir(f"{m}/a/b")
+    assert ei.value.errno in (errno.EBUSY, errno.ENOTEMPTY)
+    with pytest.raises(OSError) as ei:
+        write(f"{m}/ro/f", b"x")
+    assert ei.value.errno == errno.EROFS
+    st = os.statvfs(m)
+    assert st.f_namemax == 255 and st.f_blocks > 0
+    with pytest.raises(OSError) as ei:
+        write(f"{m}/" + "n" * 256, b"")
+    assert ei.value.errno == errno.ENAMETOOLONG
+    # a second mount of a served pool is refused with the daemon's pid
+    r = env.run("mount", "tank", str(env.tmp / "other"), check=False)
+    assert r.returncode == 1 and "already mounted" in r.stderr
+    env.unmount()
+    env.run("pool", "verify", "tank")
+    env.mount()
+    assert read(f"{m}/a/b/y") == b"in b" and read(f"{m}/top") == b"root"
+
+
+def test_fusermount_unmount_syncs(env):
+    env.create_pool()
+    env.mount()
+    data = os.urandom(300_000)
+    write(f"{env.mnt}/f", data)              # no fsync
+    pid = env.daemon_pid()
+    subprocess.run(["fusermount3", "-u", env.mnt], check=True)
+    deadline = time.monotonic() + 30
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid), env.log()
+    env.run("pool", "verify", "tank")
+    env.mount()
+    assert read(f"{env.mnt}/f") == data
+
+
+def test_sigterm_unmounts(env):
+    env.create_pool()
+    env.mount()
+    write(f"{env.mnt}/f", b"hello")
+    pid = env.daemon_pid()
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid) and not is_fuse_mount(env.mnt), env.log()
+    env.mount()
+    assert read(f"{env.mnt}/f") == b"hello"
+
+
+# ---- model-based ------------------------------------------------------------------------
+NAMES = ["a", "b", "c", "dd", "e", "longer name"]
+
+
+def tree_state(top: str) -> dict:
+    """Everything the model compares: type, permissions, size, content or target, link
+    count, user xattrs; and which names are links of one file."""
+    out = {}
+    groups: dict[int, list[str]] = {}
+    for dirpath, dirnames, filenames in os.walk(top):
+        dirnames[:] = [d for d in dirnames if not (dirpath == top and d == ".zfs")]
+        for name in sorted(dirnames + filenames):
+            p = os.path.join(dirpath, name)
+            rel = os.path.relpath(p, top)
+            st = os.lstat(p)
+            item = [stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_nlink]
+            if stat.S_ISREG(st.st_mode):
+                item += [st.st_size, hashlib.sha256(read(p)).hexdigest()]
+                groups.setdefault(st.st_ino, []).append(rel)
+            elif stat.S_ISLNK(st.st_mode):
+                item.append(os.readlink(p))
+            if not stat.S_ISLNK(st.st_mode):
+                item.append(sorted((n, os.getxattr(p, n, follow_symlinks=False))
+                                   for n in os.listxattr(p, follow_symlinks=False)
+                                   if n.startswith("user.")))
+            out[rel] = item
+    out["#links"] = sorted(sorted(g) for g in groups.values() if len(g) > 1)
+    return out
+
+
+class Model:
+    """Random file operations, applied to two trees alike; the outcome (errno or not) of each
+    must agree, and so must the trees."""
+
+    def __init__(self, seed: int, xattrs: bool) -> None:
+        self.rng = random.Random(seed)
+        self.xattrs = xattrs
+
+    def paths(self, top: str) -> list[str]:
+        out = []
+        for dirpath, dirnames, filenames in os.walk(top):
+            dirnames[:] = [d for d in dirnames if not (dirpath == top and d == ".zfs")]
+            for n in dirnames + filenames:
+                out.append(os.path.relpath(os.path.join(dirpath, n), top))
+        return sorted(out)
+
+    def op(self, ref_top: str) -> tuple:
+        """One operation, mostly one that can succeed (a parent that is a directory, a file
+        where a file is wanted), sometimes one that must fail the same way on both sides."""
+        r = self.rng
+        every = self.paths(ref_top)
+        kinds = {p: os.lstat(os.path.join(ref_top, p)).st_mode for p in every}
+        dirs = [""] + [p for p in every if stat.S_ISDIR(kinds[p])]
+        files = [p for p in every if stat.S_ISREG(kinds[p])]
+        others = [p for p in every if not stat.S_ISDIR(kinds[p])]
+
+        def new() -> str:
+            d = r.choice(dirs)
+            return os.path.join(d, r.choice(NAMES)) if d else r.choice(NAMES)
+
+        def pick(pool: list[str]) -> str:
+            return r.choice(pool) if pool and r.random() < 0.9 else r.choice(every or [new()])
+
+        ops = ["create"] * 4 + ["write"] * 4 + ["mkdir"] * 2 + \
+            ["truncate", "rename", "rename", "link", "unlink", "rmdir", "symlink", "chmod"] + \
+            (["setxattr"] if self.xattrs else [])
+        kind = r.choice(ops)
+        if kind == "create":
+            return (kind, new(), r.randbytes(r.choice([0, 1, 100, 5000, 70000])))
+        if kind == "write":
+            return (kind, pick(files), r.choice([0, 10, 4095, 65536, 131072 + 7]),
+                    r.randbytes(r.choice([1, 300, 8192, 140000])))
+        if kind == "truncate":
+            return (kind, pick(files), r.choice([0, 1, 5000, 200000]))
+        if kind == "rename":
+            return (kind, pick(every), new() if r.random() < 0.6 else pick(every))
+        if kind == "link":
+            return (kind, pick(files), new())
+        if kind == "unlink":
+            return (kind, pick(others))
+        if kind == "rmdir":
+            empty = [d for d in dirs[1:] if not os.listdir(os.path.join(ref_top, d))]
+            return (kind, pick(empty if empty and r.random() < 0.7 else dirs[1:]))
+        if kind == "mkdir":
+            return (kind, new())
+        if kind == "symlink":
+            return (kind, new(), r.choice(["a", "../b", "/nonexistent", "c/dd"]))
+        if kind == "chmod":
+            return (kind, pick(every), r.choice([0o644, 0o600, 0o755, 0o700, 0o4755, 0o1777]))
+        return (kind, pick(every), "user." + r.choice(["x", "y"]),
+                r.randbytes(r.choice([0, 10, 1000])))   # ext4 holds ~4 KiB of xattrs
+
+
+def apply(top: str, op: tuple):
+    """Run one operation under `top`; returns None or the errno it failed with."""
+    kind, rel = op[0], op[1]
+    p = os.path.join(top, rel)
+    try:
+        if kind == "create":
+            fd = os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            try:
+                os.write(fd, op[2])
+            finally:
+                os.close(fd)
+        elif kind == "write":
+            fd = os.open(p, os.O_WRONLY | os.O_NOFOLLOW)
+            try:
+                os.pwrite(fd, op[3], op[2])
+            finally:
+                os.close(fd)
+        elif kind == "truncate":
+            os.truncate(p, op[2])
+        elif kind == "rename":
+            os.rename(p, os.path.join(top, op[2]))
+        elif kind == "link":
+            os.link(p, os.path.join(top, op[2]), follow_symlinks=False)
+        elif kind == "unlink":
+            os.unlink(p)
+        elif kind == "mkdir":
+            os.mkdir(p, 0o755)
+        elif kind == "rmdir":
+            os.rmdir(p)
+        elif kind == "symlink":
+            os.symlink(op[2], p)
+        elif kind == "chmod":
+            os.chmod(p, op[2], follow_symlinks=True)
+        elif kind == "setxattr":
+            os.setxattr(p, op[2], op[3], follow_symlinks=False)
+    except OSError as e:
+        return e.errno
+    return None
+
+
+def _xattrs_supported(path: str) -> bool:
+    probe = os.path.join(path, ".xattr-probe")
+    write(probe, b"")
+    try:
+        os.setxattr(probe, "user.probe", b"1")
+        return True
+    except OSError:
+        return False
+    finally:
+        os.unlink(probe)
+
+
+@pytest.mark.parametrize("seed", [int(s) for s in os.environ.get("FUSEZFS_MODEL_SEEDS", "1,2").split(",")])
+def test_model_random_ops(env, seed):
+    env.create_pool()
+    env.mount()
+    ref = str(env.tmp / "ref")
+    os.makedirs(ref)
+    os.chmod(ref, 0o755)
+    os.chmod(env.mnt, 0o755)
+    model = Model(seed, _xattrs_supported(ref))
+    for step in range(120):
+        op = model.op(ref)
+        want = apply(ref, op)
+        got = apply(env.mnt, op)
+        assert got == want, (step, op[:2], "errno", got, "expected", want)
+        a, b = tree_state(env.mnt), tree_state(ref)
+        assert a == b, (step, op[:2], {k: (a.get(k), b.get(k)) for k in set(a) | set(b)
+                                       if a.get(k) != b.get(k)})
+    expect = tree_state(ref)
+    env.unmount()
+    env.run("pool", "verify", "tank")
+    env.mount()
+    assert tree_state(env.mnt) == expect
+
+
+# ---- snapshots and clones -----------------------------------------------------------------
+def test_snapshots_hold_their_time(env):
+    env.create_pool()
+    env.mount()
+    m = env.mnt
+    write(f"{m}/f", b"version 1")
+    os.mkdir(f"{m}/d")
+    write(f"{m}/d/g", b"gone later")
+    env.unmount()
+    env.run("snapshot", "tank@s1")
+    env.mount()
+    write(f"{m}/f", b"version 2")
+    os.unlink(f"{m}/d/g")
+    write(f"{m}/new", b"new")
+    env.unmount()
+    env.run("snapshot", "tank@s2")
+    env.mount()
+    write(f"{m}/f", b"version 3")
+    assert ".zfs" not in os.listdir(m)                  # hidden, yet reachable
+    assert sorted(os.listdir(f"{m}/.zfs/snapshot")) == ["s1", "s2"]
+    s1, s2 = f"{m}/.zfs/snapshot/s1", f"{m}/.zfs/snapshot/s2"
+    assert read(f"{s1}/f") == b"version 1" and read(f"{s1}/d/g") == b"gone later"
+    assert not os.path.exists(f"{s1}/new")
+    assert read(f"{s2}/f") == b"version 2" and os.listdir(f"{s2}/d") == []
+    assert read(f"{s2}/new") == b"new" and read(f"{m}/f") == b"version 3"
+    for bad in (lambda: write(f"{s1}/f", b"x"), lambda: os.unlink(f"{s1}/f"),
+                lambda: os.mkdir(f"{s1}/z")):
+        with pytest.raises(OSError) as ei:
+            bad()
+        assert ei.value.errno == errno.EROFS
+    assert not os.path.exists(f"{m}/.zfs/snapshot/nope")
+    inos = {os.stat(p).st_ino for p in (m, s1, s2, f"{s1}/f", f"{s2}/f", f"{m}/f")}
+    assert len(inos) == 6
+    env.unmount()
+    env.run("set", "snapdir=visible", "tank")
+    env.mount()
+    assert ".zfs" in os.listdir(m)
+    env.unmount()
+    env.run("pool", "verify", "tank")
+
+
+def test_clone_written_origin_unchanged(env):
+    env.create_pool()
+    env.run("create", "tank/fs")
+    env.mount()
+    m = env.mnt
+    write(f"{m}/fs/file", b"origin data" * 1000)
+    os.mkdir(f"{m}/fs/dir")
+    env.unmount()
+    env.run("snapshot", "tank/fs@base")
+    env.run("clone", "tank/fs@base", "tank/cl")
+    env.mount()
+    assert read(f"{m}/cl/file") == b"origin data" * 1000
+    with open(f"{m}/cl/file", "r+b") as f:
+        f.seek(5)
+        f.write(b"CLONE")
+    write(f"{m}/cl/dir/extra", b"only in clone")
+    assert read(f"{m}/fs/file") == b"origin data" * 1000
+    assert os.listdir(f"{m}/fs/dir") == []
+    assert read(f"{m}/fs/.zfs/snapshot/base/file") == b"origin data" * 1000
+    assert read(f"{m}/cl/file")[:12] == b"origiCLONEao"
+    assert os.stat(f"{m}/cl/file").st_ino != os.stat(f"{m}/fs/file").st_ino
+    with pytest.raises(OSError) as ei:
+        os.rename(f"{m}/cl/dir/extra", f"{m}/fs/extra")
+    assert ei.value.errno == errno.EXDEV
+    env.unmount()
+    env.run("pool", "verify", "tank")
+    env.mount()
+    assert read(f"{m}/cl/dir/extra") == b"only in clone"
+    assert read(f"{m}/fs/file") == b"origin data" * 1000
+
+
+# ---- crash ----------------------------------------------------------------------------------
+def test_kill9_during_writes(env):
+    env.create_pool(512 << 20)
+    env.mount("-o", "sync_interval=0.5")
+    m = env.mnt
+    os.mkdir(f"{m}/w")
+    durable: dict[str, str] = {}
+    stop = threading.Event()
+    rng = random.Random(7)
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            data = rng.randbytes(rng.choice([100, 10_000, 200_000]))
+            name = f"w/f{i}"
+            try:
+                with open(f"{m}/{name}", "wb") as f:
+                    f.write(data)
+                    if i % 3 == 0:
+                        f.flush()
+                        os.fsync(f.fileno())
+                        durable[name] = hashlib.sha256(data).hexdigest()
+            except OSError:
+                return
+            i += 1
+
+    t = threading.Thread(target=writer)
+    t.start()
+    deadline = time.monotonic() + 30
+    while len(durable) < 15 and time.monotonic() < deadline and t.is_alive():
+        time.sleep(0.05)
+    time.sleep(0.3)
+    pid = env.daemon_pid()
+    os.kill(pid, signal.SIGKILL)
+    stop.set()
+    t.join(30)
+    assert not t.is_alive()
+    assert len(durable) >= 15, env.log()
+    while _alive(pid):
+        time.sleep(0.05)
+    env.run("pool", "verify", "tank")
+    env.mount()                                 # detaches the dead mount, imports again
+    for name, digest in durable.items():
+        assert hashlib.sha256(read(f"{m}/{name}")).hexdigest() == digest, name
+    env.unmount()
+    env.run("pool", "verify", "tank")
+
+
+# ---- command line ---------------------------------------------------------------------------
+def test_foreground_mount_sigint_and_unmount_by_path(env):
+    env.create_pool()
+    proc = subprocess.Popen([sys.executable, "-m", "fusezfs.cli", "mount", "-f", "tank", env.mnt],
+                            env=env.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while not is_fuse_mount(env.mnt):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.05)
+        write(f"{env.mnt}/f", b"foreground")
+        listing = env.run("mount").stdout
+        assert listing.split() == ["tank", env.mnt]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+        err = proc.stderr.read().decode()
+        assert "mounted at" in err and "unmounted" in err     # logs to stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not is_fuse_mount(env.mnt)
+    env.mount()
+    assert read(f"{env.mnt}/f") == b"foreground"
+    env.run("unmount", env.mnt)                                # by path
+    assert not is_fuse_mount(env.mnt)
+    r = env.run("unmount", "tank", check=False)
+    assert r.returncode == 1 and "not currently mounted" in r.stderr
+
+
+def test_pool_inside_a_mount_is_refused(env):
+    env.create_pool()
+    env.mount()
+    inner = f"{env.mnt}/inner.img"
+    with open(inner, "wb") as f:
+        f.truncate(96 << 20)
+    env.run("pool", "create", "inner", inner)
+    r = env.run("mount", "inner", str(env.tmp / "m2"), check=False)
+    assert r.returncode == 1 and "inside the fusezfs mount" in r.stderr, r.stderr
+
+
+def test_mount_as_ordinary_user(tmp_path):
+    """Mount and unmount as `nobody`, through the setuid fusermount3."""
+    if os.geteuid() != 0 or shutil.which("runuser") is None:
+        pytest.skip("needs root (to become nobody) and runuser")
+    base = ["runuser", "-u", "nobody", "--"]
+    probe = subprocess.run(base + [sys.executable, "-c", "import pyfuse3, fusezfs"],
+                           capture_output=True, text=True, cwd="/",
+                           env=dict(os.environ, PYTHONPATH=ROOT))
+    if probe.returncode != 0:
+        lines = probe.stderr.strip().splitlines()
+        pytest.skip("nobody cannot run this Python with fusezfs and pyfuse3: "
+                    + (lines[-1] if lines else f"exit {probe.returncode}"))
+    home = tmp_path / "user"
+    home.mkdir()
+    os.chmod(tmp_path, 0o755)
+    os.chown(home, 65534, 65534)
+    env = dict(os.environ, FUSEZFS_STATE_DIR=str(home / "state"), PYTHONPATH=ROOT,
+               HOME=str(home))
+
+    def run(*args):
+        r = subprocess.run(base + [sys.executable, "-m", "fusezfs.cli", *args], env=env,
+                           capture_output=True, text=True, cwd=str(home), timeout=120)
+        assert r.returncode == 0, (args, r.stderr)
+        return r
+
+    mnt = str(home / "mnt")
+    subprocess.run(base + ["mkdir", mnt], check=True)
+    subprocess.run(base + ["truncate", "-s", "96M", str(home / "disk")], check=True)
+    run("pool", "create", "tank", str(home / "disk"))
+    try:
+        run("mount", "tank", mnt)
+        subprocess.run(base + ["sh", "-c", f"echo hi > {mnt}/f"], check=True)
+        owner = subprocess.run(base + ["stat", "-c", "%u", f"{mnt}/f"], capture_output=True,
+                               text=True, check=True).stdout.strip()
+        assert owner == "65534"     # root itself may not look: no allow_other
+        run("unmount", "tank")
+        assert not is_fuse_mount(mnt)
+    finally:
+        if is_fuse_mount(mnt):
+            subprocess.run(["fusermount3", "-u", "-z", mnt], capture_output=True)
