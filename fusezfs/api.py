@@ -22,10 +22,26 @@ def format_filesystem(dsl: Datasets, rec) -> None:
 
 
 class Handle:
+    """One per open pool: `Handle(pool)` returns the existing one (it owns the pool's Posix
+    objects and the sync hook that flushes them)."""
+
+    def __new__(cls, pool: Pool) -> "Handle":
+        existing = getattr(pool, "_handle", None)
+        if existing is not None:
+            return existing
+        self = super().__new__(cls)
+        pool._handle = self
+        self._setup(pool)
+        return self
+
     def __init__(self, pool: Pool) -> None:
+        pass            # set up once, by __new__
+
+    def _setup(self, pool: Pool) -> None:
         self.pool = pool
         self.dsl = Datasets(pool)
         self.dsl.format_hook = lambda rec: format_filesystem(self.dsl, rec)
+        self.dsl.replaced_hook = self._replaced
         self._open: dict[int, Posix] = {}
         pool.sync_hooks.insert(0, self._flush)
 
@@ -44,6 +60,14 @@ class Handle:
         if fs is None:
             fs = self._open[rec.id] = Posix(DatasetIO(self.dsl, rec), track_lookups=track_lookups)
         return fs
+
+    def _replaced(self, rec) -> None:
+        """A rollback gave `rec` another tree: an open Posix object forgets what it cached
+        and buffered (the rollback discards it) and reads the new tree."""
+        fs = self._open.get(rec.id)
+        if fs is not None:
+            fs.io.tree = self.dsl.tree(rec)
+            fs.reload(fs.io.tree)
 
     def drop(self, ds_id: int) -> None:
         """Forget a dataset's Posix object without flushing it (it was closed by its owner)."""

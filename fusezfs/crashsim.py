@@ -104,17 +104,99 @@ class Summary:
         return f"{self.cuts} cuts, {self.clean} clean, {len(self.damaged)} damaged"
 
 
-def count_writes(kind: str, seed: int, steps: int) -> int:
+# ---- the datasets workload: filesystems, files, snapshots, clones, destroys, rollbacks ------
+def dataset_workload(pool: Pool, seed: int, steps: int, committing: dict[int, State]) -> None:
+    """Files written and removed through the POSIX layer in several filesystems, with
+    snapshots, clones, snapshot destruction and rollbacks between them. Every sync (including
+    the ones dataset operations make inside) records the content it commits."""
+    from .api import Handle          # the workload sits on top of every layer
+    from .datasets import ROOT_ID
+
+    rng = random.Random(seed)
+    h = Handle(pool)
+    dsl = h.dsl
+    root = dsl.record(ROOT_ID)
+    if root.props.get("atime") != "off":     # reads must not change what they read
+        root.props["atime"] = "off"
+        dsl.touch(root)
+    pool.sync_hooks.append(lambda p: committing.__setitem__(p.txg, dataset_content(h)))
+    heads = [r for r in (dsl.lookup("crash/fs"),) if r is not None]
+    if not heads:
+        heads = [dsl.create("crash/fs")]
+    heads = [dsl.name(r.id) for r in dsl.descendants(ROOT_ID)]
+    for step in range(steps):
+        head = rng.choice(heads)
+        fs = h.filesystem(head)
+        snaps = [s for r in heads for s in dsl.snapshots(dsl.get(r).id)]
+        r = rng.random()
+        if r < 0.45:
+            fs.write_file(f"/f{rng.randrange(5)}", _text(rng, rng.randrange(1, 30000)))
+        elif r < 0.55:
+            name = f"f{rng.randrange(5)}"
+            if name.encode() in fs.listdir("/"):
+                fs.unlink(1, name)
+        elif r < 0.67:
+            dsl.snapshot([f"{head}@s{seed}_{step}"])
+        elif r < 0.75 and snaps and len(heads) < 4:
+            dsl.clone(dsl.name(rng.choice(snaps).id), f"crash/c{seed}_{step}")
+            heads.append(f"crash/c{seed}_{step}")
+        elif r < 0.85 and snaps:
+            victim = rng.choice(snaps)
+            if not victim.clones:
+                dsl.destroy_snapshot(victim)
+        elif r < 0.93:
+            rec = dsl.get(head)
+            if rec.prev_snap:
+                h.forget(head)
+                dsl.rollback(rec)
+        else:
+            pool.sync()
+        if step % 4 == 3:
+            pool.sync()
+    pool.sync()
+
+
+def dataset_content(h) -> State:
+    """name/path -> bytes for every file in every filesystem and snapshot, plus the names."""
+    from .datasets import ROOT_ID
+
+    dsl = h.dsl
+    out: State = {}
+    for rec in dsl.descendants(ROOT_ID):
+        for r in [rec] + dsl.snapshots(rec.id):
+            name = dsl.name(r.id)
+            out[name.encode()] = b"dataset"
+            fs = h.filesystem(name)
+            for f in fs.listdir("/"):
+                out[name.encode() + b":/" + f] = fs.read_file(b"/" + f)
+    return out
+
+
+def dataset_check(pool: Pool) -> tuple[State, list[str]]:
+    from .api import Handle
+    h = Handle(pool)
+    return dataset_content(h), h.dsl.check()
+
+
+WORKLOADS = {
+    "objects": (workload, lambda pool: (content(pool), [])),
+    "datasets": (dataset_workload, dataset_check),
+}
+
+
+def count_writes(kind: str, seed: int, steps: int, load: str = "objects") -> int:
     """Writes the workload issues (after pool creation) when nothing fails."""
     power = Power()
     topo, _devs = topology(kind, power)
     pool = Pool.create("crash", topo)
     start = power.writes
-    workload(pool, seed, steps, {})
+    WORKLOADS[load][0](pool, seed, steps, {})
     return power.writes - start
 
 
-def run_cut(kind: str, seed: int, steps: int, cut: int, mode: str) -> Outcome:
+def run_cut(kind: str, seed: int, steps: int, cut: int, mode: str,
+            load: str = "objects") -> Outcome:
+    run_workload, inspect = WORKLOADS[load]
     power = Power()
     topo, devs = topology(kind, power)
     pool = Pool.create("crash", topo)
@@ -122,7 +204,7 @@ def run_cut(kind: str, seed: int, steps: int, cut: int, mode: str) -> Outcome:
     committing: dict[int, State] = {created_txg: {}}
     power.cut_after(cut)
     try:
-        workload(pool, seed, steps, committing)
+        run_workload(pool, seed, steps, committing)
     except PowerCut:
         pass
     rng = random.Random(cut * 7919 + seed)
@@ -135,15 +217,17 @@ def run_cut(kind: str, seed: int, steps: int, cut: int, mode: str) -> Outcome:
         txg = recovered.synced_txg
         if txg not in committing:
             return Outcome(cut, mode, False, f"imported txg {txg} was never committed")
+        got, faults = inspect(recovered)
         report = verify(recovered)
-        if not report.ok:
-            return Outcome(cut, mode, False, "verify: " + "; ".join(report.faults[:3]))
-        got = content(recovered)
+        if not report.ok or faults:
+            return Outcome(cut, mode, False, "verify: " + "; ".join((report.faults + faults)[:3]))
         if got != committing[txg]:
-            return Outcome(cut, mode, False, f"content of txg {txg} differs from what it committed")
+            diff = sorted(set(got.items()) ^ set(committing[txg].items()))[:2]
+            return Outcome(cut, mode, False, f"content of txg {txg} differs from what it "
+                                             f"committed: {[k for k, _v in diff]}")
         # the recovered pool must keep working: its allocator must not hand out live blocks
         more: dict[int, State] = {}
-        workload(recovered, seed + 1, 4, more)
+        run_workload(recovered, seed + 1, 4, more)
         report = verify(recovered)
         if not report.ok:
             return Outcome(cut, mode, False, "after recovery: " + "; ".join(report.faults[:3]))
@@ -155,13 +239,13 @@ def run_cut(kind: str, seed: int, steps: int, cut: int, mode: str) -> Outcome:
 
 
 def run(kinds: list[str], modes: list[str], seed: int, steps: int, stride: int = 1,
-        progress=None) -> Summary:
+        progress=None, load: str = "objects") -> Summary:
     summary = Summary()
     for kind in kinds:
-        total = count_writes(kind, seed, steps)
+        total = count_writes(kind, seed, steps, load)
         for mode in modes:
             for cut in range(0, total + 1, stride):
-                outcome = run_cut(kind, seed, steps, cut, mode)
+                outcome = run_cut(kind, seed, steps, cut, mode, load)
                 summary.cuts += 1
                 if outcome.clean:
                     summary.clean += 1

@@ -137,9 +137,24 @@ class ReadOnlyStore(NodeStore):
 
 
 class Datasets:
-    """The dataset directory of one open pool. Callers hold `pool.lock`."""
+    """The dataset directory of one open pool. Callers hold `pool.lock`.
+
+    There is exactly one per open pool: `Datasets(pool)` returns the existing one. Two would
+    each cache records and write them back at sync, each undoing the other's changes."""
+
+    def __new__(cls, pool: Pool) -> "Datasets":
+        existing = getattr(pool, "_datasets", None)
+        if existing is not None:
+            return existing
+        self = super().__new__(cls)
+        pool._datasets = self
+        self._setup(pool)
+        return self
 
     def __init__(self, pool: Pool) -> None:
+        pass            # set up once, by __new__
+
+    def _setup(self, pool: Pool) -> None:
         self.pool = pool
         self.records: dict[int, Record] = {}
         self.dirty: set[int] = set()
@@ -147,6 +162,9 @@ class Datasets:
         # called with every new (non-clone) filesystem: the POSIX layer above gives it its
         # root directory (zfs create makes the ZPL at once); None for bare object trees
         self.format_hook = None
+        # called after a head's tree was replaced (rollback): whoever caches a view of the
+        # old tree (the POSIX layer above) must drop it before it writes there again
+        self.replaced_hook = None
         pool.sync_hooks.append(self._write_records)
         if self.mos.get(REC_PREFIX + _id_bytes(ROOT_ID)) is None:
             self._create_root()
@@ -526,6 +544,8 @@ class Datasets:
         self.pool.objset(tree_name(head.id), store=HeadStore(self, head.id),
                          root=self.pool.objset_root(snap_root_name(snap.id)))
         self.touch(head)
+        if self.replaced_hook is not None:
+            self.replaced_hook(head)
 
     # ---- rename ---------------------------------------------------------------------------
     def rename(self, rec: Record, new_name: str) -> None:
