@@ -161,6 +161,9 @@ class Datasets:
         self.deleted: set[int] = set()
         # called with every new (non-clone) filesystem: the POSIX layer above gives it its
         # root directory (zfs create makes the ZPL at once); None for bare object trees
+        self.records_changed = 0     # bumped when datasets come or go or properties change
+        self._reserving: list[int] | None = None      # properties.reserving's cache
+        self._reserving_gen = -1
         self.format_hook = None
         # called after a head's tree was replaced (rollback): whoever caches a view of the
         # old tree (the POSIX layer above) must drop it before it writes there again
@@ -379,12 +382,14 @@ class Datasets:
         return rec
 
     def _link(self, rec: Record) -> None:
+        self.records_changed += 1
         self.records[rec.id] = rec
         self.touch(rec)
         key = "@" + rec.component if rec.kind == "snapshot" else rec.component
         self.mos.put(self._child_key(rec.parent, key), _id_bytes(rec.id))
 
     def _unlink(self, rec: Record) -> None:
+        self.records_changed += 1
         key = "@" + rec.component if rec.kind == "snapshot" else rec.component
         self.mos.delete(self._child_key(rec.parent, key))
         self.deleted.add(rec.id)

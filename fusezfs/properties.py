@@ -61,13 +61,25 @@ def write_policy(dsl: Datasets, rec: Record) -> Policy:
 
 
 # ---- space ----------------------------------------------------------------------------------
+def reserving(dsl: Datasets) -> list[Record]:
+    """The datasets with a reservation or refreservation set. Cached on the dataset directory
+    (every write asks, through check_space) and dropped whenever a property is set or
+    inherited or a dataset is created or destroyed."""
+    ids = dsl._reserving
+    if ids is None or dsl.records_changed != dsl._reserving_gen:
+        ids = [r.id for r in dsl.descendants(ROOT_ID)
+               if as_int(r.props.get("reservation")) or as_int(r.props.get("refreservation"))]
+        dsl._reserving, dsl._reserving_gen = ids, dsl.records_changed
+    return [dsl.record(i) for i in ids]
+
+
 def pool_available(dsl: Datasets) -> int:
     pool = dsl.pool
     slop = pool.size >> SLOP_SHIFT
     # space promised but not yet used: reservations (beyond what the dataset uses) and
     # refreservations (beyond what its own data uses: usedbyrefreservation)
     reserved = sum(max(0, as_int(r.props.get("reservation")) - dsl.used_actual(r))
-                   + dsl.used_by_refreservation(r) for r in dsl.descendants(ROOT_ID))
+                   + dsl.used_by_refreservation(r) for r in reserving(dsl))
     return max(0, pool.free - slop - reserved)
 
 
@@ -186,6 +198,7 @@ def set_props(dsl: Datasets, rec: Record, props: dict[str, str]) -> None:
         rec.props = dict(level_.local)
         rec.masked = sorted(level_.masked)
     dsl.touch(rec)
+    dsl.records_changed += 1
 
 
 def inherit(dsl: Datasets, rec: Record, name: str, *, received: bool = False) -> None:
@@ -194,3 +207,4 @@ def inherit(dsl: Datasets, rec: Record, name: str, *, received: bool = False) ->
     rec.props = dict(level_.local)
     rec.masked = sorted(level_.masked)
     dsl.touch(rec)
+    dsl.records_changed += 1
