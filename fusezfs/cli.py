@@ -76,6 +76,18 @@ def print_table(headers: list[str], rows: list[list[str]], *, scripted: bool,
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    from . import control
+    try:
+        code = control.route(argv)  # a pool served by a daemon: the command runs there
+    except (KeyboardInterrupt, BrokenPipeError):
+        return 1
+    if code is not None:
+        return code
+    return dispatch(argv)
+
+
+def dispatch(argv: list[str]) -> int:
+    """Run a command in this process."""
     from . import cli_cp, cli_mount, cli_pool, cli_zfs
     verbs: dict[str, Callable[[list[str]], int]] = {"pool": cli_pool.main, "cp": cli_cp.main,
                                                     **cli_mount.COMMANDS}

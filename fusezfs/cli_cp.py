@@ -13,7 +13,7 @@ import stat
 import sys
 from typing import Iterator
 
-from . import registry
+from . import registry, sessions
 from .cli import Failed, Usage, error, parse
 from .names import dataset_name_error
 
@@ -240,18 +240,23 @@ def _main(args: list[str]) -> int:
     specs = [split_spec(s) for s in sources + [dest]]
     pools = {ds.split("/")[0].split("@")[0] for ds, _ in specs if ds}
     handles = {}
+    borrowed = set()
     from .api import Handle
     from .cli_pool import open_pool
     try:
         for pool in pools:
-            handles[pool] = Handle(open_pool(pool))
+            provided = sessions.handle(pool)    # inside the daemon serving it (sessions.py)
+            if provided is not None:
+                borrowed.add(pool)
+            handles[pool] = provided or Handle(open_pool(pool))
 
         def side(ds: str | None):
             if ds is None:
                 return LocalSide()
             h = handles[ds.split("/")[0].split("@")[0]]
             try:
-                return DatasetSide(h.filesystem(ds), ds)
+                with h.pool.lock:
+                    return DatasetSide(h.filesystem(ds), ds)
             except Exception:
                 raise Failed(f"cannot open '{ds}': dataset does not exist") from None
 
@@ -267,6 +272,8 @@ def _main(args: list[str]) -> int:
             spath = os.fsencode(spath_s)
             target = os.path.join(dpath, os.path.basename(spath.rstrip(b"/")) or b".") \
                 if into else dpath
+            if dds is not None:
+                sessions.note_changed(dds, target)
             try:
                 src.lstat(spath)
             except OSError as e:
@@ -285,8 +292,12 @@ def _main(args: list[str]) -> int:
                 status = 1
         return status
     finally:
-        for h in handles.values():
-            h.close()
+        for pool, h in handles.items():
+            if pool in borrowed:        # the daemon's: commit, leave it open
+                with h.pool.lock:
+                    h.pool.sync()
+            else:
+                h.close()
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import sys
 
-from . import dsprops, poolprops, registry
+from . import dsprops, poolprops, registry, sessions
 from .api import Handle
 from .daemon import serving_pid
 from .datasets import Datasets
@@ -51,6 +51,9 @@ def open_pool(name: str) -> Pool:
     entry = registry.load().get(name)
     if entry is None or entry.get("state") == "exported":
         raise Failed(f"cannot open '{name}': no such pool")
+    provided = sessions.handle(name)
+    if provided is not None:            # inside the daemon serving `name` (sessions.py)
+        return sessions.Borrowed(provided.pool)
     pid = serving_pid(name)
     if pid is not None and pid != os.getpid():
         raise Failed(f"pool '{name}' is served by a running fusezfs daemon (pid {pid}); "

@@ -12,7 +12,7 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
-from . import dsprops
+from . import dsprops, sessions
 from . import properties as props_
 from .cli import Failed, Usage, error, parse, print_table
 from .api import Handle
@@ -61,6 +61,14 @@ def session(pool_name: str, what: str) -> Iterator[Datasets]:
     """The dataset directory of a pool; `what` is the name reported if the pool is unknown."""
     if pool_name not in imported_names():
         raise Failed(f"cannot open '{what}': dataset does not exist")
+    provided = sessions.handle(pool_name)
+    if provided is not None:            # inside the daemon serving the pool (sessions.py)
+        with provided.pool.lock:
+            try:
+                yield provided.dsl
+            finally:
+                provided.pool.sync()
+        return
     pool = open_pool(pool_name)
     try:
         with pool.lock:

@@ -12,6 +12,10 @@ unmount POOL` finds the mount through it, and other commands can tell the pool i
 (`serving_pid`). A daemon killed with SIGKILL leaves the file and a dead FUSE mount behind;
 the next mount of the pool notices (the pid is gone), detaches the dead mount and goes on.
 
+While it serves, `POOL.sock` in the state directory is its control socket (control.py): every
+fusezfs command naming the pool is sent there and runs in this process on the one Handle, so
+the mount shows its effect at once; `pool export` unmounts first, which ends this process.
+
 Started by `fusezfs mount` as `python -m fusezfs.daemon --ready-fd N ...`: it reports "ok
 MOUNTPOINT" or "error MESSAGE" on that descriptor once the mount exists or failed.
 """
@@ -212,6 +216,7 @@ def serve(pool_name: str, mountpoint: str | None, options: dict[str, str],
     from .api import Handle
     from .cli import Failed
     from .cli_pool import open_pool
+    from .control import Server
     from .fuse_ops import Operations
 
     def fail(msg: str) -> int:
@@ -237,6 +242,7 @@ def serve(pool_name: str, mountpoint: str | None, options: dict[str, str],
         pool = open_pool(pool_name)
     except Failed as e:
         return fail(e.message or f"cannot open '{pool_name}'")
+    server = None
     try:
         handle = Handle(pool)
         with pool.lock:
@@ -258,15 +264,26 @@ def serve(pool_name: str, mountpoint: str | None, options: dict[str, str],
         fuse_opts |= {f"fsname={pool_name}", "subtype=fusezfs"}
         if "allow_other" in options:
             fuse_opts.add("allow_other")
+        # the control socket (control.py): commands on this pool run here while it is served
+        server = Server(pool_name, handle, ops)
+        try:
+            server.start()
+        except OSError as e:
+            raise DaemonError(f"cannot mount '{pool_name}': cannot make the control socket "
+                              f"{server.path}: {e.strerror}") from None
         try:
             pyfuse3.init(ops, mp, fuse_opts)
         except RuntimeError as e:
             raise DaemonError(f"cannot mount '{pool_name}' at '{mp}': {e}") from None
     except DaemonError as e:
+        if server is not None:
+            server.stop()
         pool.close()
         return fail(str(e))
     except Exception as e:
         log.exception("mount failed")
+        if server is not None:
+            server.stop()
         pool.close()
         return fail(f"cannot mount '{pool_name}': {e}")
 
@@ -313,6 +330,7 @@ def serve(pool_name: str, mountpoint: str | None, options: dict[str, str],
         log.exception("FUSE loop failed")
         code = 1
     finally:
+        server.stop()           # no new commands; the one running finishes first
         try:
             ops.close()
         except Exception:

@@ -63,6 +63,10 @@ class View:
         self.snapshot = rec.kind == "snapshot"
         self.head: View | None = None           # snapshot view: its filesystem's view
         self.parent: tuple[int, int] | None = None   # (view, dir ino) the root is mounted in
+        self.rel = ""                           # mounted child: its path below the root view
+        self.entry: tuple[int, int, bytes] | None = None  # (host view, dir ino, name) it covers
+        self.dead = False                       # unmounted or destroyed (see refresh)
+        self.snapnames: set[str] = set()        # head: snapshot names the kernel may know
 
     def g(self, local: int) -> int:
         return self.index << SHIFT | local
@@ -129,27 +133,50 @@ class Operations(pyfuse3.Operations):
         self.files: dict[int, tuple[View, int]] = {}
         self.dirs: dict[int, tuple[View, int]] = {}
         self._next_fh = 1
+        self._old_names: dict[tuple[int, int], set[bytes]] = {}
+        self._trees: dict[int, object] = {}
         with self.lock:
             self._build()
 
     # ---- views --------------------------------------------------------------------------
     def _open_view(self, rec: Record) -> View:
         fs = self.handle.filesystem_of(rec, track_lookups=True)
+        fs.track_lookups = True         # a command may have opened it first (cp)
         view = View(len(self.views), rec, fs, self.dsl.name(rec.id))
+        if rec.kind != "snapshot":
+            view.snapnames = {s.component for s in self.dsl.snapshots(rec.id)}
         self.views.append(view)
         return view
 
     def _build(self) -> None:
-        root = self._open_view(self.dsl.record(ROOT_ID))
+        self._layout(self._open_view(self.dsl.record(ROOT_ID)), [])
+
+    def _layout(self, root: View, inval: list) -> None:
+        """Mount every filesystem that mounts inside the root's tree where it belongs. Mounted
+        children already in their place (same host view, same directory) stay; the others
+        are unmounted and mounted anew. Kernel cache invalidations go to `inval`."""
         mounted: list[tuple[str, View]] = [("", root)]
-        covered_paths: set[str] = set()
+        placed: set[int] = {root.index}
+        current = {v.rec.id: v for v in self.views if v.parent is not None and not v.dead}
         for rel, rec in mounted_children(self.dsl):
-            if rel in covered_paths:
+            if any(r == rel for r, _v in mounted):
                 log.warning("%s: mountpoint already used; not mounted", self.dsl.name(rec.id))
                 continue
             host_rel, host = max(((r, v) for r, v in mounted
                                   if r == "" or rel.startswith(r + "/")), key=lambda x: len(x[0]))
             sub = rel[len(host_rel):].lstrip("/")
+            cur = current.get(rec.id)
+            if cur is not None and cur.rel == rel and cur.parent[0] == host.index:
+                try:
+                    same = host.fs.resolve(sub) == cur.parent[1]
+                except OSError:
+                    same = False
+                if same:
+                    mounted.append((rel, cur))
+                    placed.add(cur.index)
+                    continue
+            if cur is not None:
+                self._unmount(cur, inval)
             try:
                 if host.fs.io.readonly:
                     ino = host.fs.resolve(sub)
@@ -157,15 +184,183 @@ class Operations(pyfuse3.Operations):
                     ino = host.fs.makedirs(sub)
                 if not stat.S_ISDIR(host.fs.getattr(ino).st_mode):
                     raise OSError(errno.ENOTDIR, "not a directory")
+                pdir, name = host.fs.parent_of(sub)
             except OSError as e:
                 log.warning("%s: cannot make mountpoint %s in %s: %s; not mounted",
                             self.dsl.name(rec.id), sub, host.name, e.strerror)
                 continue
             view = self._open_view(rec)
             view.parent = (host.index, ino)
+            view.rel = rel
+            view.entry = (host.index, pdir, name)
             self.covers[(host.index, ino)] = view.index
-            covered_paths.add(rel)
             mounted.append((rel, view))
+            placed.add(view.index)
+            inval += [("entry", host.g(pdir), name), ("inode", host.g(pdir))]
+        for v in current.values():
+            if v.index not in placed and not v.dead:
+                self._unmount(v, inval)
+
+    def _unmount(self, view: View, inval: list) -> None:
+        """Take a mounted child out of the tree (its dataset was destroyed, renamed, or its
+        mountpoint or canmount changed). Its inodes the kernel holds get ENOENT; the
+        mountpoint directory is removed if empty, as zfs does."""
+        self.covers.pop(view.parent, None)
+        view.dead = True
+        for sv in self.views:           # its snapshots are made anew under its next view
+            if sv.head is view and not sv.dead:
+                sv.dead = True
+                self.snap_views.pop(sv.rec.id, None)
+        if view.entry is None:
+            return
+        hidx, pdir, name = view.entry
+        host = self.views[hidx]
+        inval += [("entry", host.g(pdir), name), ("inode", host.g(pdir))]
+        if not host.dead and host.fs is not None and not host.fs.io.readonly:
+            try:
+                host.fs.rmdir(pdir, name)
+            except OSError:
+                pass
+
+    # ---- commands run by the daemon (control.py) ------------------------------------------
+    READ_ONLY_VERBS = {"list", "get", "holds"}
+
+    def before_command(self, argv: list[str]) -> None:
+        """Commit what the mount buffered, so the command sees every tree as the mount does
+        (and no buffer of a dataset the command destroys or rolls back is flushed later).
+        Before a rollback, remember the names in directories the kernel knows."""
+        verb = argv[0] if argv else ""
+        with self.lock:
+            if verb not in self.READ_ONLY_VERBS and not (
+                    verb == "pool" and argv[1:2] and argv[1] in ("list", "get", "status")):
+                self.pool.sync()
+            self._old_names = {}
+            # rollback replaces trees (the POSIX objects may be reloaded by the Handle's hook
+            # already): what each one looked at before tells which were replaced
+            self._trees = {ds_id: fs.tree for ds_id, fs in self.handle._open.items()}
+            if verb == "rollback":
+                for view in self.views:
+                    if view.dead or view.snapshot or view.fs is None:
+                        continue
+                    for ino in set(view.fs._lookups) | {ROOT_INO}:
+                        names = self._dir_names(view.fs, ino)
+                        if names:
+                            self._old_names[(view.index, ino)] = names
+
+    @staticmethod
+    def _dir_names(fs: Posix, ino: int) -> set[bytes]:
+        out: set[bytes] = set()
+        try:
+            if not stat.S_ISDIR(fs.getattr(ino).st_mode):
+                return out
+            cookie = 0
+            while True:
+                batch = fs.readdir(ino, cookie, READDIR_CHUNK)
+                if not batch:
+                    return out
+                for e in batch:
+                    if e.name not in (b".", b".."):
+                        out.add(e.name)
+                    cookie = e.cookie
+        except OSError:
+            return out
+
+    def _exists(self, ds_id: int) -> bool:
+        if ds_id in self.dsl.deleted:
+            return False
+        try:
+            self.dsl.record(ds_id)
+        except KeyError:
+            return False
+        return True
+
+    def refresh(self, changes: list[tuple[str, bytes]] = ()) -> list:
+        """After a command: bring every view in line with the datasets (destroyed ones go,
+        rolled back ones read their new tree, property changes reach the POSIX layer, mounts
+        follow create/destroy/rename/mountpoint/canmount) and return the kernel cache
+        invalidations to make, by `invalidate`, once the pool lock is released."""
+        from .objset import DatasetIO
+        inval: list = []
+        with self.lock:
+            rolled: set[int] = set()
+            for ds_id, fs in list(self.handle._open.items()):
+                if not self._exists(ds_id):
+                    self.handle.drop(ds_id)       # its tree is gone: never flush it
+                    continue
+                rec = self.dsl.record(ds_id)
+                if rec.kind == "snapshot":
+                    continue
+                io = DatasetIO(self.dsl, rec)
+                fs.io = io
+                if fs.tree is not io.tree:
+                    fs.reload(io.tree)
+                if self._trees.get(ds_id, io.tree) is not io.tree:
+                    rolled.add(ds_id)
+            for view in self.views:
+                if view.dead:
+                    continue
+                if not self._exists(view.rec.id):
+                    if view.parent is not None:
+                        self._unmount(view, inval)
+                    view.dead = True
+                    if view.snapshot:
+                        self.snap_views.pop(view.rec.id, None)
+                    continue
+                view.rec = self.dsl.record(view.rec.id)
+                view.name = self.dsl.name(view.rec.id)
+            for view in self.views:
+                if view.dead and view.fs is not None and not self._exists(view.rec.id):
+                    view.fs = None                  # forgets of its inodes are dropped
+            self._layout(self.views[0], inval)
+            for view in self.views:
+                if view.dead or view.snapshot:
+                    continue
+                names = {s.component for s in self.dsl.snapshots(view.rec.id)}
+                if names != view.snapnames:
+                    inval += [("entry", view.g(SNAPDIR_INO), os.fsencode(n))
+                              for n in names ^ view.snapnames]
+                    inval.append(("inode", view.g(SNAPDIR_INO)))
+                    view.snapnames = names
+                if view.rec.id in rolled:
+                    fs = view.fs
+                    for ino in set(fs._lookups) | {ROOT_INO}:
+                        inval.append(("inode", view.g(ino)))
+                        names = self._old_names.get((view.index, ino), set()) \
+                            | self._dir_names(fs, ino)
+                        inval += [("entry", view.g(ino), n) for n in names]
+            for dataset, path in changes:
+                rec = self.dsl.lookup(dataset)
+                for view in self.views:
+                    if view.dead or rec is None or view.rec.id != rec.id:
+                        continue
+                    try:
+                        pdir, name = view.fs.parent_of(path)
+                    except OSError:
+                        continue
+                    inval += [("entry", view.g(pdir), name), ("inode", view.g(pdir))]
+                    try:
+                        ino = view.fs.resolve(path, follow=False)
+                    except OSError:
+                        continue
+                    inval.append(("inode", view.g(ino)))
+            self._old_names = {}
+            self._trees = {}
+        return list(dict.fromkeys(inval))
+
+    @staticmethod
+    def invalidate(inval: list) -> None:
+        """Make the kernel forget what `refresh` found stale. Never with the pool lock held:
+        the kernel may wait for a request in progress, and that request for the lock."""
+        for item in inval:
+            try:
+                if item[0] == "entry":
+                    pyfuse3.invalidate_entry(item[1], item[2])
+                else:
+                    pyfuse3.invalidate_inode(item[1], attr_only=False)
+            except OSError:
+                pass            # the kernel did not know it
+            except Exception:
+                log.exception("invalidating %r", item)
 
     def _snap_view(self, head: View, rec: Record) -> View:
         idx = self.snap_views.get(rec.id)
@@ -178,7 +373,7 @@ class Operations(pyfuse3.Operations):
 
     def _split(self, g: int) -> tuple[View, int]:
         idx = g >> SHIFT
-        if idx >= len(self.views):
+        if idx >= len(self.views) or self.views[idx].dead:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return self.views[idx], g & LOCAL_MASK
 
@@ -340,7 +535,8 @@ class Operations(pyfuse3.Operations):
     def _forget(self, inode_list) -> None:
         for g, n in inode_list:
             idx, local = g >> SHIFT, g & LOCAL_MASK
-            if idx < len(self.views) and local not in (CTL_INO, SNAPDIR_INO):
+            if idx < len(self.views) and local not in (CTL_INO, SNAPDIR_INO) \
+                    and self.views[idx].fs is not None:
                 self.views[idx].fs.forget(local, n)
 
     async def getattr(self, inode, ctx=None):
@@ -475,9 +671,12 @@ class Operations(pyfuse3.Operations):
 
     def _file(self, gfh: int) -> tuple[View, int]:
         try:
-            return self.files[gfh]
+            view, fh = self.files[gfh]
         except KeyError:
             raise pyfuse3.FUSEError(errno.EBADF) from None
+        if view.fs is None:                 # its dataset was destroyed
+            raise pyfuse3.FUSEError(errno.EIO)
+        return view, fh
 
     async def open(self, inode, flags, ctx):
         return await self._run(self._open, inode, flags)
@@ -523,7 +722,7 @@ class Operations(pyfuse3.Operations):
 
     def _release(self, gfh):
         view, fh = self.files.pop(gfh, (None, None))
-        if view is not None:
+        if view is not None and view.fs is not None:
             view.fs.release(fh)
 
     async def fsync(self, fh, datasync):
@@ -571,6 +770,8 @@ class Operations(pyfuse3.Operations):
             view, (fh, local) = self.dirs[gfh]
         except KeyError:
             raise pyfuse3.FUSEError(errno.EBADF) from None
+        if view.fs is None:                 # its dataset was destroyed
+            raise pyfuse3.FUSEError(errno.EIO)
         out = []
         if local == CTL_INO:
             if cookie < 1:
@@ -605,7 +806,7 @@ class Operations(pyfuse3.Operations):
 
     def _releasedir(self, gfh):
         view, (fh, _local) = self.dirs.pop(gfh, (None, (None, None)))
-        if view is not None and fh is not None:
+        if view is not None and fh is not None and view.fs is not None:
             view.fs.releasedir(fh)
 
     async def fsyncdir(self, fh, datasync):
@@ -671,11 +872,16 @@ class Operations(pyfuse3.Operations):
     def close(self) -> None:
         """After the session ended: drop every lookup and handle (unlinked files go)."""
         with self.lock:
+            closed: set[int] = set()
             for view in self.views:
-                try:
-                    view.fs.close()
-                except Exception:
-                    log.exception("closing %s", view.name)
+                if view.fs is None:
+                    continue
+                if id(view.fs) not in closed:   # views of one dataset share its Posix
+                    closed.add(id(view.fs))
+                    try:
+                        view.fs.close()
+                    except Exception:
+                        log.exception("closing %s", view.name)
                 self.handle.drop(view.rec.id)
             self.files.clear()
             self.dirs.clear()
