@@ -74,6 +74,12 @@ def print_table(headers: list[str], rows: list[list[str]], *, scripted: bool,
         print("  ".join(cells).rstrip())
 
 
+ZFS_VERBS = ("create", "destroy", "snapshot", "snap", "rollback", "clone", "promote", "rename",
+             "list", "get", "set", "inherit", "hold", "release", "holds")
+VERB_MODULES = {"pool": "cli_pool", "cp": "cli_cp", "mount": "cli_mount", "unmount": "cli_mount",
+                "umount": "cli_mount", **{v: "cli_zfs" for v in ZFS_VERBS}}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     from . import control
@@ -87,20 +93,25 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def dispatch(argv: list[str]) -> int:
-    """Run a command in this process."""
-    from . import cli_cp, cli_mount, cli_pool, cli_zfs
-    verbs: dict[str, Callable[[list[str]], int]] = {"pool": cli_pool.main, "cp": cli_cp.main,
-                                                    **cli_mount.COMMANDS}
-    for name in cli_zfs.VERBS:
-        verbs[name] = (lambda v: lambda a: cli_zfs.run(v, a))(name)
+    """Run a command in this process. Only the module of the verb is imported: a command's
+    start-up time is mostly imports."""
+    from importlib import import_module
     if not argv or argv[0] in ("-h", "--help", "-?"):
         print("usage: fusezfs <command> [args]\n\nzpool commands: fusezfs pool <verb> ...\n"
               "zfs commands: fusezfs <verb> ...", file=sys.stderr if not argv else sys.stdout)
         return 2 if not argv else 0
-    verb = verbs.get(argv[0])
-    if verb is None:
+    module = VERB_MODULES.get(argv[0])
+    if module is None:
         error(f"unrecognized command '{argv[0]}'")
         return 2
+    mod = import_module(f".{module}", __package__)
+    verb: Callable[[list[str]], int]
+    if module == "cli_zfs":
+        verb = lambda a: mod.run(argv[0], a)  # noqa: E731
+    elif module == "cli_mount":
+        verb = mod.COMMANDS[argv[0]]
+    else:
+        verb = mod.main
     try:
         return verb(argv[1:])
     except KeyboardInterrupt:

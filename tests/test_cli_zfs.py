@@ -280,3 +280,9 @@ def test_reservations_set_space_aside(env, capsys):
     assert used_root >= 80 * MiB
     code, _o, err = run(capsys, "set", "reservation=10G", "tank/r")
     assert code == 1 and "size is greater than available space" in err
+
+
+def test_every_verb_is_routed_to_its_module():
+    from fusezfs import cli_mount, cli_zfs
+    assert set(cli.ZFS_VERBS) == set(cli_zfs.VERBS)
+    assert set(cli_mount.COMMANDS) <= set(cli.VERB_MODULES)
