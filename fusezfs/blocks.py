@@ -88,6 +88,9 @@ class _Runs:
             self._write(vdev)
 
 
+CACHE_ENTRY = 256               # memory of a cache entry beyond its bytes (key, dict slot, header)
+
+
 class BlockIO:
     def __init__(self, vdevs: dict[int, TopVdev], allocator: Allocator, *,
                  cache_bytes: int = 64 << 20, workers: int | None = None) -> None:
@@ -227,17 +230,17 @@ class BlockIO:
             raise ChecksumError(f"{describe(bp)}: {e}") from None
         if cache and self.cache_bytes:
             self.cache[key] = data
-            self.cached += len(data)
+            self.cached += len(data) + CACHE_ENTRY
             while self.cached > self.cache_bytes:
                 _k, old = self.cache.popitem(last=False)
-                self.cached -= len(old)
+                self.cached -= len(old) + CACHE_ENTRY
         return data
 
     # ---- free -----------------------------------------------------------------------------
     def free(self, bp: BlockPointer) -> None:
         old = self.cache.pop((bp.dvas[0], bp.birth), None)
         if old is not None:
-            self.cached -= len(old)
+            self.cached -= len(old) + CACHE_ENTRY
         deferred = bp.birth < self.txg
         for dva in bp.dvas:
             self.allocator.free(dva, deferred=deferred)

@@ -21,6 +21,15 @@ filesystem is exactly what it was at the last committed txg: each POSIX operatio
 tree changes made under one lock, and a txg never contains half of one, because the sync hook
 runs under the same lock (the pool's) as every operation here.
 
+Memory stays bounded whatever the size of the tree: the inode cache is an LRU of at most
+INODE_CACHE clean records beyond the pinned ones (the root, dirty inodes until the next flush,
+open inodes, inodes with buffered data), trimmed between operations; a kernel lookup count pins
+only the count (the record is read again from the tree), and forget() drops it. Dirty state is
+charged to the pool's dirty budget (`note_written`): file data byte for byte (posix_data.py),
+and DIRTY_INODE_COST for every inode an operation dirties, so metadata-only work (creates,
+chmod, atime updates) forces txg syncs too. Tree nodes and blocks have their own bounded caches
+(tree.py, blocks.py).
+
 Files unlinked while still open (or still known to the kernel through a FUSE lookup count)
 stay until their last reference goes, and are recorded in the tree's unlinked set meanwhile;
 opening the filesystem read-write destroys whatever that set holds, so a process that dies
@@ -47,6 +56,7 @@ import errno
 import os
 import stat
 import threading
+from collections import OrderedDict
 from typing import Protocol
 
 from .formats.bp import BlockPointer, decode_bp, encode_bp
@@ -65,7 +75,9 @@ __all__ = ["ObjsetIO", "Posix", "Attr", "DirEntry", "StatFS", "NOW", "ROOT_INO",
            "RENAME_NOREPLACE", "RENAME_EXCHANGE", "XATTR_CREATE", "XATTR_REPLACE",
            "MAX_FILE_SIZE"]
 
-INODE_CACHE = 8192          # clean, unreferenced inode records kept after a flush
+INODE_CACHE = 8192          # clean, unpinned inode records kept (least recently used dropped)
+DIRTY_INODE_COST = 4096     # dirty-budget bytes charged per inode dirtied in the open txg (about
+                            # its memory with its share of dirty tree nodes, rounded up)
 DAY_NS = 86400 * 10**9
 
 
@@ -115,8 +127,9 @@ class Posix(Names, FileData, PathHelpers):
         self.tree = io.tree
         self.lock = getattr(io, "lock", None) or threading.RLock()
         self.track_lookups = track_lookups
-        self._inodes: dict[int, Inode] = {}
+        self._inodes: OrderedDict[int, Inode] = OrderedDict()      # LRU order, see _trim
         self._dirty: set[int] = set()
+        self._unreported = 0            # dirty-budget bytes of inodes dirtied, not yet reported
         self._records: dict[int, dict[int, bytearray]] = {}
         self._dirty_data = 0
         self._handles: dict[int, Handle] = {}
@@ -162,6 +175,8 @@ class Posix(Names, FileData, PathHelpers):
             if raw is None:
                 raise err(errno.ENOENT)
             node = self._inodes[ino] = Inode.decode(ino, raw)
+        else:
+            self._inodes.move_to_end(ino)
         return node
 
     def _dir(self, ino: int) -> Inode:
@@ -171,7 +186,9 @@ class Posix(Names, FileData, PathHelpers):
         return node
 
     def _mark(self, node: Inode) -> None:
-        self._dirty.add(node.ino)
+        if node.ino not in self._dirty:
+            self._dirty.add(node.ino)
+            self._unreported += DIRTY_INODE_COST
 
     def _writable(self) -> None:
         if self.io.readonly:
@@ -513,18 +530,43 @@ class Posix(Names, FileData, PathHelpers):
             if node is not None:
                 tree.put(inode_key(ino), node.encode())
         self._dirty.clear()
+        self._unreported = 0            # all of it is in the tree, which the pool accounts
         if self._sb_dirty:
             tree.put(SUPER_KEY, self.sb.encode())
             self._sb_dirty = False
-        if len(self._inodes) > INODE_CACHE and self._depth == 1:    # not inside an operation
-            self._evict()
+        if self._depth == 1:            # not inside an operation
+            self._trim()
 
-    def _evict(self) -> None:
-        """Forget the clean inode records nothing holds (they are in the tree). Only between
-        operations: an operation in progress may hold Inode objects it has not marked yet."""
-        keep = {ROOT_INO} | self._opens.keys() | self._lookups.keys() | self._records.keys() \
-            | self._dirty
-        self._inodes = {i: n for i, n in self._inodes.items() if i in keep}
+    def _trim(self) -> None:
+        """Drop the least recently used inode records beyond INODE_CACHE clean, unpinned ones
+        (they are in the tree). Pinned, and not counted: the root, dirty inodes (until flushed),
+        open ones and those with buffered data. A kernel lookup count pins only the count, not
+        the record. Only between operations: one in progress may hold Inode objects it has not
+        marked yet."""
+        inodes = self._inodes
+        pinned = 1 + len(self._dirty) + len(self._opens) + len(self._records)   # upper bound
+        excess = len(inodes) - pinned - INODE_CACHE
+        if excess <= 0:
+            return
+        drop, busy = [], []             # at least `excess` unpinned records exist
+        for ino in inodes:
+            if ino == ROOT_INO or ino in self._dirty or ino in self._opens or ino in self._records:
+                busy.append(ino)
+            else:
+                drop.append(ino)
+                if len(drop) >= excess:
+                    break
+        for ino in drop:
+            del inodes[ino]
+        for ino in busy:                # not scanned again by the next trims
+            inodes.move_to_end(ino)
+
+    def _report_dirty(self) -> None:
+        """Charge the inodes dirtied by the operation just done to the pool's dirty budget:
+        metadata-only work (creates, chmod, atime) then forces a txg sync too, so the dirty
+        inodes and tree nodes held in memory stay bounded (may sync, which flushes us)."""
+        n, self._unreported = self._unreported, 0
+        self.io.note_written(n)
 
     @locked
     def reload(self, tree: Tree | None = None) -> None:
@@ -534,6 +576,7 @@ class Posix(Names, FileData, PathHelpers):
         self.tree = tree if tree is not None else self.io.tree
         self._inodes.clear()
         self._dirty.clear()
+        self._unreported = 0
         self._records.clear()
         self._dirty_data = 0
         self._sb_dirty = False

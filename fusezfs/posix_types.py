@@ -13,7 +13,6 @@ RENAME_NOREPLACE = 1        # Linux's values (renameat2)
 RENAME_EXCHANGE = 2
 XATTR_CREATE = 1            # Linux's values (setxattr)
 XATTR_REPLACE = 2
-CACHE_TRIM = 32768          # inode records cached before an operation trims the cache
 
 
 class _Now:
@@ -78,16 +77,20 @@ def err(code: int) -> OSError:
 
 
 def locked(fn):
-    """Run a Posix operation under the pool's lock; between top-level operations, trim the
-    inode cache (a read-only filesystem is never flushed, so this bounds its memory too)."""
+    """Run a Posix operation under the pool's lock. Between top-level operations the inode
+    cache is trimmed (a read-only filesystem is never flushed, so this bounds its memory too),
+    and at the end of one the inodes it dirtied are reported to the pool's dirty budget."""
     @functools.wraps(fn)
     def wrapper(self, *args, **kwargs):
         with self.lock:
-            if self._depth == 0 and len(self._inodes) > CACHE_TRIM:
-                self._evict()
+            if self._depth == 0:
+                self._trim()
             self._depth += 1
             try:
-                return fn(self, *args, **kwargs)
+                out = fn(self, *args, **kwargs)
+                if self._depth == 1 and self._unreported:
+                    self._report_dirty()
+                return out
             finally:
                 self._depth -= 1
     return wrapper

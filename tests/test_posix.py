@@ -783,12 +783,10 @@ def test_tiny_inode_cache_changes_nothing(monkeypatch):
     """The same random operations with the inode cache trimmed all the time and with no trimming
     give the same filesystem."""
     import fusezfs.posix as posix_mod
-    import fusezfs.posix_types as types_mod
     trees = []
     for tiny in (False, True):
         if tiny:
             monkeypatch.setattr(posix_mod, "INODE_CACHE", 2)
-            monkeypatch.setattr(types_mod, "CACHE_TRIM", 3)
         t = FS(size=32 * MiB, recordsize=4096)
         side = OurSide(t)
         rng = random.Random(11)
