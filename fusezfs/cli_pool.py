@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Callable
 
 from . import dsprops, poolprops, registry, sessions
 from .api import Handle
@@ -235,6 +236,24 @@ def check_devices(name: str, topology: list[tuple[str, list[str]]], force: bool)
     return paths
 
 
+def for_each_pool(names: list[str], visit: Callable[[Pool], None]) -> int:
+    """Open the pools `names` one by one and `visit` each (then close it): 0, or 1 if a pool
+    could not be opened (its error is reported and the others are still visited)."""
+    status = 0
+    for name in names:
+        try:
+            pool = open_pool(name)
+        except Failed as e:
+            error(e.message)
+            status = 1
+            continue
+        try:
+            visit(pool)
+        finally:
+            pool.close()
+    return status
+
+
 def cmd_list(args: list[str]) -> int:
     opts, names = parse(args, "Hpo:")
     scripted = ("-H", "") in opts
@@ -249,19 +268,10 @@ def cmd_list(args: list[str]) -> int:
         if prop is None:
             raise Usage(f"bad property list: invalid property '{col}'")
         props.append(prop)
-    rows = []
-    status = 0
-    for name in names or imported_names():
-        try:
-            pool = open_pool(name)
-        except Failed as e:
-            error(e.message)
-            status = 1
-            continue
-        try:
-            rows.append([prop_value(pool, p, parsable)[0] for p in props])
-        finally:
-            pool.close()
+    rows: list[list[str]] = []
+    status = for_each_pool(names or imported_names(),
+                           lambda pool: rows.append([prop_value(pool, p, parsable)[0]
+                                                     for p in props]))
     if not rows and not names:
         if not scripted:
             print("no pools available")
@@ -294,22 +304,14 @@ def cmd_get(args: list[str]) -> int:
             if c is None:
                 raise Usage(f"bad property list: invalid property '{p}'")
             wanted.append(c)
-    rows = []
-    status = 0
-    for name in rest[1:] or imported_names():
-        try:
-            pool = open_pool(name)
-        except Failed as e:
-            error(e.message)
-            status = 1
-            continue
-        try:
-            for prop in wanted:
-                value, source = prop_value(pool, prop, parsable)
-                row = {"name": pool.name, "property": prop, "value": value, "source": source}
-                rows.append([row[f] for f in fields])
-        finally:
-            pool.close()
+    rows: list[list[str]] = []
+
+    def visit(pool: Pool) -> None:
+        for prop in wanted:
+            value, source = prop_value(pool, prop, parsable)
+            row = {"name": pool.name, "property": prop, "value": value, "source": source}
+            rows.append([row[f] for f in fields])
+    status = for_each_pool(rest[1:] or imported_names(), visit)
     if rows:
         print_table([f.upper() for f in fields], rows, scripted=scripted)
     return status

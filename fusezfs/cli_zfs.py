@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 from . import dsprops, sessions
 from . import properties as props_
@@ -88,6 +88,34 @@ def need(dsl: Datasets, name: str, verb: str = "open") -> Record:
     return rec
 
 
+def check_name(name: str, verb: str = "open", snapshot: bool | None = False) -> None:
+    """Fail with "cannot VERB 'NAME': REASON" unless `name` is a valid dataset name
+    (`snapshot` as for dataset_name_error)."""
+    why = dataset_name_error(name, snapshot=snapshot)
+    if why:
+        raise Failed(f"cannot {verb} '{name}': {why}")
+
+
+def one_argument(rest: list[str], what: str = "dataset") -> str:
+    """The single operand of a verb: "missing WHAT argument" or "too many arguments"."""
+    if not rest:
+        raise Usage(f"missing {what} argument")
+    if len(rest) > 1:
+        raise Usage("too many arguments")
+    return rest[0]
+
+
+def source_and_target(rest: list[str]) -> tuple[str, str]:
+    """The two operands of clone and rename."""
+    if len(rest) < 1:
+        raise Usage("missing source dataset argument")
+    if len(rest) < 2:
+        raise Usage("missing target dataset argument")
+    if len(rest) > 2:
+        raise Usage("too many arguments")
+    return rest[0], rest[1]
+
+
 def parse_props(opts: list[tuple[str, str]], flag: str = "-o") -> dict[str, str]:
     """-o property=value options; a malformed one fails without the usage text, as zfs's
     parseprop does (exit 1)."""
@@ -109,6 +137,28 @@ def dserr(verb: str, name: str, e: DatasetError) -> Failed:
     return Failed(text)
 
 
+def check_pool(name: str, pool: str | None = None) -> str:
+    """The pool of a new dataset `name` (or `pool`), which must be imported."""
+    pool = pool_of(name) if pool is None else pool
+    if pool not in imported_names():
+        raise Failed(f"cannot create '{name}': no such pool '{pool}'")
+    return pool
+
+
+def check_new(dsl: Datasets, name: str) -> None:
+    """A new dataset `name` must not exist yet."""
+    if dsl.lookup(name) is not None:
+        raise Failed(f"cannot create '{name}': dataset already exists")
+
+
+def creation_props(name: str, props: dict[str, str]) -> dict:
+    """The -o properties of a new dataset `name`, validated."""
+    try:
+        return dsprops.validate_props(props, creating=True)
+    except dsprops.PropError as e:
+        raise Failed(f"cannot create '{name}': {e.message}") from None
+
+
 def check_parents(dsl: Datasets, name: str) -> None:
     """libzfs's check_parents for a new dataset `name`: its pool and its parent must exist
     (messages say "cannot create", whatever the verb). A parent in another pool than `dsl`'s
@@ -116,10 +166,7 @@ def check_parents(dsl: Datasets, name: str) -> None:
     parent = name.rpartition("/")[0]
     if not parent:
         raise Failed(f"cannot create '{name}': missing dataset name")
-    pool = pool_of(parent)
-    if pool not in imported_names():
-        raise Failed(f"cannot create '{name}': no such pool '{pool}'")
-    if pool != dsl.pool.name:
+    if check_pool(name, pool_of(parent)) != dsl.pool.name:
         return
     rec = dsl.lookup(parent)
     if rec is None:
@@ -130,10 +177,7 @@ def check_parents(dsl: Datasets, name: str) -> None:
 
 def create_ancestors(dsl: Datasets, name: str) -> None:
     """-p: the missing filesystems above `name` (zfs_create_ancestors)."""
-    pool = pool_of(name)
-    if pool not in imported_names():
-        raise Failed(f"cannot create '{name}': no such pool '{pool}'")
-    if pool != dsl.pool.name:
+    if check_pool(name) != dsl.pool.name:
         return
     try:
         dsl.create_parents(name)
@@ -147,35 +191,24 @@ def cmd_create(args: list[str]) -> int:
     if any(o == "-V" for o, _ in opts):
         raise Failed("cannot create volumes: fusezfs has no volume support")
     props = parse_props(opts)
-    if not rest:
-        raise Usage("missing filesystem argument")
-    if len(rest) > 1:
-        raise Usage("too many arguments")
-    name = rest[0]
+    name = one_argument(rest, "filesystem")
     parents = ("-p", "") in opts
     # zfs_create's order: the name, the pool and the parent, existence, then the properties
-    why = dataset_name_error(name)
-    if why:
-        raise Failed(f"cannot create '{name}': {why}")
+    check_name(name, "create")
     pool = pool_of(name)
     if parents and "/" not in name and pool in imported_names():
         return 0                                # the pool's own filesystem exists
     if "/" not in name:
         raise Failed(f"cannot create '{name}': missing dataset name")
-    if pool not in imported_names():
-        raise Failed(f"cannot create '{name}': no such pool '{pool}'")
+    check_pool(name)
     with session(pool, name) as dsl:
         if parents:
             if dsl.lookup(name) is not None:
                 return 0
             create_ancestors(dsl, name)
         check_parents(dsl, name)
-        if dsl.lookup(name) is not None:
-            raise Failed(f"cannot create '{name}': dataset already exists")
-        try:
-            raw = dsprops.validate_props(props, creating=True)
-        except dsprops.PropError as e:
-            raise Failed(f"cannot create '{name}': {e.message}") from None
+        check_new(dsl, name)
+        raw = creation_props(name, props)
         try:
             dsl.create(name, raw)
         except DatasetError as e:
@@ -186,34 +219,20 @@ def cmd_create(args: list[str]) -> int:
 def cmd_clone(args: list[str]) -> int:
     opts, rest = parse(args, "po:")
     props = parse_props(opts)
-    if len(rest) < 1:
-        raise Usage("missing source dataset argument")
-    if len(rest) < 2:
-        raise Usage("missing target dataset argument")
-    if len(rest) > 2:
-        raise Usage("too many arguments")
-    snap, name = rest
-    why = dataset_name_error(snap, snapshot=True)
-    if why:
-        raise Failed(f"cannot open '{snap}': {why}")
+    snap, name = source_and_target(rest)
+    check_name(snap, snapshot=True)
     with session(pool_of(snap), snap) as dsl:
         need(dsl, snap)
-        why = dataset_name_error(name)
-        if ("-p", "") in opts and not why:
+        if ("-p", "") in opts and not dataset_name_error(name):
             if pool_of(name) == dsl.pool.name and dsl.lookup(name) is not None:
                 return 0
             create_ancestors(dsl, name)
-        if why:
-            raise Failed(f"cannot create '{name}': {why}")
+        check_name(name, "create")
         check_parents(dsl, name)
-        try:
-            raw = dsprops.validate_props(props, creating=True)
-        except dsprops.PropError as e:
-            raise Failed(f"cannot create '{name}': {e.message}") from None
+        raw = creation_props(name, props)
         if pool_of(name) != dsl.pool.name:
             raise Failed(f"cannot create '{name}': source and target pools differ")
-        if dsl.lookup(name) is not None:
-            raise Failed(f"cannot create '{name}': dataset already exists")
+        check_new(dsl, name)
         try:
             dsl.clone(snap, name, raw)
         except DatasetError as e:
@@ -252,9 +271,7 @@ def cmd_snapshot(args: list[str]) -> int:
                 names += [f"{dsl.name(d.id)}@{snap}" for d in dsl.descendants(head.id)]
         try:
             for name in names:
-                why = dataset_name_error(name, snapshot=True)
-                if why:
-                    raise Failed(f"cannot create snapshot '{name}': {why}")
+                check_name(name, "create snapshot", snapshot=True)
             for key in props:
                 if not dsprops.is_user(key):
                     # zfs_snapshot_nvl's errbuf, trailing space included
@@ -360,9 +377,7 @@ def _destroy_snapshots(name: str, flags: set[str]) -> int:
     fs, _, spec = name.partition("@")
     verbose, dry = bool(flags & {"-v", "-p"}), "-n" in flags
     deps, defer = "-R" in flags, "-d" in flags
-    why = dataset_name_error(fs)
-    if why:
-        raise Failed(f"cannot open '{fs}': {why}")
+    check_name(fs)
     status = 0
     with session(pool_of(fs), fs) as dsl:
         head = need(dsl, fs)
@@ -413,17 +428,11 @@ def _destroy_snapshots(name: str, flags: set[str]) -> int:
 def cmd_destroy(args: list[str]) -> int:
     opts, rest = parse(args, "vpndfrR")
     flags = {o for o, _ in opts}
-    if not rest:
-        raise Usage("missing dataset argument")
-    if len(rest) > 1:
-        raise Usage("too many arguments")
-    name = rest[0]
+    name = one_argument(rest)
     if "@" in name:
         return _destroy_snapshots(name, flags)
     recursive, deps, dry = bool(flags & {"-r", "-R"}), "-R" in flags, "-n" in flags
-    why = dataset_name_error(name, snapshot=True if "-d" in flags else False)
-    if why:
-        raise Failed(f"cannot open '{name}': {why}")
+    check_name(name, snapshot=True if "-d" in flags else False)
     with session(pool_of(name), name) as dsl:
         rec = need(dsl, name)
         if rec.id == ROOT_ID and not recursive:
@@ -458,14 +467,8 @@ ROLLBACK_SHOWN = 32         # rollback_check's max_younger
 def cmd_rollback(args: list[str]) -> int:
     opts, rest = parse(args, "rRf")
     flags = {o for o, _ in opts}
-    if not rest:
-        raise Usage("missing dataset argument")
-    if len(rest) > 1:
-        raise Usage("too many arguments")
-    name = rest[0]
-    why = dataset_name_error(name, snapshot=True)
-    if why:
-        raise Failed(f"cannot open '{name}': {why}")
+    name = one_argument(rest)
+    check_name(name, snapshot=True)
     with session(pool_of(name), name) as dsl:
         snap = need(dsl, name)
         head = dsl.record(snap.parent)
@@ -493,14 +496,8 @@ def cmd_rollback(args: list[str]) -> int:
 
 def cmd_promote(args: list[str]) -> int:
     opts, rest = parse(args, "")
-    if not rest:
-        raise Usage("missing clone filesystem argument")
-    if len(rest) > 1:
-        raise Usage("too many arguments")
-    name = rest[0]
-    why = dataset_name_error(name)
-    if why:
-        raise Failed(f"cannot open '{name}': {why}")
+    name = one_argument(rest, "clone filesystem")
+    check_name(name)
     with session(pool_of(name), name) as dsl:
         rec = need(dsl, name)
         try:
@@ -513,22 +510,14 @@ def cmd_promote(args: list[str]) -> int:
 def cmd_rename(args: list[str]) -> int:
     opts, rest = parse(args, "pruf")
     flags = {o for o, _ in opts}
-    if len(rest) < 1:
-        raise Usage("missing source dataset argument")
-    if len(rest) < 2:
-        raise Usage("missing target dataset argument")
-    if len(rest) > 2:
-        raise Usage("too many arguments")
-    old, new = rest
+    old, new = source_and_target(rest)
     if "-r" in flags and "-p" in flags:
         raise Usage("-p and -r options are mutually exclusive")
     if "-u" in flags and "-p" in flags:
         raise Usage("-u and -p options are mutually exclusive")
     if "-r" in flags and "@" not in old:
         raise Usage("source dataset for recursive rename must be a snapshot")
-    why = dataset_name_error(old, snapshot=False if flags & {"-p", "-u"} else None)
-    if why:
-        raise Failed(f"cannot open '{old}': {why}")
+    check_name(old, snapshot=False if flags & {"-p", "-u"} else None)
     with session(pool_of(old), old) as dsl:
         rec = need(dsl, old)
         if "-p" in flags and not dataset_name_error(new):
@@ -545,13 +534,9 @@ def cmd_rename(args: list[str]) -> int:
                 new = fs + new
             elif new.partition("@")[0] != fs:
                 raise Failed(f"cannot rename to '{new}': snapshots must be part of same dataset")
-            why = dataset_name_error(new, snapshot=True)
-            if why:
-                raise Failed(f"cannot rename to '{new}': {why}")
+            check_name(new, "rename to", snapshot=True)
         else:
-            why = dataset_name_error(new)
-            if why:
-                raise Failed(f"cannot rename to '{new}': {why}")
+            check_name(new, "rename to")
             check_parents(dsl, new)
             if pool_of(new) != dsl.pool.name:
                 raise Failed(f"cannot rename to '{new}': datasets must be within same pool")
@@ -583,6 +568,24 @@ def cmd_rename(args: list[str]) -> int:
 
 
 # ---- holds ---------------------------------------------------------------------------------------
+def each_snapshot(paths: list[str], visit: Callable[[str, str, str], None]) -> int:
+    """Each argument on its own, as `visit(path, fs, short)` for `fs@short`: one that is not a
+    snapshot, or that `visit` fails on, is reported; how many were."""
+    errors = 0
+    for path in paths:
+        fs, at, short = path.partition("@")
+        if not at:
+            error(f"'{path}' is not a snapshot")
+            errors += 1
+            continue
+        try:
+            visit(path, fs, short)
+        except Failed as e:
+            error(e.message)
+            errors += 1
+    return errors
+
+
 def cmd_hold(args: list[str], release: bool = False) -> int:
     """zfs hold/release [-r] TAG SNAPSHOT...: each argument on its own (zfs_do_hold_rele_impl);
     the snapshots of one argument (with -r, the same name in every descendant) all or none."""
@@ -593,49 +596,38 @@ def cmd_hold(args: list[str], release: bool = False) -> int:
     tag, names = rest[0], rest[1:]
     if not release and tag.startswith("."):
         raise Usage("tag may not start with '.'")
-    errors = 0
-    for path in names:
-        fs, at, short = path.partition("@")
-        if not at:
-            error(f"'{path}' is not a snapshot")
-            errors += 1
-            continue
-        try:
-            why = dataset_name_error(fs)
-            if why:
-                raise Failed(f"cannot open '{fs}': {why}")
-            with session(pool_of(fs), fs) as dsl:
-                head = need(dsl, fs)
-                heads = [head] + (dsl.descendants(head.id) if recursive else [])
-                if release:
-                    todo, why = [], "dataset does not exist"
-                    for h in heads:
-                        snap = dsl.lookup(f"{dsl.name(h.id)}@{short}")
-                        if snap is None:
-                            why = "dataset does not exist"
-                        elif tag not in snap.holds:
-                            why = "no such tag on this dataset"
-                        else:
-                            todo.append(snap)
-                    if not todo:
-                        raise Failed(f"cannot release hold from snapshot '{path}': {why}")
-                    for snap in todo:
-                        dsl.release(snap, tag)
-                else:
-                    todo = [s for h in heads
-                            if (s := dsl.lookup(f"{dsl.name(h.id)}@{short}")) is not None]
-                    if not todo:
-                        raise Failed(f"cannot hold snapshot '{path}': dataset does not exist")
-                    for snap in todo:
-                        if tag in snap.holds:
-                            raise Failed(f"cannot hold snapshot '{dsl.name(snap.id)}': "
-                                         f"tag already exists on this dataset")
-                    for snap in todo:
-                        dsl.hold(snap, tag)
-        except Failed as e:
-            error(e.message)
-            errors += 1
-    return 1 if errors else 0
+
+    def visit(path: str, fs: str, short: str) -> None:
+        check_name(fs)
+        with session(pool_of(fs), fs) as dsl:
+            head = need(dsl, fs)
+            heads = [head] + (dsl.descendants(head.id) if recursive else [])
+            if release:
+                todo, why = [], "dataset does not exist"
+                for h in heads:
+                    snap = dsl.lookup(f"{dsl.name(h.id)}@{short}")
+                    if snap is None:
+                        why = "dataset does not exist"
+                    elif tag not in snap.holds:
+                        why = "no such tag on this dataset"
+                    else:
+                        todo.append(snap)
+                if not todo:
+                    raise Failed(f"cannot release hold from snapshot '{path}': {why}")
+                for snap in todo:
+                    dsl.release(snap, tag)
+            else:
+                todo = [s for h in heads
+                        if (s := dsl.lookup(f"{dsl.name(h.id)}@{short}")) is not None]
+                if not todo:
+                    raise Failed(f"cannot hold snapshot '{path}': dataset does not exist")
+                for snap in todo:
+                    if tag in snap.holds:
+                        raise Failed(f"cannot hold snapshot '{dsl.name(snap.id)}': "
+                                     f"tag already exists on this dataset")
+                for snap in todo:
+                    dsl.hold(snap, tag)
+    return 1 if each_snapshot(names, visit) else 0
 
 
 HOLDS_TIME = "%a %b %e %H:%M %Y"    # zfs_main.c's STRFTIME_FMT_STR
@@ -647,33 +639,23 @@ def cmd_holds(args: list[str]) -> int:
     if not rest:
         raise Usage()
     found: dict[str, dict[str, int]] = {}
-    errors = 0
-    for path in rest:
-        fs, at, short = path.partition("@")
-        if not at:
-            error(f"'{path}' is not a snapshot")
-            errors += 1
-            continue
-        try:
-            target = fs if recursive else path
-            why = dataset_name_error(target, snapshot=not recursive)
-            if why:
-                raise Failed(f"cannot open '{target}': {why}")
-            with session(pool_of(target), target) as dsl:
-                if recursive:
-                    head = need(dsl, fs)
-                    heads = sorted([head] + dsl.descendants(head.id), key=lambda h: dsl.name(h.id))
-                    snaps = [s for h in heads
-                             if (s := dsl.lookup(f"{dsl.name(h.id)}@{short}")) is not None]
-                else:
-                    snaps = [need(dsl, path)]
-                for snap in snaps:
-                    name = dsl.name(snap.id)
-                    found.pop(name, None)
-                    found[name] = dict(snap.holds)
-        except Failed as e:
-            error(e.message)
-            errors += 1
+
+    def visit(path: str, fs: str, short: str) -> None:
+        target = fs if recursive else path
+        check_name(target, snapshot=not recursive)
+        with session(pool_of(target), target) as dsl:
+            if recursive:
+                head = need(dsl, fs)
+                heads = sorted([head] + dsl.descendants(head.id), key=lambda h: dsl.name(h.id))
+                snaps = [s for h in heads
+                         if (s := dsl.lookup(f"{dsl.name(h.id)}@{short}")) is not None]
+            else:
+                snaps = [need(dsl, path)]
+            for snap in snaps:
+                name = dsl.name(snap.id)
+                found.pop(name, None)
+                found[name] = dict(snap.holds)
+    errors = each_snapshot(rest, visit)
     # print_holds: the name and tag columns are as wide as their longest value, headers aside
     nwidth = max((len(n) for n in found), default=0)
     twidth = max((len(t) for holds in found.values() for t in holds), default=0)
@@ -951,6 +933,20 @@ def _source_matches(source: str, wanted: set[str]) -> bool:
 
 
 # ---- set and inherit -------------------------------------------------------------------------
+def each_dataset(names: list[str], visit: Callable[[Datasets, Record, str], None]) -> int:
+    """`visit(dsl, record, name)` each dataset named, on its own: 0, or 1 if one could not be
+    opened or `visit` failed on it (reported; the others are still visited)."""
+    status = 0
+    for name in names:
+        try:
+            with session(pool_of(name), name) as dsl:
+                visit(dsl, need(dsl, name), name)
+        except Failed as e:
+            error(e.message)
+            status = 1
+    return status
+
+
 def cmd_set(args: list[str]) -> int:
     opts, rest = parse(args, "u")
     # zfs_do_set: property=value arguments, then datasets (an argument without '=' starts
@@ -972,19 +968,13 @@ def cmd_set(args: list[str]) -> int:
         if k in props:
             raise Failed(f"property '{k}' specified multiple times", code=255)
         props[k] = v
-    status = 0
-    for name in targets:
+
+    def visit(dsl: Datasets, rec: Record, name: str) -> None:
         try:
-            with session(pool_of(name), name) as dsl:
-                rec = need(dsl, name)
-                try:
-                    props_.set_props(dsl, rec, props)
-                except DatasetError as e:
-                    raise Failed(f"cannot set property for '{name}': {e.message}") from None
-        except Failed as e:
-            error(e.message)
-            status = 1
-    return status
+            props_.set_props(dsl, rec, props)
+        except DatasetError as e:
+            raise Failed(f"cannot set property for '{name}': {e.message}") from None
+    return each_dataset(targets, visit)
 
 
 def cmd_inherit(args: list[str]) -> int:
@@ -1000,22 +990,16 @@ def cmd_inherit(args: list[str]) -> int:
         if e.usage:
             raise Usage(e.message) from None
         raise Failed(e.message) from None
-    status = 0
-    for name in rest[1:]:
-        try:
-            with session(pool_of(name), name) as dsl:
-                rec = need(dsl, name)
-                targets = [rec] + (dsl.descendants(rec.id) if "-r" in flags and rec.kind != "snapshot" else [])
-                for r in targets:
-                    try:
-                        dsprops.check_inherit_type(prop, r.kind)
-                    except dsprops.PropError as e:
-                        raise Failed(f"cannot inherit {prop} for '{dsl.name(r.id)}': {e.message}") from None
-                    props_.inherit(dsl, r, prop, received="-S" in flags)
-        except Failed as e:
-            error(e.message)
-            status = 1
-    return status
+
+    def visit(dsl: Datasets, rec: Record, name: str) -> None:
+        targets = [rec] + (dsl.descendants(rec.id) if "-r" in flags and rec.kind != "snapshot" else [])
+        for r in targets:
+            try:
+                dsprops.check_inherit_type(prop, r.kind)
+            except dsprops.PropError as e:
+                raise Failed(f"cannot inherit {prop} for '{dsl.name(r.id)}': {e.message}") from None
+            props_.inherit(dsl, r, prop, received="-S" in flags)
+    return each_dataset(rest[1:], visit)
 
 
 VERBS = {"create": cmd_create, "destroy": cmd_destroy, "snapshot": cmd_snapshot,

@@ -1,9 +1,9 @@
 """One scripted zpool session, run against zfs-fuse and against `fusezfs pool`, step by step.
 
-Every step runs on both sides, each on its own sparse files (same names, in directories whose
-paths have the same length, so tables line up) and its own state: zfs-fuse in a private daemon
-(tests/zfsfuse.py), fusezfs in-process with its own FUSEZFS_STATE_DIR. The work directory is
-written `{D}` in the steps and in the compared output.
+Every step runs on both sides (tests/compat.py), each on its own sparse files (same names, in
+directories whose paths have the same length, so tables line up) and its own state: zfs-fuse in
+a private daemon (tests/zfsfuse.py), fusezfs in-process with its own FUSEZFS_STATE_DIR. The
+work directory is written `{D}` in the steps and in the compared output.
 
 Each step names a comparison rule. The default compares exit code, stdout and stderr exactly;
 other rules compare only what must agree between implementations (sizes differ, and so do the
@@ -13,54 +13,23 @@ docs/reference/zpool.md, "zfs-fuse compared with current OpenZFS"). zfs-fuse's
 
 All mismatches are collected and reported together. To extend the session, add `Step`s to
 SESSION; to compare a new kind of output, add a rule (a function from a Result to anything
-comparable with ==).
+comparable with ==): here if only zpool's output needs it, in tests/compat.py otherwise.
 """
 from __future__ import annotations
 
-import contextlib
-import difflib
-import io
 import re
-import traceback
-from dataclasses import dataclass
-from pathlib import Path
+import warnings
 from typing import Callable
 
-from fusezfs import cli
+from compat import (Result, S, Step, exact, exit_code, make_files, merged, run_session,
+                    stdout_only, table, usage)
 from zfsfuse import ZfsFuse, require
 
-MiB = 1 << 20
 FILES = [f"d{i}" for i in range(8)]   # 128 MiB sparse files in each side's work directory
 EMPTY = "e"                           # an empty directory beside them
-NOISE = re.compile(r"^Defaulting to 4K blocksize \(ashift=12\) for '[^']*'\n", re.MULTILINE)
 
 
-@dataclass(frozen=True)
-class Result:
-    code: int | str
-    out: str
-    err: str
-
-    def render(self) -> list[str]:
-        return ([f"exit {self.code}", "--- stdout ---"] + self.out.splitlines()
-                + ["--- stderr ---"] + self.err.splitlines())
-
-
-# ---- comparison rules: what of a Result must agree --------------------------------------------
-def exact(r: Result):
-    return r
-
-
-def usage(r: Result):
-    """Usage errors: exit code, stdout and the first stderr line (the usage texts differ)."""
-    return Result(r.code, r.out, r.err.splitlines()[0] if r.err else "")
-
-
-def table(r: Result):
-    """Tables whose column widths differ (`zpool get`): compare the whitespace-split cells."""
-    return (r.code, [line.split() for line in r.out.splitlines()], r.err)
-
-
+# ---- rules specific to zpool ----------------------------------------------------------------
 def get_rows(*props: str) -> Callable[[Result], object]:
     """`zpool get` output restricted to the rows of `props` (both implementations have them)."""
     def rule(r: Result):
@@ -81,31 +50,6 @@ def status(r: Result):
 def import_listing(r: Result):
     """`zpool import -d DIR` listing: pool ids are random."""
     return Result(r.code, re.sub(r"(?m)^(    id: )\d+$", r"\1<id>", r.out), r.err)
-
-
-def merged(r: Result):
-    """Same text and exit code, either stream (zfs-fuse and OpenZFS chose different streams)."""
-    return (r.code, r.out + r.err)
-
-
-def exit_code(r: Result):
-    return r.code
-
-
-def stdout_only(r: Result):
-    return r.out
-
-
-@dataclass(frozen=True)
-class Step:
-    argv: tuple[str, ...]
-    rule: Callable[[Result], object] = exact
-    why: str = ""        # why the rule is not `exact` where it is not obvious
-
-
-def S(cmd: str, rule: Callable[[Result], object] = exact, why: str = "") -> Step:
-    """A step from a space-separated command line (no argument contains a space)."""
-    return Step(tuple(cmd.split()), rule, why)
 
 
 SETTABLE = ("altroot", "bootfs", "delegation", "autoreplace", "cachefile", "failmode",
@@ -230,61 +174,18 @@ SESSION: list[Step] = [
 ]
 
 
-# ---- running a step on each side --------------------------------------------------------------
-def _argv(step: Step, workdir: Path) -> list[str]:
-    return [a.replace("{D}", str(workdir)) for a in step.argv]
-
-
-def _normalize(code, out: str, err: str, workdir: Path) -> Result:
-    d = str(workdir)
-    return Result(code, out.replace(d, "{D}"), NOISE.sub("", err).replace(d, "{D}"))
-
-
-def run_zfsfuse(zf: ZfsFuse, step: Step, workdir: Path) -> Result:
-    r = zf.zpool(*_argv(step, workdir), busy_retries=10)
-    return _normalize(r.returncode, r.stdout, r.stderr, workdir)
-
-
-def run_fusezfs(step: Step, workdir: Path) -> Result:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = cli.main(["pool", *_argv(step, workdir)])
-        except SystemExit as e:
-            code = e.code
-        except Exception:
-            code = "exception"
-            err.write(traceback.format_exc())
-    return _normalize(code, out.getvalue(), err.getvalue(), workdir)
-
-
-def _report(i: int, step: Step, a: Result, b: Result) -> str:
-    rule = getattr(step.rule, "__name__", repr(step.rule))
-    head = f"step {i}: zpool {' '.join(step.argv)}   [rule: {rule}]"
-    if step.why:
-        head += f"\n  ({step.why})"
-    diff = difflib.unified_diff(a.render(), b.render(), "zfs-fuse", "fusezfs", lineterm="", n=20)
-    return head + "\n" + "\n".join("    " + line for line in diff)
-
-
 def test_zpool_session_matches_zfs_fuse(tmp_path, monkeypatch):
     require()
     # Same-length directory names: paths, and so the columns of status tables, line up.
     dirs = {"zfs-fuse": tmp_path / "zf", "fusezfs": tmp_path / "fz"}
     for d in dirs.values():
-        d.mkdir()
+        make_files(d, FILES)
         (d / EMPTY).mkdir()
-        for name in FILES:
-            with open(d / name, "wb") as f:
-                f.truncate(128 * MiB)
     monkeypatch.setenv("FUSEZFS_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.chdir(dirs["fusezfs"])
-    mismatches = []
     with ZfsFuse(workdir=tmp_path / "zfsfuse-run") as zf:
-        for i, step in enumerate(SESSION):
-            a = run_zfsfuse(zf, step, dirs["zfs-fuse"])
-            b = run_fusezfs(step, dirs["fusezfs"])
-            if step.rule(a) != step.rule(b):
-                mismatches.append(_report(i, step, a, b))
-    assert not mismatches, f"{len(mismatches)} of {len(SESSION)} steps differ " \
-                           f"(- zfs-fuse, + fusezfs):\n\n" + "\n\n".join(mismatches)
+        failures, pending = run_session(zf, "zpool", ["pool"], SESSION, dirs)
+    for text in pending:
+        warnings.warn("known difference, pending a fix elsewhere:\n" + text)
+    assert not failures, f"{len(failures)} of {len(SESSION)} steps differ " \
+                         f"(- zfs-fuse, + fusezfs):\n\n" + "\n\n".join(failures)
