@@ -392,6 +392,8 @@ class Server:
             self.local.out, self.local.err = out, err
             sessions.provider, sessions.changes = self._provide, changes
             lock = self.ops.lock
+            if argv[0] not in self.ops.READ_ONLY_VERBS:
+                self.ops.flush_kernel()     # the kernel's dirty pages first: they need the lock
             if whole:
                 lock.acquire()
             try:

@@ -172,12 +172,13 @@ def clean_stale(pool: str) -> None:
 
 # ---- serving ------------------------------------------------------------------------------
 OPTION_KEYS = {"allow_other", "entry_timeout", "attr_timeout", "negative_timeout",
-               "sync_interval", "mountpoint"}
+               "sync_interval", "mountpoint", "writeback_cache"}
 
 
 def parse_options(text_list: list[str]) -> dict[str, str]:
     """`-o a,b=c` options: allow_other, entry_timeout=S, attr_timeout=S, negative_timeout=S,
-    sync_interval=S, mountpoint=PATH (an override of the mountpoint property)."""
+    sync_interval=S, mountpoint=PATH (an override of the mountpoint property),
+    writeback_cache=0|1 (the kernel's writeback cache; on by default)."""
     out: dict[str, str] = {}
     for text in text_list:
         for item in text.split(","):
@@ -192,6 +193,8 @@ def parse_options(text_list: list[str]) -> dict[str, str]:
                         raise ValueError
                 except ValueError:
                     raise DaemonError(f"bad value for mount option '{key}': '{value}'") from None
+            if key == "writeback_cache" and value not in ("0", "1", ""):
+                raise DaemonError(f"bad value for mount option '{key}': '{value}'")
             out[key] = value if eq else ""
     return out
 
@@ -259,7 +262,8 @@ def serve(pool_name: str, mountpoint: str | None, options: dict[str, str],
         ops = Operations(handle,
                          entry_timeout=float(options.get("entry_timeout", 1.0)),
                          attr_timeout=float(options.get("attr_timeout", 1.0)),
-                         negative_timeout=float(options.get("negative_timeout", 1.0)))
+                         negative_timeout=float(options.get("negative_timeout", 1.0)),
+                         writeback_cache=options.get("writeback_cache", "1") != "0")
         fuse_opts = set(pyfuse3.default_options)        # default_permissions
         fuse_opts |= {f"fsname={pool_name}", "subtype=fusezfs"}
         if "allow_other" in options:
@@ -287,6 +291,7 @@ def serve(pool_name: str, mountpoint: str | None, options: dict[str, str],
         pool.close()
         return fail(f"cannot mount '{pool_name}': {e}")
 
+    ops.mountpoint = mp
     me = os.getpid()
     write_state(pool_name, me, mp)
     log.info("pool %s mounted at %s (pid %d)", pool_name, mp, me)
@@ -308,6 +313,8 @@ def serve(pool_name: str, mountpoint: str | None, options: dict[str, str],
             async for signum in rx:
                 log.info("signal %d: syncing and unmounting", signum)
                 try:
+                    # the kernel's dirty pages first, while the loop still serves their writes
+                    await trio.to_thread.run_sync(ops.flush_kernel)
                     await trio.to_thread.run_sync(ops.sync)
                 except Exception:
                     log.exception("txg sync failed")

@@ -29,6 +29,8 @@ and I/O heavy: compression, checksums, device flushes) always run on worker thre
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
 import logging
 import os
@@ -111,15 +113,39 @@ def fuse_error(e: OSError) -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(e.errno or errno.EIO)
 
 
+_libc = None
+
+
+def syncfs(path: str) -> None:
+    """syncfs(2) of the file system mounted at `path`: with the writeback cache, the kernel
+    writes its dirty pages of that mount (as FUSE writes) and waits for them. Never call it on
+    the trio thread or with the pool lock held: the writes need both."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _libc.syncfs(fd) != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e))
+    finally:
+        os.close(fd)
+
+
 class Operations(pyfuse3.Operations):
     """The FUSE operations over a `Handle` (see the module comment)."""
 
     supports_dot_lookup = True
-    enable_writeback_cache = False
 
     def __init__(self, handle, *, entry_timeout: float = 1.0, attr_timeout: float = 1.0,
-                 negative_timeout: float = 1.0) -> None:
+                 negative_timeout: float = 1.0, writeback_cache: bool = True) -> None:
         super().__init__()
+        # The kernel's writeback cache (read by pyfuse3.init): writes gather in the page cache
+        # and come in large chunks; the kernel keeps the size and mtime of files open for
+        # writing itself and handles O_APPEND (see _open_flags), and kills setuid/setgid on
+        # write and truncate through setattr (its own capability check).
+        self.enable_writeback_cache = writeback_cache
+        self.mountpoint: str | None = None      # set by the daemon once mounted
         self.handle = handle
         self.dsl = handle.dsl
         self.pool = handle.pool
@@ -225,10 +251,24 @@ class Operations(pyfuse3.Operations):
     # ---- commands run by the daemon (control.py) ------------------------------------------
     READ_ONLY_VERBS = {"list", "get", "holds"}
 
+    def flush_kernel(self) -> None:
+        """With the writeback cache: have the kernel write its dirty pages of the mount now
+        (syncfs), so that they reach the pool before a command looks at it, and are not
+        written later over a rollback or into a destroyed dataset. Called on a thread other
+        than trio's and without the pool lock: those writes need it."""
+        if not self.enable_writeback_cache or not self.mountpoint:
+            return
+        assert not self.lock._is_owned(), "flush_kernel would wait for its own lock"
+        try:
+            syncfs(self.mountpoint)
+        except OSError as e:
+            log.warning("syncfs %s: %s", self.mountpoint, e.strerror)
+
     def before_command(self, argv: list[str]) -> None:
-        """Commit what the mount buffered, so the command sees every tree as the mount does
-        (and no buffer of a dataset the command destroys or rolls back is flushed later).
-        Before a rollback, remember the names in directories the kernel knows."""
+        """Commit what the mount buffered (the POSIX layer's buffers; the kernel's dirty
+        pages were written by flush_kernel just before), so the command sees every tree as the
+        mount does (and no buffer of a dataset the command destroys or rolls back is flushed
+        later). Before a rollback, remember the names in directories the kernel knows."""
         verb = argv[0] if argv else ""
         with self.lock:
             if verb not in self.READ_ONLY_VERBS and not (
@@ -468,11 +508,20 @@ class Operations(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.EIO) from None
 
     async def _run(self, fn, *args):
-        if self.lock.acquire(blocking=False):
+        # the common case inline (no second acquire of the RLock, no extra call)
+        lock = self.lock
+        if lock.acquire(False):
             try:
-                return self._call(fn, *args)
+                return fn(*args)
+            except pyfuse3.FUSEError:
+                raise
+            except OSError as e:
+                raise fuse_error(e) from None
+            except Exception:
+                log.exception("internal error in %s", getattr(fn, "__name__", fn))
+                raise pyfuse3.FUSEError(errno.EIO) from None
             finally:
-                self.lock.release()
+                lock.release()
         return await trio.to_thread.run_sync(self._call, fn, *args)
 
     async def _run_thread(self, fn, *args):
@@ -681,11 +730,21 @@ class Operations(pyfuse3.Operations):
     async def open(self, inode, flags, ctx):
         return await self._run(self._open, inode, flags)
 
+    def _open_flags(self, flags: int) -> int:
+        """With the writeback cache the kernel may read a page through any handle (to fill
+        a partial page before writing it back) and writes pages at their own offsets: a
+        write-only handle reads too, and O_APPEND is the kernel's (it writes at its i_size)."""
+        if self.enable_writeback_cache:
+            if flags & os.O_ACCMODE == os.O_WRONLY:
+                flags = flags & ~os.O_ACCMODE | os.O_RDWR
+            flags &= ~os.O_APPEND
+        return flags
+
     def _open(self, g, flags):
         view, local = self._split(g)
         if local in (CTL_INO, SNAPDIR_INO):
             raise pyfuse3.FUSEError(errno.EISDIR)
-        fh = view.fs.open(local, flags)
+        fh = view.fs.open(local, self._open_flags(flags))
         fi = pyfuse3.FileInfo(fh=self._new_fh(self.files, view, fh))
         fi.keep_cache = view.snapshot     # a snapshot never changes: keep its page cache
         return fi
@@ -697,7 +756,7 @@ class Operations(pyfuse3.Operations):
     def _create(self, parent, name, mode, flags, uid, gid):
         view, local = self._real_dir(parent)
         self._check_new(view, local, name)
-        fh, a = view.fs.create(local, name, mode, flags, uid, gid)
+        fh, a = view.fs.create(local, name, mode, self._open_flags(flags), uid, gid)
         return pyfuse3.FileInfo(fh=self._new_fh(self.files, view, fh)), self._entry(view, a)
 
     async def read(self, fh, off, size):

@@ -391,6 +391,123 @@ def test_model_random_ops(env, seed):
     assert tree_state(env.mnt) == expect
 
 
+# ---- page cache, mmap and writeback ------------------------------------------------------
+def test_mmap_coherent_with_read_write_truncate(env):
+    """mmap writes are seen by read(), write()s by the mapping, and truncate after an mmap
+    write cuts what the mapping wrote (the kernel's writeback cache is on)."""
+    import mmap
+    env.create_pool()
+    env.mount()
+    p = f"{env.mnt}/m"
+    write(p, b"a" * 8192)
+    fd = os.open(p, os.O_RDWR)
+    try:
+        mm = mmap.mmap(fd, 8192)
+        mm[100:105] = b"HELLO"
+        assert os.pread(fd, 5, 100) == b"HELLO"          # mmap write -> read()
+        with open(p, "rb") as f:                          # and through another open file
+            assert f.read()[100:105] == b"HELLO"
+        os.pwrite(fd, b"WORLD", 4096)                      # write() -> the mapping
+        assert mm[4096:4101] == b"WORLD"
+        mm[5000:5003] = b"xyz"
+        mm.flush()
+        mm.close()
+        os.truncate(p, 4098)                               # truncate after mmap writes
+        assert os.stat(p).st_size == 4098
+        data = read(p)
+        assert len(data) == 4098 and data[100:105] == b"HELLO" and data[4096:] == b"WO"
+        os.truncate(p, 6000)                               # grown again: zeros, not "xyz"
+        data = read(p)
+        assert data[4098:] == bytes(6000 - 4098)
+        mm = mmap.mmap(fd, 6000)
+        assert mm[5000:5003] == bytes(3)
+        mm.close()
+    finally:
+        os.close(fd)
+    env.unmount()
+    env.mount()
+    data = read(p)
+    assert len(data) == 6000 and data[100:105] == b"HELLO" and data[4096:4098] == b"WO" \
+        and data[4098:] == bytes(6000 - 4098)
+
+
+def test_o_append_from_two_fds(env):
+    env.create_pool()
+    env.mount()
+    p = f"{env.mnt}/log"
+    write(p, b"start\n")
+    a = os.open(p, os.O_WRONLY | os.O_APPEND)
+    b = os.open(p, os.O_WRONLY | os.O_APPEND)
+    try:
+        for i in range(50):
+            os.write(a, b"a%03d\n" % i)
+            os.write(b, b"b%03d\n" % i)
+        assert os.fstat(a).st_size == 6 + 100 * 5
+    finally:
+        os.close(a)
+        os.close(b)
+    want = b"start\n" + b"".join(b"a%03d\nb%03d\n" % (i, i) for i in range(50))
+    assert read(p) == want
+    env.unmount()
+    env.mount()
+    assert read(p) == want
+
+
+def _as_user(uid: int, cwd: str, fn) -> int:
+    """Run fn() in a child process as `uid` (gid too) in `cwd` (entered first: the test's
+    temporary directories are not searchable by others); its exit status (0: fn returned)."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.chdir(cwd)
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            fn()
+            code = 0
+        except BaseException as e:      # noqa: BLE001 - reported through the exit status
+            try:
+                os.write(2, f"as uid {uid}: {e!r}\n".encode())
+            except OSError:
+                pass
+        os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def test_non_owner_write_and_truncate_clear_setuid(env):
+    if os.geteuid() != 0:
+        pytest.skip("needs root (to write as another uid)")
+    env.create_pool()
+    env.mount("-o", "allow_other")
+    os.chmod(env.mnt, 0o777)
+    w, t = f"{env.mnt}/w", f"{env.mnt}/t"
+    for p in (w, t):
+        write(p, b"x" * 100)
+        os.chmod(p, 0o6777)
+        assert stat.S_IMODE(os.stat(p).st_mode) == 0o6777
+
+    def do_write():
+        fd = os.open("w", os.O_WRONLY)
+        os.pwrite(fd, b"yy", 10)
+        os.close(fd)
+
+    assert _as_user(4321, env.mnt, do_write) == 0
+    assert stat.S_IMODE(os.stat(w).st_mode) == 0o0777
+    assert read(w) == b"x" * 10 + b"yy" + b"x" * 88
+    assert _as_user(4321, env.mnt, lambda: os.truncate("t", 5)) == 0
+    assert stat.S_IMODE(os.stat(t).st_mode) == 0o0777 and os.stat(t).st_size == 5
+    write(w, b"root writes")          # root (CAP_FSETID) keeps the bits, as on ext4
+    os.chmod(w, 0o4755)
+    with open(w, "r+b") as f:
+        f.write(b"R")
+    assert stat.S_IMODE(os.stat(w).st_mode) == 0o4755
+    env.unmount()
+    env.mount()
+    assert stat.S_IMODE(os.stat(t).st_mode) == 0o0777
+    assert stat.S_IMODE(os.stat(w).st_mode) == 0o4755
+
+
 # ---- snapshots and clones -----------------------------------------------------------------
 def test_snapshots_hold_their_time(env):
     env.create_pool()
