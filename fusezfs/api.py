@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .datasets import Datasets
 from .objset import DatasetIO
-from .pool import Pool
+from .pool import OnePerPool, Pool
 from .posix import Posix
 
 
@@ -21,21 +21,9 @@ def format_filesystem(dsl: Datasets, rec) -> None:
     fs.flush()
 
 
-class Handle:
+class Handle(OnePerPool):
     """One per open pool: `Handle(pool)` returns the existing one (it owns the pool's Posix
     objects and the sync hook that flushes them)."""
-
-    def __new__(cls, pool: Pool) -> "Handle":
-        existing = getattr(pool, "_handle", None)
-        if existing is not None:
-            return existing
-        self = super().__new__(cls)
-        pool._handle = self
-        self._setup(pool)
-        return self
-
-    def __init__(self, pool: Pool) -> None:
-        pass            # set up once, by __new__
 
     def _setup(self, pool: Pool) -> None:
         self.pool = pool

@@ -36,7 +36,7 @@ from . import dsprops
 from .blocks import Policy
 from .formats.bp import BT_DATA, BT_NODE, BlockPointer, decode_bp, encode_bp
 from .names import dataset_name_error
-from .pool import META_POLICY, NodeStore, Pool, new_guid
+from .pool import META_POLICY, NodeStore, OnePerPool, Pool, new_guid
 from .tree import Tree
 
 REC_PREFIX = b"ds\0"
@@ -136,23 +136,11 @@ class ReadOnlyStore(NodeStore):
         raise OSError(errno.EROFS, "snapshots are read-only")
 
 
-class Datasets:
+class Datasets(OnePerPool):
     """The dataset directory of one open pool. Callers hold `pool.lock`.
 
     There is exactly one per open pool: `Datasets(pool)` returns the existing one. Two would
     each cache records and write them back at sync, each undoing the other's changes."""
-
-    def __new__(cls, pool: Pool) -> "Datasets":
-        existing = getattr(pool, "_datasets", None)
-        if existing is not None:
-            return existing
-        self = super().__new__(cls)
-        pool._datasets = self
-        self._setup(pool)
-        return self
-
-    def __init__(self, pool: Pool) -> None:
-        pass            # set up once, by __new__
 
     def _setup(self, pool: Pool) -> None:
         self.pool = pool

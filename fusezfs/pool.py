@@ -94,6 +94,27 @@ def read_label(device: Device) -> dict | None:
     return max(configs, key=lambda c: c[1])[0]
 
 
+class OnePerPool:
+    """Base of the layers that must exist once per open pool (the dataset directory, the
+    POSIX handles): `Cls(pool)` returns the pool's instance, set up once by `_setup`. Two
+    would each cache state of the same pool and undo each other's changes at sync."""
+
+    def __new__(cls, pool: "Pool"):
+        existing = pool.attached.get(cls)
+        if existing is not None:
+            return existing
+        self = super().__new__(cls)
+        pool.attached[cls] = self
+        self._setup(pool)
+        return self
+
+    def __init__(self, pool: "Pool") -> None:
+        pass            # set up once, by __new__
+
+    def _setup(self, pool: "Pool") -> None:
+        raise NotImplementedError
+
+
 class Pool:
     """An open (imported) pool. Not thread safe by itself: callers hold `lock`."""
 
@@ -112,6 +133,7 @@ class Pool:
         self.mos: Tree | None = None
         self.spacemap_bp: BlockPointer | None = None
         self.trees: dict[bytes, Tree] = {}
+        self.attached: dict[type, object] = {}   # OnePerPool instances of upper layers
         self._roots: dict[bytes, BlockPointer | None] = {}   # roots recorded in the MOS
         self.sync_hooks: list = []          # callables(pool) run at the start of every sync
         self.txg_bytes = 0                  # bytes written in the open txg (dirty budget)
