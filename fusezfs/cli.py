@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import getopt
 import sys
-from typing import Callable, NoReturn
+from typing import Callable
 
 
 class Usage(Exception):
@@ -118,10 +118,6 @@ def dispatch(argv: list[str]) -> int:
         return 1
     except BrokenPipeError:
         return 1
-
-
-def die(message: str) -> NoReturn:
-    raise Failed(message)
 
 
 if __name__ == "__main__":

@@ -495,31 +495,29 @@ class Operations(pyfuse3.Operations):
         return (view.index, ino) in self.covers
 
     # ---- running synchronous code --------------------------------------------------------
+    @staticmethod
+    def _guarded(fn, args):
+        """Run fn, turning OSError into FUSE's errno and any other failure into EIO."""
+        try:
+            return fn(*args)
+        except pyfuse3.FUSEError:
+            raise
+        except OSError as e:
+            raise fuse_error(e) from None
+        except Exception:
+            log.exception("internal error in %s", getattr(fn, "__name__", fn))
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
     def _call(self, fn, *args):
         with self.lock:
-            try:
-                return fn(*args)
-            except pyfuse3.FUSEError:
-                raise
-            except OSError as e:
-                raise fuse_error(e) from None
-            except Exception:
-                log.exception("internal error in %s", getattr(fn, "__name__", fn))
-                raise pyfuse3.FUSEError(errno.EIO) from None
+            return self._guarded(fn, args)
 
     async def _run(self, fn, *args):
-        # the common case inline (no second acquire of the RLock, no extra call)
+        # the common case inline: the lock is free, run on the trio thread (no thread hop)
         lock = self.lock
         if lock.acquire(False):
             try:
-                return fn(*args)
-            except pyfuse3.FUSEError:
-                raise
-            except OSError as e:
-                raise fuse_error(e) from None
-            except Exception:
-                log.exception("internal error in %s", getattr(fn, "__name__", fn))
-                raise pyfuse3.FUSEError(errno.EIO) from None
+                return self._guarded(fn, args)
             finally:
                 lock.release()
         return await trio.to_thread.run_sync(self._call, fn, *args)
