@@ -91,6 +91,16 @@ class _Runs:
 CACHE_ENTRY = 256               # memory of a cache entry beyond its bytes (key, dict slot, header)
 
 
+def _decode(job: tuple) -> bytes | ValueError:
+    """Decompress verified physical bytes (a worker thread's part of read_many); a bad
+    stream is returned, not raised, so the caller reports it for the right block."""
+    phys, comp, lsize = job
+    try:
+        return compression.decompress(bytes(phys) if comp == COMP_OFF else phys, comp, lsize)
+    except ValueError as e:
+        return e
+
+
 class BlockIO:
     def __init__(self, vdevs: dict[int, TopVdev], allocator: Allocator, *,
                  cache_bytes: int = 64 << 20, workers: int | None = None) -> None:
@@ -104,6 +114,9 @@ class BlockIO:
                                            thread_name_prefix="fusezfs-io")
         self.permanent_errors: dict[str, int] = {}   # block description -> times seen
         self.repairs = 0
+        # id(data) -> (data, policy, future of (comp, phys, digest), DVAs written or None):
+        # work started by prepare_ahead before write_many
+        self._ahead: dict[int, tuple] = {}
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)
@@ -166,20 +179,76 @@ class BlockIO:
     def write(self, data: bytes | memoryview, btype: int, policy: Policy, level: int = 0) -> BlockPointer:
         return self._store(len(data), self._prepare(data, policy), policy, btype, level)
 
+    def prepare_ahead(self, data: bytes, policy: Policy) -> None:
+        """Start on `data` now, on the worker threads, while the caller goes on (a writer
+        buffering full records): the `write_many` that later writes this very object with
+        this policy takes the result instead of starting over. Compressed data is compressed
+        and checksummed; uncompressed data, whose size is known, is also given its space and
+        written (ZFS's early write: the space was free in the last durable txg and nothing
+        durable points at it before the txg that takes it commits, so a crash loses nothing).
+        `data` must never change (bytes). Work nobody took is undone by `forget_ahead`."""
+        if policy.comp == COMP_OFF:
+            try:
+                dvas = self._allocate(len(data), policy.copies)
+            except OSError:
+                return          # no space: write_many will say so, in its place
+            future = self.executor.submit(self._write_ahead, data, policy, dvas)
+        else:
+            dvas = None
+            future = self.executor.submit(self._prepare, data, policy)
+        self._ahead[id(data)] = (data, policy, future, dvas)
+
+    def _write_ahead(self, data: bytes, policy: Policy, dvas: list) -> tuple:
+        digest = checksum(data, policy.cksum)
+        self._write_copies(dvas, data)
+        return COMP_OFF, data, digest
+
+    def forget_ahead(self) -> None:
+        """Undo early work on buffers that were never written (overwritten, truncated or
+        unlinked before the txg synced): their space, born in the open txg, is free again.
+        The pool calls this once a txg, after every buffer was flushed and before the space
+        map is encoded, so the durable map never holds such space."""
+        for _data, _policy, future, dvas in self._ahead.values():
+            try:
+                future.result()         # never free space a worker is still writing
+            except Exception:
+                pass
+            for dva in dvas or ():
+                self.allocator.free(dva, deferred=False)
+        self._ahead.clear()
+
+    def _prepared(self, bufs: list, policy: Policy):
+        """(comp, phys, digest, DVAs or None) of each buffer, in order: taken from
+        prepare_ahead where it ran for the same object and policy (DVAs: already written
+        there), else computed now (on the workers if worth it)."""
+        ready: list = [None] * len(bufs)
+        if self._ahead:
+            for i, b in enumerate(bufs):
+                a = self._ahead.get(id(b))
+                if a is not None and a[0] is b and a[1] == policy:
+                    ready[i] = self._ahead.pop(id(b))
+        todo = [b for b, r in zip(bufs, ready) if r is None]
+        if len(todo) > 1 and (policy.comp != COMP_OFF or sum(map(len, todo)) > (1 << 20)):
+            fresh = self.executor.map(self._prepare, todo, [policy] * len(todo))
+        else:
+            fresh = (self._prepare(b, policy) for b in todo)
+        for r in ready:
+            if r is None:
+                yield (*next(fresh), None)
+            else:
+                yield (*r[2].result(), r[3])
+
     def write_many(self, bufs: list[bytes | memoryview], btype: int, policy: Policy) -> list[BlockPointer]:
         """Write several blocks: compression and hashing run on the worker threads while this
         thread allocates and writes the blocks already prepared, and blocks that land next to
         each other on disk go out in one vectored write."""
-        if len(bufs) > 1 and (policy.comp != COMP_OFF or sum(map(len, bufs)) > (1 << 20)):
-            prepared = self.executor.map(self._prepare, bufs, [policy] * len(bufs))
-        else:
-            prepared = (self._prepare(b, policy) for b in bufs)
         out = []
         runs = _Runs(self)
-        for buf, (comp, phys, digest) in zip(bufs, prepared):
-            dvas = self._allocate(len(phys), policy.copies)
-            for dva in dvas:
-                runs.add(dva, phys)
+        for buf, (comp, phys, digest, dvas) in zip(bufs, self._prepared(bufs, policy)):
+            if dvas is None:
+                dvas = self._allocate(len(phys), policy.copies)
+                for dva in dvas:
+                    runs.add(dva, phys)
             out.append(BlockPointer(tuple(dvas), len(buf), len(phys), self.txg, comp,
                                     policy.cksum, btype, digest, 0))
         runs.flush()
@@ -228,13 +297,79 @@ class BlockIO:
             data = compression.decompress(good, bp.comp, bp.lsize)
         except ValueError as e:
             raise ChecksumError(f"{describe(bp)}: {e}") from None
-        if cache and self.cache_bytes:
-            self.cache[key] = data
-            self.cached += len(data) + CACHE_ENTRY
-            while self.cached > self.cache_bytes:
-                _k, old = self.cache.popitem(last=False)
-                self.cached -= len(old) + CACHE_ENTRY
+        if cache:
+            self._remember(key, data)
         return data
+
+    READ_RUN = 4 << 20          # bytes of neighbouring blocks read with one system call
+
+    def read_many(self, bps: list[BlockPointer]) -> list[bytes]:
+        """`read` of several blocks, for a sequential reader: blocks whose first copies lie
+        next to each other on disk are read with one system call, and compressed ones are
+        decompressed on the worker threads. Anything unusual (a mismatch, an I/O error, a
+        block outside its vdev) goes through `read` alone, so verification, self-healing and
+        error counting stay in one place."""
+        out: list = [None] * len(bps)
+        runs: list[list] = []                       # [vdev, start, end, [indexes]]
+        for i, bp in enumerate(bps):
+            key = (bp.dvas[0], bp.birth)
+            hit = self.cache.get(key)
+            if hit is not None:
+                self.cache.move_to_end(key)
+                out[i] = hit
+                continue
+            d = bp.dvas[0]
+            vdev = self.vdevs.get(d.vdev)
+            if vdev is None or d.offset < vdev.start or d.offset + bp.psize > vdev.end:
+                out[i] = self.read(bp)
+                continue
+            run = runs[-1] if runs else None
+            if run is not None and run[0] == d.vdev and run[2] == d.offset \
+                    and run[2] - run[1] < self.READ_RUN:
+                run[2] = d.offset + d.asize
+                run[3].append(i)
+            else:
+                runs.append([d.vdev, d.offset, d.offset + d.asize, [i]])
+        decode: list[int] = []
+        for vdev_id, start, end, idxs in runs:
+            if len(idxs) == 1:
+                out[idxs[0]] = self.read(bps[idxs[0]])
+                continue
+            leaf = self.vdevs[vdev_id].leaves[0]
+            try:
+                raw = memoryview(leaf.device.read(start, end - start))
+            except OSError:
+                raw = None                          # read() counts it, per block
+            for i in idxs:
+                bp = bps[i]
+                off = bp.dvas[0].offset - start
+                phys = raw[off:off + bp.psize] if raw is not None else None
+                if phys is None or checksum(phys, bp.cksum) != bp.checksum:
+                    out[i] = self.read(bp)
+                else:
+                    out[i] = phys
+                    decode.append(i)
+        if not decode:
+            return out
+        many = sum(1 for i in decode if bps[i].comp != COMP_OFF) > 1
+        jobs = [(out[i], bps[i].comp, bps[i].lsize) for i in decode]
+        results = self.executor.map(_decode, jobs) if many else map(_decode, jobs)
+        for i, data in zip(decode, results):
+            bp = bps[i]
+            if isinstance(data, ValueError):
+                raise ChecksumError(f"{describe(bp)}: {data}")
+            out[i] = data
+            self._remember((bp.dvas[0], bp.birth), data)
+        return out
+
+    def _remember(self, key: tuple, data: bytes) -> None:
+        if not self.cache_bytes:
+            return
+        self.cache[key] = data
+        self.cached += len(data) + CACHE_ENTRY
+        while self.cached > self.cache_bytes:
+            _k, old = self.cache.popitem(last=False)
+            self.cached -= len(old) + CACHE_ENTRY
 
     # ---- free -----------------------------------------------------------------------------
     def free(self, bp: BlockPointer) -> None:

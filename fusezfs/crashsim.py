@@ -122,7 +122,10 @@ def dataset_workload(pool: Pool, seed: int, steps: int, committing: dict[int, St
     pool.sync_hooks.append(lambda p: committing.__setitem__(p.txg, dataset_content(h)))
     heads = [r for r in (dsl.lookup("crash/fs"),) if r is not None]
     if not heads:
-        heads = [dsl.create("crash/fs")]
+        # small records, so files fill whole records: full uncompressed records are written
+        # early, on worker threads (BlockIO.prepare_ahead), and compressed ones in "crash/z"
+        heads = [dsl.create("crash/fs", {"recordsize": "4096", "compression": "off"}),
+                 dsl.create("crash/z", {"recordsize": "8192", "compression": "zstd"})]
     heads = [dsl.name(r.id) for r in dsl.descendants(ROOT_ID)]
     for step in range(steps):
         head = rng.choice(heads)

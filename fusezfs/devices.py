@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 from typing import Protocol
 
 SECTOR = 512
@@ -117,6 +118,7 @@ class Power:
         self.writes = 0          # writes issued so far, on all devices
         self.cut_at: int | None = None
         self.dead = False
+        self.lock = threading.Lock()     # worker threads write too (early writes)
 
     def cut_after(self, n: int) -> None:
         """Fail power at the n-th write from now (n=0: the very next write is lost)."""
@@ -145,36 +147,39 @@ class FaultyDevice:
         return self.power.dead
 
     def read(self, offset: int, length: int) -> bytes:
-        if self.dead:
-            raise PowerCut("device lost power")
-        buf = bytearray(self.medium.read(offset, length))
-        for off, data in self.pending:
-            lo, hi = max(off, offset), min(off + len(data), offset + length)
-            if lo < hi:
-                buf[lo - offset:hi - offset] = data[lo - off:hi - off]
-        return bytes(buf)
+        with self.power.lock:
+            if self.dead:
+                raise PowerCut("device lost power")
+            buf = bytearray(self.medium.read(offset, length))
+            for off, data in self.pending:
+                lo, hi = max(off, offset), min(off + len(data), offset + length)
+                if lo < hi:
+                    buf[lo - offset:hi - offset] = data[lo - off:hi - off]
+            return bytes(buf)
 
     def write(self, offset: int, data: bytes | memoryview) -> None:
-        if self.dead:
-            raise PowerCut("device lost power")
-        power = self.power
-        if power.cut_at is not None and power.writes >= power.cut_at:
-            power.dead = True
-            raise PowerCut(f"power cut at write {power.writes}")
-        if offset < 0 or offset + len(data) > self.size:
-            raise OSError(f"write beyond end of device {self.path}")
-        power.writes += 1
-        self.pending.append((offset, bytes(data)))
+        with self.power.lock:
+            if self.dead:
+                raise PowerCut("device lost power")
+            power = self.power
+            if power.cut_at is not None and power.writes >= power.cut_at:
+                power.dead = True
+                raise PowerCut(f"power cut at write {power.writes}")
+            if offset < 0 or offset + len(data) > self.size:
+                raise OSError(f"write beyond end of device {self.path}")
+            power.writes += 1
+            self.pending.append((offset, bytes(data)))
 
     def writev(self, offset: int, bufs: list) -> None:
         self.write(offset, b"".join(bufs))
 
     def flush(self) -> None:
-        if self.dead:
-            raise PowerCut("device lost power")
-        for off, data in self.pending:
-            self.medium.write(off, data)
-        self.pending.clear()
+        with self.power.lock:
+            if self.dead:
+                raise PowerCut("device lost power")
+            for off, data in self.pending:
+                self.medium.write(off, data)
+            self.pending.clear()
 
     def close(self) -> None:
         pass

@@ -35,8 +35,11 @@ class DatasetIO:
     def write_blocks(self, datas: list) -> list[BlockPointer]:
         return self.dsl.write_blocks(self.rec, datas, self.policy)
 
-    def read_block(self, bp: BlockPointer) -> bytes:
-        return self.dsl.pool.blocks.read(bp)
+    def prepare_ahead(self, data: bytes) -> None:
+        self.dsl.pool.blocks.prepare_ahead(data, self.policy)
+
+    def read_blocks(self, bps: list[BlockPointer]) -> list[bytes]:
+        return self.dsl.pool.blocks.read_many(bps)
 
     def check_space(self, nbytes: int) -> None:
         properties.check_space(self.dsl, self.rec, nbytes)

@@ -360,6 +360,7 @@ class Pool:
                     tree.sync()
             else:
                 raise AssertionError("sync did not converge")
+            self.blocks.forget_ahead()      # early writes no buffer took: free before the map
             counts = self.error_counts()
             if counts != self._saved_errors:
                 self.mos.put(b"errors", json.dumps(counts, sort_keys=True).encode())

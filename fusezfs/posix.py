@@ -97,8 +97,13 @@ class ObjsetIO(Protocol):
         and account their space to the dataset. Called from flush() with records whose space
         check_space already admitted: it should not fail for quota reasons then."""
 
-    def read_block(self, bp: BlockPointer) -> bytes:
-        """A block's logical bytes, verified (OSError EIO on a checksum error)."""
+    def prepare_ahead(self, data: bytes) -> None:
+        """A full record (never changed after this call) that write_blocks will probably be
+        given at the next flush: compression and checksum may start now, in parallel."""
+
+    def read_blocks(self, bps: list[BlockPointer]) -> list[bytes]:
+        """The blocks' logical bytes, verified (OSError EIO on a checksum error); several at
+        once, so neighbouring blocks are read together (BlockIO.read_many)."""
 
     def check_space(self, nbytes: int) -> None:
         """Raise OSError(EDQUOT) or OSError(ENOSPC) if `nbytes` more cannot be stored."""
@@ -454,7 +459,7 @@ class Posix(Names, FileData, PathHelpers):
         value, ref = item
         if ref == REF_BLOCK:
             bp = decode_bp(value)
-            return b"" if bp is None else self.io.read_block(bp)
+            return b"" if bp is None else self.io.read_blocks([bp])[0]
         return value
 
     @locked

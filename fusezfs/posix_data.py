@@ -6,7 +6,12 @@ write into a 128 KiB record costs a memcpy, not a compression and a block write.
 read from its block once (read-modify-write) the first time a partial write touches it. The
 dirty records are turned into blocks by `_flush_data`, called from `Posix.flush()` when the
 pool syncs (its sync hook), on fsync and on close; many records are written in one
-`write_blocks` batch so they are compressed and checksummed in parallel. The memory the buffer
+`write_blocks` batch so they are compressed and checksummed in parallel. A record that a write
+fills completely is frozen (kept as bytes) and handed to `prepare_ahead` at once: its
+compression and checksum run on the worker threads while the writer's next requests arrive,
+and the flush finds them done (a later write into it thaws it; the early result is then simply
+not used). Sequential read asks for all the records a request spans at once (`read_blocks`),
+so neighbours on disk come in one system call. The memory the buffer
 takes is reported to the pool's dirty budget with `note_written`, so a writer that fills the
 budget makes the pool sync (which flushes us) before it goes on: memory stays bounded.
 
@@ -30,7 +35,7 @@ FLUSH_BATCH = 16 << 20      # bytes of records handed to write_blocks at once
 
 class FileData:
     """Mixin of Posix: everything about file contents. Expects self.io, self.tree,
-    self._records {ino: {blkid: bytearray}}, self._dirty_data, self._inodes, self._mark()."""
+    self._records {ino: {blkid: bytearray, or bytes once full (see prepare_ahead)}}, self._dirty_data, self._inodes, self._mark()."""
 
     # ---- reading -------------------------------------------------------------------------
     def _stored_record(self, ino: int, blkid: int) -> bytes | None:
@@ -38,7 +43,23 @@ class FileData:
         if raw is None:
             return None
         bp = decode_bp(raw)
-        return None if bp is None else self.io.read_block(bp)
+        return None if bp is None else self.io.read_blocks([bp])[0]
+
+    def _stored_records(self, ino: int, first: int, last: int, recs) -> dict[int, bytes]:
+        """The stored blocks of records first..last that have no dirty buffer, read together
+        (neighbours on disk in one system call)."""
+        want: list = []
+        ids: list[int] = []
+        get = self.tree.get
+        for blkid in range(first, last + 1):
+            if recs and blkid in recs:
+                continue
+            raw = get(data_key(ino, blkid))
+            bp = decode_bp(raw) if raw is not None else None
+            if bp is not None:
+                want.append(bp)
+                ids.append(blkid)
+        return dict(zip(ids, self.io.read_blocks(want))) if want else {}
 
     def _read(self, node: Inode, offset: int, size: int) -> bytes:
         if offset < 0 or size < 0:
@@ -50,6 +71,7 @@ class FileData:
         bs = node.blksz
         ino = node.ino
         recs = self._records.get(ino)
+        stored = self._stored_records(ino, offset // bs, (end - 1) // bs, recs)
         parts: list = []
         pos = offset
         while pos < end:
@@ -60,7 +82,7 @@ class FileData:
             if src is not None:
                 piece = src[roff:roff + chunk]           # a copy: buffers may change later
             else:
-                src = self._stored_record(ino, blkid)
+                src = stored.get(blkid)
                 if src is None:
                     piece = b""
                 elif roff == 0 and chunk >= len(src):
@@ -110,7 +132,11 @@ class FileData:
                 valid = min(bs, size - rstart) if size > rstart else 0
                 if roff == 0 and chunk >= valid:
                     # the write replaces everything the record holds: no need to read it
-                    recs[blkid] = bytearray(mv[i:i + chunk])
+                    if chunk == bs:         # a full record: its block can be prepared now
+                        recs[blkid] = full = bytes(mv[i:i + chunk])
+                        self.io.prepare_ahead(full)
+                    else:
+                        recs[blkid] = bytearray(mv[i:i + chunk])
                     grown += chunk
                     pos += chunk
                     i += chunk
@@ -118,11 +144,16 @@ class FileData:
                 old = self._stored_record(ino, blkid)
                 buf = recs[blkid] = bytearray(old) if old else bytearray()
                 grown += len(buf)
+            elif type(buf) is bytes:        # a full record given to prepare_ahead: unfreeze
+                buf = recs[blkid] = bytearray(buf)
             before = len(buf)
             if roff > before:
                 buf += bytes(roff - before)
             buf[roff:roff + chunk] = mv[i:i + chunk]
             grown += len(buf) - before
+            if before < bs == len(buf):     # an appending writer filled it up: freeze it
+                recs[blkid] = full = bytes(buf)
+                self.io.prepare_ahead(full)
             pos += chunk
             i += chunk
         if end > size:
@@ -148,12 +179,12 @@ class FileData:
                 if buf is not None:
                     if len(buf) > keep:
                         self._dirty_data -= len(buf) - keep
-                        del buf[keep:]
+                        recs[blkid] = buf[:keep]
                 else:
                     raw = self.tree.get(data_key(ino, blkid))
                     bp = None if raw is None else decode_bp(raw)
                     if bp is not None and bp.lsize > keep:
-                        trimmed = bytearray(memoryview(self.io.read_block(bp))[:keep])
+                        trimmed = bytearray(memoryview(self.io.read_blocks([bp])[0])[:keep])
                         recs = self._records.setdefault(ino, {})
                         recs[blkid] = trimmed
                         self._dirty_data += keep
@@ -246,7 +277,7 @@ class FileData:
         holes = []
         for item in batch:
             buf = item[2]
-            if not buf or (holes_for_zeros and buf.count(0) == len(buf)):
+            if not buf or (holes_for_zeros and not buf[0] and buf.count(0) == len(buf)):
                 holes.append(item)
             else:
                 writes.append(item)

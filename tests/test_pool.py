@@ -253,3 +253,70 @@ def test_file_devices_are_locked_to_one_owner(tmp_path):
         Pool.open([FileDevice(str(path))])
     pool.close()
     Pool.open([FileDevice(str(path))]).close()
+
+
+def test_read_many_reads_neighbours_together_and_heals_one_bad_block():
+    """A run of neighbouring blocks comes back in one read; a damaged one in the middle is
+    healed from the mirror's other side and counted, the others are untouched, and blocks of
+    several kinds (compressed, not) come back as written."""
+    devs = mem(2)
+    pool = Pool.create("tank", [("mirror", devs)])
+    datas = [bytes([i]) * 8192 if i % 2 else (b"text %d " % i) * 2000 for i in range(12)]
+    bps = pool.blocks.write_many(datas[:6], BT_DATA, Policy())
+    bps += pool.blocks.write_many(datas[6:], BT_DATA, Policy(COMP_ZSTD, 3))
+    pool.sync()
+    offsets = [bp.dvas[0].offset for bp in bps[:6]]
+    assert offsets == sorted(offsets)           # neighbours: one run
+    pool.blocks.drop_cache()
+    devs[0].data[bps[3].dvas[0].offset + 5] ^= 0x10
+    reads = []
+    device = pool.leaves()[0].device
+    original = device.read
+
+    def counting(offset, length):
+        reads.append(length)
+        return original(offset, length)
+    device.read = counting
+    assert pool.blocks.read_many(bps) == datas
+    assert [leaf.cksum_errors for leaf in pool.leaves()] == [1, 0] and pool.blocks.repairs == 1
+    assert len(reads) <= 4                      # runs, plus the one bad block alone
+    pool.blocks.drop_cache()
+    assert pool.blocks.read_many(bps) == datas  # healed on disk: no new error
+    assert [leaf.cksum_errors for leaf in pool.leaves()] == [1, 0]
+    # no good copy: an error, never wrong bytes
+    for d in devs:
+        d.data[bps[8].dvas[0].offset + 2] ^= 1
+    pool.blocks.drop_cache()
+    with pytest.raises(ChecksumError):
+        pool.blocks.read_many(bps)
+
+
+def test_early_writes_are_taken_or_given_back():
+    """prepare_ahead writes uncompressed data at once; write_many takes that block instead of
+    writing again, and space of early writes nobody took is free again after the sync (and
+    not in the durable space map)."""
+    devs = mem()
+    pool = Pool.create("tank", [("file", devs)])
+    tree = pool.objset(b"t")
+    pool.sync()
+    base = pool.allocated
+    kept, dropped = b"k" * 131072, b"d" * 131072
+    pool.blocks.prepare_ahead(kept, Policy())
+    pool.blocks.prepare_ahead(dropped, Policy())
+    pool.blocks.prepare_ahead(b"z" * 131072, Policy(COMP_ZSTD, 3))
+    assert pool.allocated >= base + 2 * 131072  # space taken at once for the uncompressed
+    writes = []
+    device = pool.leaves()[0].device
+    original = device.writev
+    device.writev = lambda off, bufs: (writes.append(off), original(off, bufs))
+    (bp,) = pool.blocks.write_many([kept], BT_DATA, Policy())
+    assert writes == []                         # written early, not again
+    tree.put(b"x", encode_bp(bp), REF_BLOCK)
+    pool.sync()
+    assert not pool.blocks._ahead
+    pool.blocks.drop_cache()
+    assert read_block(pool, tree, b"x") == kept
+    assert verify(pool).ok                      # the dropped early write is not leaked
+    pool.close()
+    again = Pool.open(devs)
+    assert verify(again).ok and read_block(again, again.objset(b"t", create=False), b"x") == kept

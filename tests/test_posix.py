@@ -59,8 +59,11 @@ class PoolIO:
         self.written += sum(bp.asize for bp in bps)
         return bps
 
-    def read_block(self, bp):
-        return self.pool.blocks.read(bp)
+    def prepare_ahead(self, data):
+        self.pool.blocks.prepare_ahead(data, self.policy)
+
+    def read_blocks(self, bps):
+        return self.pool.blocks.read_many(bps)
 
     def check_space(self, nbytes: int) -> None:
         if self.quota is not None and self.written + nbytes > self.quota:
