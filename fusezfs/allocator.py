@@ -5,8 +5,10 @@ Theory of operation. Each top-level vdev keeps its free space as sorted, coalesc
 stream of writes lands sequentially. The one rule that makes copy-on-write crash safe lives
 here: a block freed in txg T may still be reachable from the uberblock of T-1, which is what
 import finds if power fails before T's uberblock is written, so it must not be overwritten
-before T is durable. Such frees go to `deferred` and return to the free lists only when the pool
-calls `release_deferred()` after writing T's uberblock. A block born in the open txg was never
+before T is durable. Such frees go to `deferred`; when T's sync has written everything but its
+uberblock, `begin_release()` sets them apart (frees of T+1, now open, start a new list), and
+`finish_release()` returns them to the free lists once T's uberblock is durable (or, if T's
+commit failed, hands them on to the next txg's list). A block born in the open txg was never
 referenced by a committed uberblock and is freed at once.
 
 The on-disk space map (formats/spacemap.py) records allocated = everything that is neither
@@ -115,6 +117,7 @@ class Allocator:
     def __init__(self, ranges: dict[int, tuple[int, int]]) -> None:
         self.spaces = {v: FreeSpace(s, e) for v, (s, e) in ranges.items()}
         self.deferred: list[DVA] = []
+        self.releasing: list[DVA] = []      # frees of the txg being committed
         self._rotor = 0
         self.changes = 0            # allocations and frees so far: tells sync a txg is not empty
 
@@ -123,13 +126,14 @@ class Allocator:
         for v, space in self.spaces.items():
             space.set_allocated(allocated.get(v, []))
         self.deferred = []
+        self.releasing = []
 
     def allocated_extents(self) -> dict[int, Extents]:
         """Allocated = not free and not deferred, per vdev (what the space map records)."""
         out: dict[int, Extents] = {}
         for v, space in self.spaces.items():
             holes = space.extents()
-            holes += [(d.offset, d.asize) for d in self.deferred if d.vdev == v]
+            holes += [(d.offset, d.asize) for d in self.deferred + self.releasing if d.vdev == v]
             holes.sort()
             alloc: Extents = []
             pos = space.start
@@ -149,7 +153,7 @@ class Allocator:
 
     @property
     def deferred_bytes(self) -> int:
-        return sum(d.asize for d in self.deferred)
+        return sum(d.asize for d in self.deferred) + sum(d.asize for d in self.releasing)
 
     @property
     def size(self) -> int:
@@ -178,8 +182,17 @@ class Allocator:
         else:
             self.spaces[dva.vdev].free(dva.offset, dva.asize)
 
-    def release_deferred(self) -> None:
-        """Called once the txg that freed them is durable."""
-        for d in self.deferred:
-            self.spaces[d.vdev].free(d.offset, d.asize)
-        self.deferred = []
+    def begin_release(self) -> None:
+        """The committing txg's frees, set apart from those of the txg opening now."""
+        assert not self.releasing, "a txg commit is already in flight"
+        self.releasing, self.deferred = self.deferred, []
+
+    def finish_release(self, durable: bool) -> None:
+        """The committing txg is durable: its frees become allocatable. If its commit failed,
+        they wait for the next txg that commits (it does not reach them either)."""
+        if durable:
+            for d in self.releasing:
+                self.spaces[d.vdev].free(d.offset, d.asize)
+        else:
+            self.deferred[:0] = self.releasing
+        self.releasing = []

@@ -159,6 +159,15 @@ def dataset_workload(pool: Pool, seed: int, steps: int, committing: dict[int, St
     pool.sync()
 
 
+def pipelined_workload(pool: Pool, seed: int, steps: int, committing: dict[int, State]) -> None:
+    """The datasets workload with the FUSE daemon's pipelined commits and a tiny dirty budget:
+    most txgs are committed by a writer filling the budget, their flushes and uberblock on the
+    commit thread while the next txg fills (a cut may land on either thread)."""
+    pool.pipeline = True
+    pool.dirty_max = 24 << 10
+    dataset_workload(pool, seed, steps, committing)
+
+
 def dataset_content(h) -> State:
     """name/path -> bytes for every file in every filesystem and snapshot, plus the names."""
     from .datasets import ROOT_ID
@@ -184,6 +193,7 @@ def dataset_check(pool: Pool) -> tuple[State, list[str]]:
 WORKLOADS = {
     "objects": (workload, lambda pool: (content(pool), [])),
     "datasets": (dataset_workload, dataset_check),
+    "pipelined": (pipelined_workload, dataset_check),
 }
 
 

@@ -18,6 +18,15 @@ were all flushed in step 4) or torn (checksum bad: ignored, so the previous txg 
 Nothing a committed uberblock reaches is ever written, because frees of blocks born before the
 open txg are deferred until step 7. Import takes the valid uberblock with the highest txg.
 
+Pipelining (`pipeline`, which the FUSE daemon turns on): when a full dirty budget or the timer
+asks for a sync, steps 1-3 run under the pool lock as always, the next txg opens at once, and
+steps 4-7 (device flushes and the uberblock: waiting on the disk) run on a commit thread while
+writers go on filling the new txg, as ZFS overlaps its open and syncing txgs. That stays safe
+because the new txg only writes into space free in both the committing txg and the one before
+(its frees are deferred; the committing txg's own frees are released only after step 6), and
+the next sync waits for the commit in flight before it begins, so uberblocks stay in order. A
+caller that needs durability (fsync, commands, close) syncs with `wait`, which commits inline.
+
 One owner: every device file is locked (flock) while a Pool object has it open.
 """
 from __future__ import annotations
@@ -28,6 +37,7 @@ import random
 import socket
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from . import poolprops
@@ -138,6 +148,9 @@ class Pool:
         self.sync_hooks: list = []          # callables(pool) run at the start of every sync
         self.txg_bytes = 0                  # bytes written in the open txg (dirty budget)
         self.dirty_max = 256 << 20
+        self.pipeline = False               # budget syncs commit on a thread (module comment)
+        self._committer: ThreadPoolExecutor | None = None
+        self._commit: tuple[int, Future] | None = None     # (txg, its steps 4-6 in flight)
         self.created = 0
         self._timer: threading.Thread | None = None
         self._closing = threading.Event()
@@ -340,13 +353,31 @@ class Pool:
         the writer waits for it (ZFS's dirty-data throttle, simplified)."""
         self.txg_bytes += nbytes
         if self.txg_bytes >= self.dirty_max:
-            self.sync()
+            self.sync(wait=False)
 
-    def sync(self, *, force: bool = False) -> int:
-        """Commit the open txg (see the module comment); returns the txg now durable."""
+    def settle(self) -> None:
+        """Wait for the commit in flight (if any): its frees become allocatable and its txg
+        durable; its failure is raised here (its frees then wait for the next commit)."""
+        pending, self._commit = self._commit, None
+        if pending is None:
+            return
+        txg, future = pending
+        try:
+            future.result()
+        except BaseException:
+            self.allocator.finish_release(durable=False)
+            raise
+        self.allocator.finish_release(durable=True)
+        self.synced_txg = txg
+
+    def sync(self, *, force: bool = False, wait: bool = True) -> int:
+        """Commit the open txg (see the module comment); returns the txg now durable. With
+        `wait` false and `pipeline` on, the commit's device flushes and uberblock go on in
+        the background (the returned txg is then the last one already durable)."""
         with self.lock:
             if self.closed:
                 raise PoolError(f"pool '{self.name}' is closed")
+            self.settle()
             # Upper layers' hooks push buffered data into trees and records into the MOS;
             # syncing a tree may change other trees (a dataset's frees land in its deadlist)
             # and records, so repeat until nothing is dirty: all of it belongs to this txg.
@@ -379,20 +410,36 @@ class Pool:
             self.spacemap_bp = self.blocks.write_self_describing(
                 lambda: spacemap.encode(self.allocator.allocated_extents()), BT_SPACEMAP,
                 META_POLICY)
-            leaves = self.leaves()
-            for leaf in leaves:
-                leaf.device.flush()
             ub = fl.Uberblock(txg, self.guid, int(time.time()), mos_root, self.spacemap_bp)
-            for leaf in leaves:
-                leaf.write_uberblock(ub)
-            for leaf in leaves:
-                leaf.device.flush()
-            self.allocator.release_deferred()
-            self.synced_txg = txg
-            self.blocks.txg = txg + 1
+            self.allocator.begin_release()
+            self.blocks.txg = txg + 1           # the next txg is open from here on
             self.txg_bytes = 0
             self._synced_changes = self.allocator.changes
-            return txg
+            if wait or not self.pipeline:
+                try:
+                    self._write_uberblock(ub)
+                except BaseException:
+                    self.allocator.finish_release(durable=False)
+                    raise
+                self.allocator.finish_release(durable=True)
+                self.synced_txg = txg
+                return txg
+            if self._committer is None:
+                self._committer = ThreadPoolExecutor(1, thread_name_prefix=f"txg-{self.name}")
+            self._commit = (txg, self._committer.submit(self._write_uberblock, ub))
+            return self.synced_txg
+
+    def _write_uberblock(self, ub: fl.Uberblock) -> None:
+        """Steps 4-6: everything the txg wrote reaches the disk, then its uberblock does. On
+        the commit thread this never takes the pool lock (the next sync holds it while it
+        waits for us)."""
+        leaves = self.leaves()
+        for leaf in leaves:
+            leaf.device.flush()
+        for leaf in leaves:
+            leaf.write_uberblock(ub)
+        for leaf in leaves:
+            leaf.device.flush()
 
     _synced_changes = -1
     _saved_errors: dict = {}
@@ -420,9 +467,15 @@ class Pool:
         self._closing.set()
         if self._timer is not None and self._timer is not threading.current_thread():
             self._timer.join()
+        self._stop_committer()
         self.blocks.close()
         for leaf in self.leaves():
             leaf.device.close()
+
+    def _stop_committer(self) -> None:
+        if self._committer is not None:
+            self._committer.shutdown(wait=True)     # a commit in flight ends first
+            self._committer = None
 
     def __enter__(self) -> "Pool":
         return self
@@ -433,6 +486,7 @@ class Pool:
         else:  # an exception (a power cut in tests): release files without writing
             self.closed = True
             self._closing.set()
+            self._stop_committer()
             self.blocks.close()
             for leaf in self.leaves():
                 leaf.device.close()

@@ -204,8 +204,17 @@ def test_deferred_frees_and_space_map_view():
     alloc.free(a, deferred=True)
     assert not alloc.spaces[a.vdev].is_free(a.offset, a.asize)      # not reusable yet
     assert (a.offset, a.asize) not in alloc.allocated_extents()[a.vdev]  # free on disk
-    alloc.release_deferred()
+    alloc.begin_release()                 # the txg that freed a commits; the next one opens
+    c = alloc.allocate(512)
+    alloc.free(c, deferred=True)          # freed in the next txg
+    assert not alloc.spaces[a.vdev].is_free(a.offset, a.asize)
+    assert alloc.deferred_bytes == 1024 + 512
+    alloc.finish_release(durable=False)   # that commit failed: a waits for the next one
+    assert alloc.deferred == [a, c] and not alloc.releasing
+    alloc.begin_release()
+    alloc.finish_release(durable=True)
     assert alloc.spaces[a.vdev].is_free(a.offset, a.asize)
+    assert alloc.spaces[c.vdev].is_free(c.offset, c.asize) and alloc.deferred_bytes == 0
     assert alloc.allocated_extents() == {a.vdev: [], b.vdev: [(b.offset, 512)]}
     with pytest.raises(NoSpace):
         alloc.allocate(1 << 20)
