@@ -118,6 +118,7 @@ class Allocator:
         self.spaces = {v: FreeSpace(s, e) for v, (s, e) in ranges.items()}
         self.deferred: list[DVA] = []
         self.releasing: list[DVA] = []      # frees of the txg being committed
+        self.deferred_bytes = 0             # of both lists (every write's space check asks)
         self._rotor = 0
         self.changes = 0            # allocations and frees so far: tells sync a txg is not empty
 
@@ -127,6 +128,7 @@ class Allocator:
             space.set_allocated(allocated.get(v, []))
         self.deferred = []
         self.releasing = []
+        self.deferred_bytes = 0
 
     def allocated_extents(self) -> dict[int, Extents]:
         """Allocated = not free and not deferred, per vdev (what the space map records)."""
@@ -152,10 +154,6 @@ class Allocator:
         return sum(s.free_bytes for s in self.spaces.values())
 
     @property
-    def deferred_bytes(self) -> int:
-        return sum(d.asize for d in self.deferred) + sum(d.asize for d in self.releasing)
-
-    @property
     def size(self) -> int:
         return sum(s.end - s.start for s in self.spaces.values())
 
@@ -179,6 +177,7 @@ class Allocator:
         self.changes += 1
         if deferred:
             self.deferred.append(dva)
+            self.deferred_bytes += dva.asize
         else:
             self.spaces[dva.vdev].free(dva.offset, dva.asize)
 
@@ -193,6 +192,8 @@ class Allocator:
         if durable:
             for d in self.releasing:
                 self.spaces[d.vdev].free(d.offset, d.asize)
+                self.deferred_bytes -= d.asize
         else:
             self.deferred[:0] = self.releasing
         self.releasing = []
+        assert self.deferred_bytes == sum(d.asize for d in self.deferred), "deferred bytes drifted"

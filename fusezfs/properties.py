@@ -15,6 +15,9 @@ from .datasets import DatasetError, Datasets, Record, ROOT_ID
 from .formats.bp import CKSUM_SHA256, CKSUM_XXH3_128
 
 SLOP_SHIFT = 5            # 1/32 of the pool is kept back from datasets (spa_slop_shift)
+# Set by the daemon serving a pool (daemon.Binds.mounted): (dsl, rec) -> whether its FUSE tree
+# or a bind mount shows rec. Elsewhere nothing is mounted: the pool's files are this process's.
+mounted_hook = None
 
 
 def level(dsl: Datasets, rec: Record) -> dsprops.Level:
@@ -85,7 +88,9 @@ def pool_available(dsl: Datasets) -> int:
 
 def own_reserve(dsl: Datasets, rec: Record) -> int:
     """Space set aside for this dataset that pool_available left out: its own to use."""
-    return max(0, as_int(rec.props.get("reservation")) - dsl.used_actual(rec)) + \
+    reservation = as_int(rec.props.get("reservation"))
+    # used_actual adds up the children: only worth it when there is a reservation
+    return (max(0, reservation - dsl.used_actual(rec)) if reservation else 0) + \
         dsl.used_by_refreservation(rec)
 
 
@@ -146,7 +151,8 @@ def computed(dsl: Datasets, rec: Record, wanted: list[str] | None = None) -> dic
     else:
         by_children = dsl.used_by_children(rec)
         out.update({
-            "available": available(dsl, rec), "mounted": False,
+            "available": available(dsl, rec),
+            "mounted": bool(mounted_hook and mounted_hook(dsl, rec)),
             "usedbysnapshots": rec.used_snap, "usedbydataset": rec.used_head,
             "usedbychildren": by_children,
             "usedbyrefreservation": dsl.used_by_refreservation(rec),
