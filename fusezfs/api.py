@@ -8,6 +8,7 @@ that would otherwise keep looking at the old tree.
 """
 from __future__ import annotations
 
+from . import sessions
 from .datasets import Datasets
 from .objset import DatasetIO
 from .pool import OnePerPool, Pool
@@ -17,7 +18,8 @@ from .posix import Posix
 def format_filesystem(dsl: Datasets, rec) -> None:
     """Give a new filesystem its root directory now, as zfs create does, so that it and its
     first snapshot show a real root (owner, mode, times) and its `referenced` is honest."""
-    fs = Posix(DatasetIO(dsl, rec))
+    uid, gid = sessions.credentials()
+    fs = Posix(DatasetIO(dsl, rec), root_uid=uid, root_gid=gid)
     fs.flush()
 
 

@@ -10,7 +10,7 @@ import sys
 from typing import Callable
 
 from . import dsprops, poolprops, registry, sessions
-from .api import Handle
+from .api import Handle, format_filesystem
 from .daemon import serving_pid
 from .datasets import Datasets
 from .cli import Failed, Usage, error, nicenum, parse, print_table
@@ -176,7 +176,8 @@ def cmd_create(args: list[str]) -> int:
         pool = Pool.create(name, devices, props, fsprops)
     except PoolError as e:
         raise Failed(str(e)) from None
-    Handle(pool).filesystem(name)       # the pool's root filesystem, with its root directory
+    dsl = Handle(pool).dsl
+    format_filesystem(dsl, dsl.get(name))   # the root filesystem's root directory, the creator's
     registry.add(name, pool.guid, paths)
     pool.close()
     return 0

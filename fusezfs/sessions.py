@@ -16,6 +16,15 @@ from typing import Callable
 
 provider: Callable[[str], object] | None = None     # pool name -> api.Handle or None
 changes: list[tuple[str, bytes]] | None = None      # (dataset, path) noted while a command runs
+caller: tuple[int, int] | None = None               # (uid, gid) a daemon runs a command for
+
+
+def credentials() -> tuple[int, int]:
+    """Who the running command acts for: the control socket's peer in the daemon, else this
+    process. A new filesystem's root directory is theirs, as `zfs create` gives it to its
+    creator (so an ordinary user can write into the pool they created and mounted)."""
+    import os
+    return caller if caller is not None else (os.geteuid(), os.getegid())
 
 
 def handle(pool_name: str):
