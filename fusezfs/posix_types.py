@@ -120,6 +120,11 @@ def check_xname(name) -> bytes:
         raise err(errno.ERANGE)
     if b"\0" in name:
         raise err(errno.EINVAL)
+    if name.startswith(b"system.posix_acl_"):
+        # acltype=off, as ZFS on Linux by default: no POSIX ACLs. Storing them as plain
+        # xattrs would be worse than refusing: `cp -a` sets a file's mode by writing
+        # system.posix_acl_access and falls back to chmod only when told EOPNOTSUPP.
+        raise err(errno.EOPNOTSUPP)
     return name
 
 

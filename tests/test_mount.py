@@ -509,6 +509,29 @@ def test_non_owner_write_and_truncate_clear_setuid(env):
 
 
 # ---- snapshots and clones -----------------------------------------------------------------
+def test_cp_a_keeps_modes_owners_and_times(env):
+    """`cp -a` into the mount gives every file and directory its mode, owner and mtime (it
+    sets modes through system.posix_acl_access, which must be refused, not stored)."""
+    src = env.tmp / "src"
+    (src / "sub").mkdir(parents=True)
+    for name, mode in (("a", 0o644), ("x", 0o755), ("sub/p", 0o600), ("sub/g", 0o664)):
+        (src / name).write_bytes(name.encode() * 1000)
+        os.chmod(src / name, mode)
+    os.chmod(src / "sub", 0o750)
+    os.utime(src / "a", ns=(10**18, 10**18))
+    if os.geteuid() == 0:
+        os.chown(src / "x", 1234, 5678)
+    env.create_pool()
+    env.mount()
+    subprocess.run(["cp", "-a", str(src), f"{env.mnt}/dst"], check=True)
+    for rel in ("", "a", "x", "sub", "sub/p", "sub/g"):
+        want, got = os.lstat(src / rel), os.lstat(f"{env.mnt}/dst/{rel}")
+        assert (got.st_mode, got.st_uid, got.st_gid) == (want.st_mode, want.st_uid,
+                                                         want.st_gid), rel
+        assert got.st_mtime_ns == want.st_mtime_ns, rel
+    assert os.listxattr(f"{env.mnt}/dst/a") == []
+
+
 def test_snapshots_hold_their_time(env):
     env.create_pool()
     env.mount()

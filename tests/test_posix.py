@@ -564,6 +564,10 @@ def test_xattrs(t):
     assert errno_of(fs.removexattr, f, "user.n") == errno.ENODATA
     assert errno_of(fs.setxattr, f, "user.huge", bytes(64 * KiB + 1)) == errno.E2BIG
     assert errno_of(fs.setxattr, f, "u" * 256, b"") == errno.ERANGE
+    # acltype=off: POSIX ACLs are refused, not stored (cp -a then falls back to chmod)
+    for call in (fs.getxattr, fs.removexattr):
+        assert errno_of(call, f, "system.posix_acl_access") == errno.EOPNOTSUPP
+    assert errno_of(fs.setxattr, d, "system.posix_acl_default", b"\2\0\0\0") == errno.EOPNOTSUPP
     fs.setxattr(f, "user.a", b"22", XATTR_REPLACE)
     used = fs.getattr(f).st_blocks
     assert used * 512 >= 64 * KiB
