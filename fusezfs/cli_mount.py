@@ -1,17 +1,29 @@
-"""`fusezfs mount` and `fusezfs unmount`: start and stop the daemon that serves a pool.
+"""`fusezfs mount` and `fusezfs unmount`: start and stop the daemon that serves a pool, and
+mount single datasets at paths of their own.
 
     fusezfs mount                                   list what fusezfs daemons have mounted
     fusezfs mount [-f] [-o opt,...] POOL [MOUNTPOINT]
-    fusezfs unmount [-f] POOL|MOUNTPOINT
+    fusezfs mount [-o opt,...] DATASET PATH          as root; a snapshot is mounted read-only
+    fusezfs unmount [-f] POOL|DATASET|PATH
 
 `mount` starts the daemon (daemon.py) detached, waits until the mount answers, and returns;
 with -f the daemon runs in this process, in the foreground, logging to stderr, until unmounted.
 A detached daemon logs to POOL.log in the state directory. MOUNTPOINT (or -o mountpoint=PATH)
 overrides the root dataset's mountpoint property for this mount.
 
+`mount DATASET PATH` is mount(8) of a legacy mountpoint: for a dataset the pool's tree does
+not show (mountpoint=legacy or none, canmount off or noauto, or a mountpoint outside the
+tree). PATH must be a directory nothing is mounted at. The pool's daemon bind-mounts the
+dataset from its tree (daemon.Binds), so only root can; a pool not served yet is served first
+(its tree at the root's mountpoint, or at a private directory when the root has none to use),
+and stopped again if the mount fails. The same dataset may be mounted at several paths.
+
 `unmount` unmounts through fusermount3 (-f: lazily, even while busy) and waits for the daemon
 to exit: the daemon syncs and closes the pool after its session ends, so when `unmount`
-returns everything written is durable and the pool's files are free for other commands.
+returns everything written is durable and the pool's files are free for other commands. A
+pool's bind mounts are unmounted first. `unmount DATASET` unmounts each bind mount of the
+dataset, `unmount PATH` the one at PATH, after a txg commit; a daemon serving a private tree
+exits with its last bind mount, and `unmount` waits for that too.
 """
 from __future__ import annotations
 
@@ -20,13 +32,16 @@ import subprocess
 import sys
 import time
 
-from . import daemon, registry
+from . import control, daemon, registry
 from .cli import Failed, Usage, error, parse
 
 USAGE = {
-    "mount": "\tmount\n\tmount [-f] [-o opts] <pool> [mountpoint]",
-    "unmount": "\tunmount [-f] <pool | mountpoint>",
+    "mount": "\tmount\n\tmount [-f] [-o opts] <pool> [mountpoint]\n"
+             "\tmount [-o opts] <filesystem | snapshot> <path>",
+    "unmount": "\tunmount [-f] <pool | filesystem | mountpoint>",
 }
+NEEDS_ROOT = ("mounting a dataset at a path of its own (a legacy mountpoint, or one outside "
+              "its pool's tree) needs a bind mount, which only root can make")
 READY_TIMEOUT = 60.0
 EXIT_TIMEOUT = 120.0
 
@@ -45,17 +60,18 @@ def cmd_mount(args: list[str]) -> int:
         for st in daemon.all_states():
             if daemon.pid_alive(int(st.get("pid", 0))):
                 print(f"{st.get('pool')}\t{st.get('mountpoint')}")
+                for dataset, path in daemon.recorded_binds(st):
+                    print(f"{dataset}\t{path}")
         return 0
     if len(rest) > 2:
         raise Usage("too many arguments")
     pool = rest[0]
-    if "/" in pool or "@" in pool:
-        raise Failed(f"cannot mount '{pool}': mounting a single dataset is not supported; "
-                     "mount its pool")
     try:
         daemon.parse_options(texts)
     except daemon.DaemonError as e:
         raise Failed(str(e)) from None
+    if "/" in pool or "@" in pool:
+        return _mount_dataset(pool, rest[1] if len(rest) > 1 else None, texts, foreground)
     if foreground:
         import logging
         logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -65,9 +81,57 @@ def cmd_mount(args: list[str]) -> int:
     return _spawn(pool, rest[1] if len(rest) > 1 else None, texts)
 
 
-def _spawn(pool: str, mountpoint: str | None, texts: list[str]) -> int:
+def _mount_dataset(dataset: str, path: str | None, texts: list[str], foreground: bool) -> int:
+    if path is None:
+        raise Usage("missing mountpoint")
+    if foreground:
+        raise Usage("-f serves a pool in the foreground: mount the pool with -f, then the "
+                    "dataset")
+    if os.geteuid() != 0:
+        raise Failed(f"cannot mount '{dataset}': {NEEDS_ROOT}")
+    pool = control.pool_of(dataset)
+    path = os.path.abspath(path)
+    argv = ["mount", dataset, path]
+    if daemon.serving_pid(pool) is not None:
+        if texts:
+            raise Failed(f"cannot mount '{dataset}': pool '{pool}' is served already; mount "
+                         "options apply when its daemon starts")
+        return _forward(pool, argv)
+    try:
+        daemon.check_mount_path(dataset, path)
+    except daemon.DaemonError as e:
+        raise Failed(str(e)) from None
+    _spawn(pool, None, texts, for_dataset=dataset)
+    try:
+        return _forward(pool, argv)
+    except BaseException:       # leave nothing behind: stop the daemon this command started
+        st = daemon.read_state(pool) or {}
+        try:
+            _unmount_pool(pool, st.get("mountpoint"), int(st.get("pid", 0)), force=False)
+        except Failed as e:
+            if e.message:
+                error(e.message)
+        raise
+
+
+def _forward(pool: str, argv: list[str]) -> int:
+    """Run a mount or unmount of single datasets in the pool's daemon; Failed if it fails."""
+    code = control.forward(pool, argv)
+    if code is None and argv[0] == "unmount":
+        return 0                # the daemon exited meanwhile: its mounts went with it
+    if code is None:
+        raise Failed(f"cannot mount '{argv[1]}': the fusezfs daemon serving '{pool}' exited")
+    if code:
+        raise Failed("", code)  # the daemon's message is printed
+    return 0
+
+
+def _spawn(pool: str, mountpoint: str | None, texts: list[str],
+           for_dataset: str | None = None) -> int:
     r, w = os.pipe()
     cmd = [sys.executable, "-m", "fusezfs.daemon", "--ready-fd", str(w)]
+    if for_dataset is not None:
+        cmd += ["--for-dataset", for_dataset]
     for t in texts:
         cmd += ["-o", t]
     cmd.append(pool)
@@ -110,19 +174,25 @@ def _spawn(pool: str, mountpoint: str | None, texts: list[str]) -> int:
     return 0
 
 
-def _find(target: str) -> tuple[str | None, str | None, int | None]:
-    """(pool, mountpoint, daemon pid) named by a pool name or a mountpoint path."""
-    if "/" not in target and daemon.read_state(target) is not None:
-        st = daemon.read_state(target)
-        pid = int(st.get("pid", 0))
-        return target, st.get("mountpoint"), pid
+def _find(target: str) -> tuple[str | None, str | None, int | None, str | None]:
+    """(pool, mountpoint of its tree, daemon pid, bind) named by a pool or dataset name or a
+    path; `bind` is the dataset or path whose bind mounts go, None for the whole pool."""
+    if not target.startswith("/"):
+        pool = control.pool_of(target)
+        st = daemon.read_state(pool)
+        if st is not None:
+            return pool, st.get("mountpoint"), int(st.get("pid", 0)), \
+                None if target == pool else target
     path = os.path.abspath(target)
     for st in daemon.all_states():
+        pid = int(st.get("pid", 0))
         if st.get("mountpoint") == path:
-            return st.get("pool"), path, int(st.get("pid", 0))
+            return st.get("pool"), path, pid, None
+        if any(p == path for _i, p in daemon.bound_paths(st.get("dev"), st.get("pool", ""))):
+            return st.get("pool"), st.get("mountpoint"), pid, path
     if daemon.is_mounted(path) == daemon.FSTYPE:
-        return None, path, None
-    return None, None, None
+        return None, path, None, None
+    return None, None, None, None
 
 
 def cmd_unmount(args: list[str]) -> int:
@@ -131,23 +201,45 @@ def cmd_unmount(args: list[str]) -> int:
     if len(rest) != 1:
         raise Usage("missing pool name or mountpoint" if not rest else "too many arguments")
     target = rest[0]
-    pool, mp, pid = _find(target)
+    pool, mp, pid, bind = _find(target)
     if mp is None:
         raise Failed(f"cannot unmount '{target}': not currently mounted")
+    if bind is None:
+        _unmount_pool(pool, mp, pid, force)
+        return 0
+    if not (pid and pid > 0 and daemon.pid_alive(pid)):
+        daemon.clean_stale(pool)            # detaches the dead mounts it left, binds too
+        if not bind.startswith("/"):
+            raise Failed(f"cannot unmount '{target}': not currently mounted")
+        return 0
+    _forward(pool, ["unmount"] + (["-f"] if force else []) + [bind])
+    if daemon.is_mounted(mp) != daemon.FSTYPE:
+        _wait_exit(pid, mp)                 # a private tree went with its last bind mount
+    return 0
+
+
+def _unmount_pool(pool: str | None, mp: str | None, pid: int | None, force: bool) -> None:
+    """Unmount a pool's bind mounts, then its tree, and wait for its daemon to exit."""
     alive = pid is not None and pid > 0 and daemon.pid_alive(pid)
-    if daemon.is_mounted(mp) == daemon.FSTYPE:
+    st = (daemon.read_state(pool) if pool else None) or {}
+    if alive and daemon.bound_paths(st.get("dev"), pool):
+        _forward(pool, ["unmount"] + (["-f"] if force else []) + ["-a"])
+    if mp and daemon.is_mounted(mp) == daemon.FSTYPE:
         ok, msg = daemon.fusermount_unmount(mp, lazy=force or not alive)
-        if not ok:
+        if not ok and daemon.is_mounted(mp) == daemon.FSTYPE:
             raise Failed(f"cannot unmount '{mp}': {msg or 'unmount failed'}")
     if alive:
-        deadline = time.monotonic() + EXIT_TIMEOUT
-        while daemon.pid_alive(pid):
-            if time.monotonic() > deadline:
-                raise Failed(f"cannot unmount '{mp}': daemon (pid {pid}) did not exit")
-            time.sleep(0.05)
+        _wait_exit(pid, mp)
     elif pool is not None:
         daemon.clean_stale(pool)
-    return 0
+
+
+def _wait_exit(pid: int, mp: str | None) -> None:
+    deadline = time.monotonic() + EXIT_TIMEOUT
+    while daemon.pid_alive(pid):
+        if time.monotonic() > deadline:
+            raise Failed(f"cannot unmount '{mp}': daemon (pid {pid}) did not exit")
+        time.sleep(0.05)
 
 
 VERBS = {"mount": cmd_mount, "unmount": cmd_unmount, "umount": cmd_unmount}

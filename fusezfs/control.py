@@ -8,8 +8,10 @@ to `STATE/POOL.sock`; the daemon's stdout, stderr and exit code come back. Relat
 paths of cp are made absolute here (the daemon's working directory is /). `pool export` and
 `pool destroy` of a served pool first unmount it (the daemon syncs and exits), then run here.
 A command spanning pools served by two daemons is refused with a message saying so.
+`mount`/`unmount` run here (cli_mount.py); those of a single dataset send the daemon
+`mount DATASET PATH` or `unmount [-f] DATASET|PATH|-a` (daemon.Binds makes the bind mount).
 
-Server (`Server`, started by daemon.serve once the mount exists): the socket is mode 0600
+Server (`Server`, started by daemon.serve before the mount exists): the socket is mode 0600
 (made under umask 077, then chmod), and every connection's SO_PEERCRED uid must be the
 daemon's own or root. Commands run one at a time on the connection's thread through
 `cli.dispatch` with `sessions.provider` answering the served pool's Handle, so they change the
@@ -18,7 +20,7 @@ local side may be inside this very mount: its POSIX calls take the lock one by o
 command the mount's buffers are committed; after it `Operations.refresh` brings the views in
 line (new datasets mounted, destroyed ones gone, rollbacks reloaded) and the kernel's caches
 are invalidated after the lock is released, before the exit code is sent: when the command
-returns, the mount shows its effect.
+returns, the mount shows its effect (bind mounts of datasets it destroyed are gone too).
 
 Wire format: frames of a 4-byte big-endian length and a JSON object. Request {"argv": [...],
 "cwd": str, "env": {...}}; replies {"out": text}, {"err": text}, then {"exit": code}.
@@ -102,7 +104,7 @@ def _imported() -> set[str]:
     return {n for n, e in registry.load().items() if e.get("state") != "exported"}
 
 
-def _pool_of(name: str) -> str:
+def pool_of(name: str) -> str:
     return name.split("/")[0].split("@")[0].split("#")[0]
 
 
@@ -127,12 +129,12 @@ def pools_named(argv: list[str]) -> tuple[list[str], bool] | None:
             if not t.startswith("-"):
                 ds, _path = split_spec(t)
                 if ds is not None:
-                    names.append(_pool_of(ds))
+                    names.append(pool_of(ds))
         return names, False
     from .cli_zfs import VERBS
     if verb not in VERBS:
         return None
-    names = [_pool_of(t) for t in rest if not t.startswith("-") and _pool_of(t) in imported]
+    names = [pool_of(t) for t in rest if not t.startswith("-") and pool_of(t) in imported]
     return names, verb in ("list", "get")
 
 
@@ -171,7 +173,8 @@ def route(argv: list[str]) -> int | None:
             try:
                 cmd_unmount([p])
             except Failed as e:
-                print(f"cannot {argv[1]} '{p}': {e.message}", file=sys.stderr)
+                if e.message:       # (else the daemon's message was printed)
+                    print(f"cannot {argv[1]} '{p}': {e.message}", file=sys.stderr)
                 return 1
         return None
     if len(served) > 1:
@@ -286,6 +289,7 @@ class Server:
         self.thread: threading.Thread | None = None
         self.stopping = False
         self._bound_ino: int | None = None
+        self.binds = None       # daemon.Binds: the bind mounts of single datasets
 
     def start(self) -> None:
         try:
@@ -377,6 +381,11 @@ class Server:
     def execute(self, argv: list[str], env: dict) -> tuple[int, str, str]:
         """Run one command here; (exit code, stdout, stderr)."""
         from . import cli, sessions
+        if argv and argv[0] in self.REFUSED and self.binds is not None:
+            with self.cmd_lock:
+                if self.stopping:
+                    return 1, "", f"the fusezfs daemon serving '{self.pool_name}' is stopping\n"
+                return self.binds.command(argv)
         if not argv or argv[0] in self.REFUSED or (argv[0] == "pool" and argv[1:2]
                                                    and argv[1] in ("export", "destroy")):
             return 1, "", f"the fusezfs daemon does not run '{' '.join(argv[:2])}'\n"
@@ -417,6 +426,8 @@ class Server:
                 sessions.provider, sessions.changes = None, None
                 self.local.out = self.local.err = None
             self.ops.invalidate(inval)
+            if self.binds is not None:
+                self.binds.settle()     # unmount the binds of destroyed datasets, rename others
         log.info("command %s -> %d", " ".join(argv), code)
         return code, out.getvalue(), err.getvalue()
 

@@ -16,17 +16,29 @@ While it serves, `POOL.sock` in the state directory is its control socket (contr
 fusezfs command naming the pool is sent there and runs in this process on the one Handle, so
 the mount shows its effect at once; `pool export` unmounts first, which ends this process.
 
+Single datasets (`fusezfs mount DATASET PATH`, run as root): the daemon bind-mounts the
+dataset's root from the hidden `.zfs/dataset/ID` of its tree (fuse_ops.py) at PATH (`Binds`);
+the kernel keeps the FUSE session while any mount of it is left, so the daemon unmounts the
+binds before its tree, and when its tree's mount goes away from outside it detaches them. A
+daemon started for a dataset whose pool's root has no mountpoint to use mounts its tree at
+`POOL.root` in the state directory, and ends when its last bind mount goes.
+
 Started by `fusezfs mount` as `python -m fusezfs.daemon --ready-fd N ...`: it reports "ok
 MOUNTPOINT" or "error MESSAGE" on that descriptor once the mount exists or failed.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import re
 import signal
+import stat
 import subprocess
 import sys
+import threading
+from typing import NamedTuple
 
 from . import registry
 
@@ -53,11 +65,12 @@ def read_state(pool: str) -> dict | None:
         return None
 
 
-def write_state(pool: str, pid: int, mountpoint: str) -> None:
+def write_state(pool: str, pid: int, mountpoint: str, **extra) -> None:
+    """`extra`: dev (the FUSE mount's device, "MAJOR:MINOR"), binds ([{dataset, path}])."""
     path = state_file(pool)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump({"pid": pid, "mountpoint": mountpoint, "pool": pool}, f)
+        json.dump({"pid": pid, "mountpoint": mountpoint, "pool": pool, **extra}, f)
     os.replace(tmp, path)
 
 
@@ -105,19 +118,29 @@ def serving_pid(pool: str) -> int | None:
 
 
 # ---- mounts ---------------------------------------------------------------------------------
+class Mount(NamedTuple):
+    dev: str            # "MAJOR:MINOR" of its file system (bind mounts share it)
+    root: str           # the directory of that file system shown at the mountpoint
+    mountpoint: str
+    fstype: str
+    source: str
+
+
 def _unescape(field: str) -> str:
-    return field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n") \
-        .replace("\\134", "\\")
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
-def mounts() -> list[tuple[str, str, str]]:
-    """(source, mountpoint, fstype) of every mount this process sees."""
+def mounts() -> list[Mount]:
+    """Every mount this process sees, in /proc/self/mountinfo's order (the later of two at
+    one path is on top)."""
     out = []
-    with open("/proc/self/mounts") as f:
+    with open("/proc/self/mountinfo", errors="surrogateescape") as f:
         for line in f:
-            parts = line.split()
-            if len(parts) >= 3:
-                out.append((_unescape(parts[0]), _unescape(parts[1]), parts[2]))
+            left, sep, right = line.partition(" - ")
+            head, tail = left.split(), right.split()
+            if sep and len(head) >= 5 and len(tail) >= 2:
+                out.append(Mount(head[2], _unescape(head[3]), _unescape(head[4]), tail[0],
+                                 _unescape(tail[1])))
     return out
 
 
@@ -125,9 +148,9 @@ def is_mounted(path: str) -> str | None:
     """fstype of the mount at `path`, or None."""
     path = os.path.abspath(path)
     found = None
-    for _src, mp, fstype in mounts():
-        if mp == path:
-            found = fstype
+    for m in mounts():
+        if m.mountpoint == path:
+            found = m.fstype
     return found
 
 
@@ -135,11 +158,42 @@ def fusezfs_mount_of(path: str) -> str | None:
     """The fusezfs mount `path` lies in, or None."""
     path = os.path.abspath(path)
     best = None
-    for _src, mp, fstype in mounts():
+    for m in mounts():
+        mp = m.mountpoint
         if path == mp or path.startswith(mp.rstrip("/") + "/"):
             if best is None or len(mp) >= len(best[0]):
-                best = (mp, fstype)
+                best = (mp, m.fstype)
     return best[0] if best and best[1] == FSTYPE else None
+
+
+BIND_DIR = "/.zfs/dataset/"     # in a daemon's tree: the roots of the datasets it bind-mounts
+
+
+def tree_device(mountpoint: str) -> str | None:
+    """The device of the fusezfs tree mounted at `mountpoint` (its root there), or None."""
+    found = None
+    for m in mounts():
+        if m.mountpoint == mountpoint and m.fstype == FSTYPE and m.root == "/":
+            found = m.dev
+    return found
+
+
+def bound_paths(dev: str | None, pool: str, table: list[Mount] | None = None) \
+        -> list[tuple[int, str]]:
+    """(dataset id, path) of each bind mount of a dataset of `pool`'s tree on device `dev`."""
+    out = []
+    for m in mounts() if table is None else table:
+        if m.dev == dev and m.fstype == FSTYPE and m.source == pool \
+                and m.root.startswith(BIND_DIR) and m.root[len(BIND_DIR):].isdigit():
+            out.append((int(m.root[len(BIND_DIR):]), m.mountpoint))
+    return out
+
+
+def recorded_binds(state: dict) -> list[tuple[str, str]]:
+    """(dataset, path) of the bind mounts a daemon's state file names that are still there."""
+    live = {p for _i, p in bound_paths(state.get("dev"), state.get("pool", ""))}
+    return [(b.get("dataset", "?"), b["path"]) for b in state.get("binds", [])
+            if b.get("path") in live]
 
 
 def fusermount_unmount(path: str, lazy: bool = False) -> tuple[bool, str]:
@@ -161,6 +215,9 @@ def clean_stale(pool: str) -> None:
     if pid > 0 and pid_alive(pid):
         return
     mp = data.get("mountpoint")
+    for _ds_id, path in bound_paths(data.get("dev"), pool):
+        log.warning("detaching the dead bind mount %s left by pid %d", path, pid)
+        fusermount_unmount(path, lazy=True)
     if mp and is_mounted(mp) == FSTYPE:
         log.warning("detaching the dead mount %s left by pid %d", mp, pid)
         fusermount_unmount(mp, lazy=True)
@@ -168,6 +225,241 @@ def clean_stale(pool: str) -> None:
         os.unlink(state_file(pool))
     except FileNotFoundError:
         pass
+
+
+# ---- bind mounts of single datasets ------------------------------------------------------------
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND = 1, 2, 4, 8, 32, 4096
+MNT_DETACH = 2
+BUSY = "pool or dataset is busy"        # zfs's words for EBUSY
+WATCH_INTERVAL = 0.5
+
+
+def bind_mount(source: str, target: str, readonly: bool) -> None:
+    from .fuse_ops import libc_call
+    libc_call("mount", os.fsencode(source), os.fsencode(target), None, MS_BIND, None)
+    if readonly:       # a remount sets every flag: keep those the bind took from the tree
+        try:
+            keep = os.statvfs(target).f_flag & (MS_NOSUID | MS_NODEV | MS_NOEXEC)
+            libc_call("mount", b"none", os.fsencode(target), None,
+                      MS_REMOUNT | MS_BIND | MS_RDONLY | keep, None)
+        except OSError:
+            umount(target, lazy=True)
+            raise
+
+
+def umount(target: str, lazy: bool) -> None:
+    from .fuse_ops import libc_call
+    libc_call("umount2", os.fsencode(target), MNT_DETACH if lazy else 0)
+
+
+def check_mount_path(dataset: str, path: str) -> None:
+    """PATH must be a directory nothing is mounted at (mount(8)'s rules: it is not made)."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        why = "does not exist" if e.errno == errno.ENOENT else f"cannot be used: {e.strerror}"
+        raise DaemonError(f"cannot mount '{dataset}': mountpoint '{path}' {why}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise DaemonError(f"cannot mount '{dataset}': '{path}' is not a directory")
+    if is_mounted(path):
+        raise DaemonError(f"cannot mount '{dataset}': '{path}' is already a mount point")
+
+
+class Binds:
+    """The bind mounts of single datasets one daemon made (see the module comment). Which
+    there are is read from /proc/self/mountinfo (roots under BIND_DIR on the tree's device),
+    so one removed by umount or fusermount3 -u counts at once; the state file names them for
+    other processes. `lock` orders them; the mount syscalls run without the pool lock: the
+    kernel looks the source up through this very mount, and an unmount may write pages."""
+
+    def __init__(self, pool_name: str, ops, mountpoint: str, private: bool) -> None:
+        self.pool_name = pool_name
+        self.ops = ops
+        self.mountpoint = mountpoint
+        self.private = private          # the tree is at private_mountpoint: binds alone show it
+        self.dev: str | None = None     # the tree's device, once mounted
+        self.lock = threading.Lock()
+        self.recorded: list[tuple[str, str]] = []   # what the state file says
+        self.had = False                # a bind was made
+        self.ending = False             # the private tree is being unmounted
+
+    @property
+    def active(self) -> bool:
+        """There are binds, or were: settle has something to look at."""
+        return self.had or bool(self.recorded)
+
+    def current(self, table: list[Mount] | None = None) -> list[tuple[int, str]]:
+        return bound_paths(self.dev, self.pool_name, table)
+
+    def target(self, dataset: str):
+        """The record of a dataset that may be bind-mounted; DaemonError in zfs's words."""
+        with self.ops.lock:
+            rec = self.ops.dsl.lookup(dataset)
+            if rec is None:
+                raise DaemonError(f"cannot open '{dataset}': dataset does not exist")
+            if rec.kind not in ("filesystem", "snapshot"):
+                raise DaemonError(f"cannot mount '{dataset}': not a filesystem")
+            rel = None if self.private else self.ops.shown_at(rec.id)
+        if rel is not None:
+            raise DaemonError(f"cannot mount '{dataset}': filesystem already mounted at "
+                              f"{os.path.join(self.mountpoint, rel)} (in the mount of pool "
+                              f"'{self.pool_name}'); set mountpoint=legacy to mount it elsewhere")
+        return rec
+
+    def mount(self, dataset: str, path: str) -> None:
+        if os.geteuid() != 0:
+            raise DaemonError(f"cannot mount '{dataset}': the fusezfs daemon serving "
+                              f"'{self.pool_name}' (pid {os.getpid()}) is not root, and only "
+                              "root can make a bind mount")
+        with self.lock:
+            rec = self.target(dataset)
+            bound = [p for i, p in self.current() if i == rec.id]
+            if path in bound:
+                raise DaemonError(f"cannot mount '{dataset}': filesystem already mounted at "
+                                  f"{path}")
+            check_mount_path(dataset, path)
+            with self.ops.lock:
+                inval = self.ops.arm(rec)
+            if not bound:       # a bind's root entry must stay: it names the bind in mountinfo
+                self.ops.invalidate(inval)
+            try:
+                bind_mount(self.mountpoint.rstrip("/") + BIND_DIR + str(rec.id), path,
+                           readonly=rec.kind == "snapshot")
+            except OSError as e:
+                self._save()            # disarms it
+                raise DaemonError(f"cannot mount '{dataset}' at '{path}': {e.strerror}") \
+                    from None
+            self.had = True
+            self._save()
+        log.info("%s bind-mounted at %s", dataset, path)
+
+    def unmount(self, target: str | None, force: bool = False, end: bool = True) -> None:
+        """Unmount the binds of a dataset (by name), the one at a path, or all (None), after
+        committing what was written through them; lazily with `force`, even while busy.
+        `end`: a private tree left with no bind is unmounted too (the daemon then exits)."""
+        with self.lock:
+            cur = self.current()
+            victims = cur if target is None else self._named(target, cur)
+            if victims:
+                self.ops.flush_kernel(victims[0][1])
+                self.ops.pool.sync()        # and waits: durable before the unmount answers
+            failed = []
+            for _ds_id, path in victims:
+                try:
+                    umount(path, force)
+                    log.info("unmounted %s", path)
+                except OSError as e:
+                    failed.append(f"cannot unmount '{path}': "
+                                  f"{BUSY if e.errno == errno.EBUSY else e.strerror}")
+            left = self._save()
+            ending = end and self._end_private(left)
+        if ending:
+            self._unmount_tree()
+        if failed:
+            raise DaemonError("\n".join(failed))
+
+    def _named(self, target: str, cur: list[tuple[int, str]]) -> list[tuple[int, str]]:
+        if target.startswith("/"):
+            found = [(i, p) for i, p in cur if p == target]
+            if not found:
+                raise DaemonError(f"cannot unmount '{target}': not a dataset mounted by the "
+                                  f"fusezfs daemon serving '{self.pool_name}'")
+            return found
+        with self.ops.lock:
+            rec = self.ops.dsl.lookup(target)
+            rel = None if rec is None or self.private else self.ops.shown_at(rec.id)
+        if rec is None:
+            raise DaemonError(f"cannot open '{target}': dataset does not exist")
+        found = [(i, p) for i, p in cur if i == rec.id]
+        if found:
+            return found
+        if rel is not None:
+            raise DaemonError(f"cannot unmount '{target}': it is mounted at "
+                              f"{os.path.join(self.mountpoint, rel)} as part of pool "
+                              f"'{self.pool_name}'; unmount the pool")
+        raise DaemonError(f"cannot unmount '{target}': not currently mounted")
+
+    def settle(self, watching: bool = False) -> None:
+        """Bring the binds in line after a command or on the daemon's watch timer: those of
+        destroyed datasets are detached; when the tree's own mount went away (fusermount3 -u,
+        umount), all of them are, so that the FUSE session ends; the state file follows
+        renames and binds gone by umount. `watching`: a private tree whose last bind went
+        away is unmounted, which ends the daemon."""
+        if not self.active:
+            return
+        try:
+            with self.lock:
+                table = mounts()
+                tree_gone = not any(m.dev == self.dev and m.root == "/" for m in table)
+                with self.ops.lock:
+                    armed = set(self.ops.bind_views)
+                for ds_id, path in self.current(table):
+                    if tree_gone or ds_id not in armed:
+                        log.info("detaching %s: %s", path, "the tree's mount went away"
+                                 if tree_gone else "its dataset is gone")
+                        try:
+                            umount(path, lazy=True)
+                        except OSError as e:
+                            log.warning("cannot detach %s: %s", path, e.strerror)
+                left = self._save()
+                ending = watching and not tree_gone and self._end_private(left)
+            if ending:
+                self._unmount_tree()
+        except Exception:
+            log.exception("settling the bind mounts")
+
+    def _save(self) -> list[tuple[int, str]]:
+        """Disarm the datasets no bind shows any more, name the binds in the state file, and
+        return them. Under self.lock."""
+        cur = self.current()
+        shown = {i for i, _p in cur}
+        with self.ops.lock:
+            for ds_id in set(self.ops.bind_views) - shown:
+                self.ops.disarm(ds_id)
+            named = [(self.ops.dsl.name(i) if i in self.ops.bind_views else f"#{i}", p)
+                     for i, p in cur]
+        if named != self.recorded:
+            write_state(self.pool_name, os.getpid(), self.mountpoint, dev=self.dev,
+                        binds=[{"dataset": d, "path": p} for d, p in named])
+            self.recorded = named
+        return cur
+
+    def _end_private(self, left: list) -> bool:
+        if self.private and self.had and not left and not self.ending:
+            self.ending = True
+            return True
+        return False
+
+    def _unmount_tree(self) -> None:
+        log.info("no bind mount is left: unmounting the private tree %s", self.mountpoint)
+        ok, msg = fusermount_unmount(self.mountpoint)
+        if not ok:
+            log.warning("cannot unmount %s: %s", self.mountpoint, msg)
+
+    def command(self, argv: list[str]) -> tuple[int, str, str]:
+        """`mount DATASET PATH` and `unmount [-f] DATASET|PATH|-a` as cli_mount sends them
+        over the control socket: (exit code, stdout, stderr)."""
+        try:
+            if argv[0] == "mount" and len(argv) == 3:
+                self.mount(argv[1], argv[2])
+            elif argv[0] == "unmount" and len(argv) >= 2:
+                self.unmount(None if argv[-1] == "-a" else argv[-1], "-f" in argv[1:-1])
+            else:
+                return 2, "", f"the fusezfs daemon does not run '{' '.join(argv)}'\n"
+        except DaemonError as e:
+            return 1, "", f"{e}\n"
+        except Exception as e:
+            log.exception("%s", " ".join(argv))
+            return 1, "", f"internal error: {e!r}\n"
+        return 0, "", ""
+
+    def mounted(self, dsl, rec) -> bool:
+        """The `mounted` property while this daemon serves (properties.mounted_hook)."""
+        if dsl is not self.ops.dsl:
+            return False
+        if rec.id in self.ops.bind_views:
+            return any(i == rec.id for i, _p in self.current())
+        return not self.private and self.ops.shown_at(rec.id) is not None
 
 
 # ---- serving ------------------------------------------------------------------------------
@@ -199,23 +491,56 @@ def parse_options(text_list: list[str]) -> dict[str, str]:
     return out
 
 
-def default_mountpoint(handle) -> str:
+def private_mountpoint(pool: str) -> str:
+    return os.path.join(registry.state_dir(), f"{pool}.root")
+
+
+def default_mountpoint(handle, private: bool = False) -> str:
+    """The root dataset's mountpoint. `private` (a daemon started to bind-mount a dataset):
+    a root with none to use (none, legacy, canmount=off or noauto) is mounted at
+    private_mountpoint, in the state directory (mode 0700)."""
+    from . import properties
     from .datasets import ROOT_ID
     from .fuse_ops import mountpoint_of
-    mp = mountpoint_of(handle.dsl, handle.dsl.record(ROOT_ID))
+    root = handle.dsl.record(ROOT_ID)
+    mp = mountpoint_of(handle.dsl, root)
+    if private and (not mp.startswith("/") or
+                    str(properties.value(handle.dsl, root, "canmount")) != "on"):
+        return private_mountpoint(handle.pool.name)
     if not mp.startswith("/"):
         raise DaemonError(f"cannot mount '{handle.pool.name}': mountpoint is '{mp}'; "
                           "give a mountpoint explicitly")
     return mp
 
 
+READAHEAD_KB = 1024
+
+
+def raise_readahead(mp: str, kb: int = READAHEAD_KB) -> None:
+    """Let the kernel read ahead `kb` KiB on this mount instead of its 128 KiB default, so a
+    sequential reader's FUSE reads come as 1 MiB requests (each request costs the daemon a
+    fixed toll; fewer, larger ones stream faster). The knob is the mount's backing-device
+    entry in sysfs, writable by root only; the kernel overwrites it while it answers FUSE's
+    INIT, so this runs once the mount has answered (stat goes through the mount). Called on
+    a worker thread: the stat needs the FUSE loop."""
+    try:
+        dev = os.stat(mp).st_dev
+        with open(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb", "w") as f:
+            f.write(str(kb))
+    except OSError as e:
+        log.info("read-ahead of %s left at the kernel's default: %s", mp, e.strerror)
+
+
 def serve(pool_name: str, mountpoint: str | None, options: dict[str, str],
-          report=None) -> int:
+          report=None, for_dataset: str | None = None) -> int:
     """Open, mount and serve a pool until unmounted or signalled. `report(ok, text)` is told
-    once whether the mount exists. Returns the exit code."""
+    once whether the mount exists. `for_dataset`: started to bind-mount this dataset (refused
+    here, before anything is mounted, if it cannot be; its root may go to the private
+    mountpoint). Returns the exit code."""
     import pyfuse3
     import trio
 
+    from . import properties
     from .api import Handle
     from .cli import Failed
     from .cli_pool import open_pool
@@ -248,9 +573,19 @@ def serve(pool_name: str, mountpoint: str | None, options: dict[str, str],
     server = None
     try:
         handle = Handle(pool)
+        pool.pipeline = True        # budget and timer syncs commit on a thread (pool.py)
         with pool.lock:
-            mp = mountpoint or options.get("mountpoint") or default_mountpoint(handle)
+            mp = mountpoint or options.get("mountpoint") or \
+                default_mountpoint(handle, private=for_dataset is not None)
         mp = os.path.abspath(mp)
+        ops = Operations(handle,
+                         entry_timeout=float(options.get("entry_timeout", 1.0)),
+                         attr_timeout=float(options.get("attr_timeout", 1.0)),
+                         negative_timeout=float(options.get("negative_timeout", 1.0)),
+                         writeback_cache=options.get("writeback_cache", "1") != "0")
+        binds = Binds(pool_name, ops, mp, private=mp == private_mountpoint(pool_name))
+        if for_dataset is not None:
+            binds.target(for_dataset)
         if not os.path.isdir(mp):
             try:
                 os.makedirs(mp, exist_ok=True)
@@ -259,17 +594,13 @@ def serve(pool_name: str, mountpoint: str | None, options: dict[str, str],
                                   f"'{mp}': {e.strerror}") from None
         if is_mounted(mp):
             raise DaemonError(f"cannot mount '{mp}': a filesystem is already mounted there")
-        ops = Operations(handle,
-                         entry_timeout=float(options.get("entry_timeout", 1.0)),
-                         attr_timeout=float(options.get("attr_timeout", 1.0)),
-                         negative_timeout=float(options.get("negative_timeout", 1.0)),
-                         writeback_cache=options.get("writeback_cache", "1") != "0")
         fuse_opts = set(pyfuse3.default_options)        # default_permissions
         fuse_opts |= {f"fsname={pool_name}", "subtype=fusezfs"}
         if "allow_other" in options:
             fuse_opts.add("allow_other")
         # the control socket (control.py): commands on this pool run here while it is served
         server = Server(pool_name, handle, ops)
+        server.binds = binds
         try:
             server.start()
         except OSError as e:
@@ -292,8 +623,10 @@ def serve(pool_name: str, mountpoint: str | None, options: dict[str, str],
         return fail(f"cannot mount '{pool_name}': {e}")
 
     ops.mountpoint = mp
+    binds.dev = tree_device(mp)
+    properties.mounted_hook = binds.mounted
     me = os.getpid()
-    write_state(pool_name, me, mp)
+    write_state(pool_name, me, mp, dev=binds.dev)
     log.info("pool %s mounted at %s (pid %d)", pool_name, mp, me)
     if report:
         report(True, mp)
@@ -318,15 +651,27 @@ def serve(pool_name: str, mountpoint: str | None, options: dict[str, str],
                     await trio.to_thread.run_sync(ops.sync)
                 except Exception:
                     log.exception("txg sync failed")
+                try:        # bind mounts would outlive the session, dead
+                    await trio.to_thread.run_sync(binds.unmount, None, True, False)
+                except Exception:
+                    log.exception("detaching the bind mounts")
                 signalled[0] = True
                 pyfuse3.terminate()
                 return
+
+    async def watch() -> None:
+        while True:
+            await trio.sleep(WATCH_INTERVAL)
+            if binds.active:
+                await trio.to_thread.run_sync(binds.settle, True)
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:
             if interval > 0:
                 nursery.start_soon(timer)
             nursery.start_soon(signals)
+            nursery.start_soon(watch)
+            nursery.start_soon(trio.to_thread.run_sync, raise_readahead, mp)
             await pyfuse3.main()
             nursery.cancel_scope.cancel()
 
@@ -338,6 +683,7 @@ def serve(pool_name: str, mountpoint: str | None, options: dict[str, str],
         code = 1
     finally:
         server.stop()           # no new commands; the one running finishes first
+        properties.mounted_hook = None
         try:
             ops.close()
         except Exception:
@@ -361,20 +707,23 @@ def main(argv: list[str] | None = None) -> int:
     import getopt
     argv = sys.argv[1:] if argv is None else argv
     try:
-        opts, rest = getopt.getopt(argv, "o:", ["ready-fd="])
+        opts, rest = getopt.getopt(argv, "o:", ["ready-fd=", "for-dataset="])
     except getopt.GetoptError as e:
         print(f"fusezfs daemon: {e}", file=sys.stderr)
         return 2
     ready_fd = None
+    for_dataset = None
     texts = []
     for o, v in opts:
         if o == "--ready-fd":
             ready_fd = int(v)
+        elif o == "--for-dataset":
+            for_dataset = v
         else:
             texts.append(v)
     if not 1 <= len(rest) <= 2:
-        print("usage: python -m fusezfs.daemon [--ready-fd N] [-o opts] POOL [MOUNTPOINT]",
-              file=sys.stderr)
+        print("usage: python -m fusezfs.daemon [--ready-fd N] [--for-dataset DATASET] "
+              "[-o opts] POOL [MOUNTPOINT]", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s fusezfs[%(process)d] %(levelname)s %(message)s")
@@ -396,7 +745,7 @@ def main(argv: list[str] | None = None) -> int:
         report(False, str(e))
         print(str(e), file=sys.stderr)
         return 1
-    return serve(rest[0], rest[1] if len(rest) > 1 else None, options, report)
+    return serve(rest[0], rest[1] if len(rest) > 1 else None, options, report, for_dataset)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,14 @@ entries are the dataset's snapshots, each a read-only view made on first use. `.
 by lookup always and listed by readdir only with snapdir=visible. Virtual inodes use the top
 local numbers of their view (never handed out by the POSIX layer).
 
+Bind mounts (`fusezfs mount DATASET PATH`, daemon.Binds): pyfuse3 serves one FUSE session per
+process, so a dataset shown elsewhere than in the pool's tree is bind-mounted from it. The
+root view's `.zfs` holds a `dataset` directory that readdir never lists, and in it, for each
+dataset *armed* for binding, an entry named by its objsetid whose root is the dataset's own
+view (a snapshot's is read-only), with EXDEV and EROFS as in every view. Other ids are not
+found, so nothing the daemon did not bind is reachable there. The bind mounts' root paths
+(`/.zfs/dataset/ID` in /proc/self/mountinfo) tell which mounts show which dataset.
+
 Every handler is a thin async wrapper around a synchronous function run under the pool's
 lock. If the lock is free the function runs at once on the trio thread (the common case: no
 thread hop); if a sync holds it on a worker thread, the function runs on a worker thread too,
@@ -50,6 +58,8 @@ SHIFT = 48
 LOCAL_MASK = (1 << SHIFT) - 1
 CTL_INO = LOCAL_MASK            # .zfs
 SNAPDIR_INO = LOCAL_MASK - 1    # .zfs/snapshot
+BINDDIR_INO = LOCAL_MASK - 2    # .zfs/dataset in the root view (hidden; see the module comment)
+VIRTUAL = (CTL_INO, SNAPDIR_INO, BINDDIR_INO)
 COOKIE_ZFS = 3                  # readdir cookie of .zfs in a root (real cookies are >= 1 << 15)
 READDIR_CHUNK = 256
 
@@ -69,6 +79,7 @@ class View:
         self.entry: tuple[int, int, bytes] | None = None  # (host view, dir ino, name) it covers
         self.dead = False                       # unmounted or destroyed (see refresh)
         self.snapnames: set[str] = set()        # head: snapshot names the kernel may know
+        self.bound = False                      # the root of .zfs/dataset/ID (bind mounts)
 
     def g(self, local: int) -> int:
         return self.index << SHIFT | local
@@ -116,18 +127,23 @@ def fuse_error(e: OSError) -> pyfuse3.FUSEError:
 _libc = None
 
 
+def libc_call(name: str, *args) -> None:
+    """Call the C library's `name`; a nonzero return raises OSError with its errno."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    if getattr(_libc, name)(*args) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
 def syncfs(path: str) -> None:
     """syncfs(2) of the file system mounted at `path`: with the writeback cache, the kernel
     writes its dirty pages of that mount (as FUSE writes) and waits for them. Never call it on
     the trio thread or with the pool lock held: the writes need both."""
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        if _libc.syncfs(fd) != 0:
-            e = ctypes.get_errno()
-            raise OSError(e, os.strerror(e))
+        libc_call("syncfs", fd)
     finally:
         os.close(fd)
 
@@ -156,6 +172,7 @@ class Operations(pyfuse3.Operations):
         self.views: list[View] = []
         self.covers: dict[tuple[int, int], int] = {}
         self.snap_views: dict[int, int] = {}
+        self.bind_views: dict[int, int] = {}    # armed dataset id -> its view (.zfs/dataset)
         self.files: dict[int, tuple[View, int]] = {}
         self.dirs: dict[int, tuple[View, int]] = {}
         self._next_fh = 1
@@ -248,21 +265,51 @@ class Operations(pyfuse3.Operations):
             except OSError:
                 pass
 
+    # ---- bind mounts (daemon.Binds) --------------------------------------------------------
+    def arm(self, rec: Record) -> list:
+        """Make `rec` reachable at .zfs/dataset/ID of the root view, to be bind-mounted, and
+        return the kernel's entry of that name, to `invalidate` before the first bind: it may
+        hold a negative entry, or the root of an earlier view of the dataset, gone since."""
+        idx = self.bind_views.get(rec.id)
+        if idx is None or self.views[idx].dead:
+            view = self._open_view(rec)
+            view.bound = True
+            self.bind_views[rec.id] = view.index
+        return [("entry", self.views[0].g(BINDDIR_INO), str(rec.id).encode())]
+
+    def disarm(self, ds_id: int) -> None:
+        """Its last bind mount is gone: its view goes, as an unmounted child's does."""
+        idx = self.bind_views.pop(ds_id, None)
+        if idx is not None and not self.views[idx].dead:
+            self._unmount(self.views[idx], [])
+
+    def shown_at(self, ds_id: int) -> str | None:
+        """Where the pool's tree shows the dataset: its path below the tree's root ("" for
+        the root dataset), or None."""
+        if ds_id == ROOT_ID:
+            return ""
+        for view in self.views:
+            if view.parent is not None and not view.dead and view.rec.id == ds_id:
+                return view.rel
+        return None
+
     # ---- commands run by the daemon (control.py) ------------------------------------------
     READ_ONLY_VERBS = {"list", "get", "holds"}
 
-    def flush_kernel(self) -> None:
+    def flush_kernel(self, path: str | None = None) -> None:
         """With the writeback cache: have the kernel write its dirty pages of the mount now
         (syncfs), so that they reach the pool before a command looks at it, and are not
         written later over a rollback or into a destroyed dataset. Called on a thread other
-        than trio's and without the pool lock: those writes need it."""
-        if not self.enable_writeback_cache or not self.mountpoint:
+        than trio's and without the pool lock: those writes need it. `path`: a bind mount of
+        the tree to reach it through (they share its pages), if not its mountpoint."""
+        path = path or self.mountpoint
+        if not self.enable_writeback_cache or not path:
             return
         assert not self.lock._is_owned(), "flush_kernel would wait for its own lock"
         try:
-            syncfs(self.mountpoint)
+            syncfs(path)
         except OSError as e:
-            log.warning("syncfs %s: %s", self.mountpoint, e.strerror)
+            log.warning("syncfs %s: %s", path, e.strerror)
 
     def before_command(self, argv: list[str]) -> None:
         """Commit what the mount buffered (the POSIX layer's buffers; the kernel's dirty
@@ -343,6 +390,8 @@ class Operations(pyfuse3.Operations):
                     if view.parent is not None:
                         self._unmount(view, inval)
                     view.dead = True
+                    if view.bound:
+                        self.bind_views.pop(view.rec.id, None)
                     if view.snapshot:
                         self.snap_views.pop(view.rec.id, None)
                     continue
@@ -458,7 +507,7 @@ class Operations(pyfuse3.Operations):
         e.entry_timeout = self.entry_timeout
         e.attr_timeout = self.attr_timeout
         e.st_mode = stat.S_IFDIR | 0o555
-        e.st_nlink = 2 if local == CTL_INO else 2 + len(self.dsl.snapshots(view.rec.id))
+        e.st_nlink = 2 + len(self.dsl.snapshots(view.rec.id)) if local == SNAPDIR_INO else 2
         e.st_uid = e.st_gid = 0
         e.st_size = 0
         e.st_blksize = 512
@@ -534,11 +583,22 @@ class Operations(pyfuse3.Operations):
         if local == CTL_INO:
             if name == b"snapshot":
                 return self._virtual(view, SNAPDIR_INO)
+            if name == b"dataset" and view.index == 0:
+                return self._virtual(view, BINDDIR_INO)
             if name == b".":
                 return self._virtual(view, CTL_INO)
             if name == b"..":
                 return self._root_entry(view)
             return self._negative()
+        if local == BINDDIR_INO:
+            if name == b".":
+                return self._virtual(view, BINDDIR_INO)
+            if name == b"..":
+                return self._virtual(view, CTL_INO)
+            idx = self.bind_views.get(int(name)) if name.isdigit() and name[:1] != b"0" else None
+            if idx is None or self.views[idx].dead:
+                return self._negative()
+            return self._root_entry(self.views[idx])
         if local == SNAPDIR_INO:
             if name == b".":
                 return self._virtual(view, SNAPDIR_INO)
@@ -551,6 +611,8 @@ class Operations(pyfuse3.Operations):
         if local == ROOT_INO and name == b"..":
             if view.head is not None:
                 return self._virtual(view.head, SNAPDIR_INO)
+            if view.bound:
+                return self._virtual(self.views[0], BINDDIR_INO)
             if view.parent is not None:
                 host_idx, dir_ino = view.parent
                 host = self.views[host_idx]
@@ -582,7 +644,7 @@ class Operations(pyfuse3.Operations):
     def _forget(self, inode_list) -> None:
         for g, n in inode_list:
             idx, local = g >> SHIFT, g & LOCAL_MASK
-            if idx < len(self.views) and local not in (CTL_INO, SNAPDIR_INO) \
+            if idx < len(self.views) and local not in VIRTUAL \
                     and self.views[idx].fs is not None:
                 self.views[idx].fs.forget(local, n)
 
@@ -591,7 +653,7 @@ class Operations(pyfuse3.Operations):
 
     def _getattr(self, g: int) -> pyfuse3.EntryAttributes:
         view, local = self._split(g)
-        if local in (CTL_INO, SNAPDIR_INO):
+        if local in VIRTUAL:
             return self._virtual(view, local)
         return self._entry(view, view.fs.getattr(local))
 
@@ -600,7 +662,7 @@ class Operations(pyfuse3.Operations):
 
     def _setattr(self, g: int, attr, fields) -> pyfuse3.EntryAttributes:
         view, local = self._split(g)
-        if local in (CTL_INO, SNAPDIR_INO):
+        if local in VIRTUAL:
             raise pyfuse3.FUSEError(errno.EROFS)
         kw = {}
         if fields.update_mode:
@@ -624,14 +686,14 @@ class Operations(pyfuse3.Operations):
 
     def _readlink(self, g: int) -> bytes:
         view, local = self._split(g)
-        if local in (CTL_INO, SNAPDIR_INO):
+        if local in VIRTUAL:
             raise pyfuse3.FUSEError(errno.EINVAL)
         return view.fs.readlink(local)
 
     # ---- making and removing names -------------------------------------------------------
     def _real_dir(self, g: int) -> tuple[View, int]:
         view, local = self._split(g)
-        if local in (CTL_INO, SNAPDIR_INO):
+        if local in VIRTUAL:
             raise pyfuse3.FUSEError(errno.EROFS)
         return view, local
 
@@ -671,7 +733,7 @@ class Operations(pyfuse3.Operations):
     def _link(self, g, new_parent, new_name):
         view, local = self._split(g)
         pview, plocal = self._real_dir(new_parent)
-        if local in (CTL_INO, SNAPDIR_INO):
+        if local in VIRTUAL:
             raise pyfuse3.FUSEError(errno.EPERM)
         if view is not pview:
             raise pyfuse3.FUSEError(errno.EXDEV)
@@ -740,7 +802,7 @@ class Operations(pyfuse3.Operations):
 
     def _open(self, g, flags):
         view, local = self._split(g)
-        if local in (CTL_INO, SNAPDIR_INO):
+        if local in VIRTUAL:
             raise pyfuse3.FUSEError(errno.EISDIR)
         fh = view.fs.open(local, self._open_flags(flags))
         fi = pyfuse3.FileInfo(fh=self._new_fh(self.files, view, fh))
@@ -796,7 +858,7 @@ class Operations(pyfuse3.Operations):
 
     def _opendir(self, g):
         view, local = self._split(g)
-        if local in (CTL_INO, SNAPDIR_INO):
+        if local in VIRTUAL:
             return self._new_fh(self.dirs, view, (None, local))
         return self._new_fh(self.dirs, view, (view.fs.opendir(local), local))
 
@@ -819,7 +881,7 @@ class Operations(pyfuse3.Operations):
 
     def _add_lookups(self, accepted) -> None:
         for view, local in accepted:
-            if local not in (CTL_INO, SNAPDIR_INO):
+            if local not in VIRTUAL:
                 view.fs.add_lookup(local)
 
     def _readdir(self, gfh, cookie):
@@ -830,6 +892,8 @@ class Operations(pyfuse3.Operations):
         if view.fs is None:                 # its dataset was destroyed
             raise pyfuse3.FUSEError(errno.EIO)
         out = []
+        if local == BINDDIR_INO:
+            return out          # never listed: the bound datasets are seen where they are bound
         if local == CTL_INO:
             if cookie < 1:
                 out.append((b"snapshot", self._virtual(view, SNAPDIR_INO), 1, view, SNAPDIR_INO))
@@ -882,7 +946,7 @@ class Operations(pyfuse3.Operations):
 
     def _getxattr(self, g, name):
         view, local = self._split(g)
-        if local in (CTL_INO, SNAPDIR_INO):
+        if local in VIRTUAL:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return view.fs.getxattr(local, name)
 
@@ -891,7 +955,7 @@ class Operations(pyfuse3.Operations):
 
     def _listxattr(self, g):
         view, local = self._split(g)
-        if local in (CTL_INO, SNAPDIR_INO):
+        if local in VIRTUAL:
             return []
         return view.fs.listxattr(local)
 
@@ -922,9 +986,10 @@ class Operations(pyfuse3.Operations):
         return out
 
     def sync(self) -> int:
-        """Commit the open txg (called on a worker thread)."""
+        """Commit the open txg (the timer's sync, on a worker thread): pipelined, so requests
+        wait for the lock only while the txg is written, not while the disk flushes it."""
         with self.lock:
-            return self.pool.sync()
+            return self.pool.sync(wait=False)
 
     def close(self) -> None:
         """After the session ended: drop every lookup and handle (unlinked files go)."""
