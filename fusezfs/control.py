@@ -346,15 +346,15 @@ class Server:
             threading.Thread(target=self._serve_conn, args=(conn,), name="fusezfs-command",
                              daemon=True).start()
 
-    def _allowed(self, conn: socket.socket) -> tuple[bool, int]:
+    def _allowed(self, conn: socket.socket) -> tuple[bool, int, int]:
         raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        _pid, uid, _gid = struct.unpack("3i", raw)
-        return uid in (os.getuid(), 0), uid
+        _pid, uid, gid = struct.unpack("3i", raw)
+        return uid in (os.getuid(), 0), uid, gid
 
     def _serve_conn(self, conn: socket.socket) -> None:
         with conn:
             try:
-                ok, uid = self._allowed(conn)
+                ok, uid, gid = self._allowed(conn)
                 req = recv(conn)    # read before answering: unread data would reset the reply
                 if not ok:
                     log.warning("refused a command from uid %d", uid)
@@ -366,7 +366,7 @@ class Server:
                 if req is None:
                     return
                 argv = [str(a) for a in req.get("argv", [])]
-                code, out, err = self.execute(argv, req.get("env") or {})
+                code, out, err = self.execute(argv, req.get("env") or {}, (uid, gid))
                 if out:
                     send(conn, {"out": out})
                 if err:
@@ -378,8 +378,10 @@ class Server:
     def _provide(self, name: str):
         return self.handle if name == self.pool_name else None
 
-    def execute(self, argv: list[str], env: dict) -> tuple[int, str, str]:
-        """Run one command here; (exit code, stdout, stderr)."""
+    def execute(self, argv: list[str], env: dict,
+                caller: tuple[int, int] | None = None) -> tuple[int, str, str]:
+        """Run one command here, for the peer `caller` (uid, gid: the owner of a filesystem
+        it creates); (exit code, stdout, stderr)."""
         from . import cli, sessions
         if argv and argv[0] in self.REFUSED and self.binds is not None:
             with self.cmd_lock:
@@ -400,6 +402,7 @@ class Server:
             code = 1
             self.local.out, self.local.err = out, err
             sessions.provider, sessions.changes = self._provide, changes
+            sessions.caller = caller
             lock = self.ops.lock
             if argv[0] not in self.ops.READ_ONLY_VERBS:
                 self.ops.flush_kernel()     # the kernel's dirty pages first: they need the lock
@@ -424,6 +427,7 @@ class Server:
                 if whole:
                     lock.release()
                 sessions.provider, sessions.changes = None, None
+                sessions.caller = None
                 self.local.out = self.local.err = None
             self.ops.invalidate(inval)
             if self.binds is not None:

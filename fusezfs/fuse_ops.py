@@ -536,6 +536,8 @@ class Operations(pyfuse3.Operations):
     def _is_covered(self, view: View, parent: int, name: bytes) -> bool:
         if parent == ROOT_INO and name == b".zfs" and not view.snapshot:
             return True
+        if not any(idx == view.index for idx, _ino in self.covers):
+            return False                # nothing is mounted in this view: skip the lookup
         try:
             ino = view.fs.lookup(parent, name).st_ino
         except OSError:
@@ -834,7 +836,10 @@ class Operations(pyfuse3.Operations):
         return view.fs.write(fh, off, buf)
 
     async def flush(self, fh):
-        return None
+        # Nothing to do at close (written data is in the POSIX layer's buffers, and the
+        # kernel writes its dirty pages before it would ask): ENOSYS tells it to stop sending
+        # FLUSH at all, one request less per close.
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
     async def release(self, fh):
         return await self._run(self._release, fh)
