@@ -303,12 +303,14 @@ class BlockIO:
 
     READ_RUN = 4 << 20          # bytes of neighbouring blocks read with one system call
 
-    def read_many(self, bps: list[BlockPointer]) -> list[bytes]:
+    def read_many(self, bps: list[BlockPointer]) -> list[bytes | memoryview]:
         """`read` of several blocks, for a sequential reader: blocks whose first copies lie
         next to each other on disk are read with one system call, and compressed ones are
-        decompressed on the worker threads. Anything unusual (a mismatch, an I/O error, a
-        block outside its vdev) goes through `read` alone, so verification, self-healing and
-        error counting stay in one place."""
+        decompressed on the worker threads. Uncompressed blocks of such a run come back as
+        read-only views of the run's one buffer, in disk order, and are not cached (a
+        streaming reader would only wash the cache out; the caller copies what it keeps).
+        Anything unusual (a mismatch, an I/O error, a block outside its vdev) goes through
+        `read` alone, so verification, self-healing and error counting stay in one place."""
         out: list = [None] * len(bps)
         runs: list[list] = []                       # [vdev, start, end, [indexes]]
         for i, bp in enumerate(bps):
@@ -346,6 +348,8 @@ class BlockIO:
                 phys = raw[off:off + bp.psize] if raw is not None else None
                 if phys is None or checksum(phys, bp.cksum) != bp.checksum:
                     out[i] = self.read(bp)
+                elif bp.comp == COMP_OFF and bp.psize == bp.lsize:
+                    out[i] = phys       # a view of the run's buffer: no copy, not cached
                 else:
                     out[i] = phys
                     decode.append(i)

@@ -33,6 +33,22 @@ from .tree import REF_BLOCK
 FLUSH_BATCH = 16 << 20      # bytes of records handed to write_blocks at once
 
 
+def _one_buffer(parts: list):
+    """The buffer `parts` are, when they are views covering one whole buffer (a request for
+    exactly the records of one run on disk: BlockIO.read_many returns them as views of that
+    run's buffer, in order): then it is the answer as it is, with no copy."""
+    first = parts[0]
+    if type(first) is not memoryview or type(first.obj) is not bytes:
+        return None
+    obj = first.obj
+    total = 0
+    for p in parts:
+        if type(p) is not memoryview or p.obj is not obj:
+            return None
+        total += len(p)
+    return obj if total == len(obj) else None
+
+
 class FileData:
     """Mixin of Posix: everything about file contents. Expects self.io, self.tree,
     self._records {ino: {blkid: bytearray, or bytes once full (see prepare_ahead)}}, self._dirty_data, self._inodes, self._mark()."""
@@ -95,7 +111,8 @@ class FileData:
             pos += chunk
         if len(parts) == 1 and type(parts[0]) is bytes:
             return parts[0]
-        return b"".join(parts)
+        whole = _one_buffer(parts)
+        return whole if whole is not None else b"".join(parts)
 
     # ---- writing -------------------------------------------------------------------------
     def _write(self, node: Inode, offset: int, data) -> int:
