@@ -302,6 +302,8 @@ class BlockIO:
         return data
 
     READ_RUN = 4 << 20          # bytes of neighbouring blocks read with one system call
+    READ_AHEAD = 8 << 20        # bytes after a streaming run asked of the disk early
+    STREAMING = 512 << 10       # a run this long is a streaming reader's
 
     def read_many(self, bps: list[BlockPointer]) -> list[bytes | memoryview]:
         """`read` of several blocks, for a sequential reader: blocks whose first copies lie
@@ -338,6 +340,12 @@ class BlockIO:
                 out[idxs[0]] = self.read(bps[idxs[0]])
                 continue
             leaf = self.vdevs[vdev_id].leaves[0]
+            prefetch = getattr(leaf.device, "prefetch", None)
+            if prefetch is not None and end - start >= self.STREAMING:
+                # a streaming reader: what lies next on disk is most likely what it reads
+                # next (files are written sequentially), so the disk reads it while we
+                # answer this request
+                prefetch(end, self.READ_AHEAD)
             try:
                 raw = memoryview(leaf.device.read(start, end - start))
             except OSError:

@@ -47,6 +47,17 @@ class FileDevice:
         self.fd = os.open(self.path, os.O_RDONLY if readonly else os.O_RDWR)
         self.size = os.lseek(self.fd, 0, os.SEEK_END)
 
+    def prefetch(self, offset: int, length: int) -> None:
+        """Start reading [offset, offset + length) into the page cache without waiting
+        (devices that cannot read ahead simply lack this method)."""
+        length = min(length, self.size - offset)
+        if length <= 0:         # (a length of 0 would mean: to the end of the file)
+            return
+        try:
+            os.posix_fadvise(self.fd, offset, length, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
+
     def read(self, offset: int, length: int) -> bytes:
         data = os.pread(self.fd, length, offset)
         if len(data) < length:  # beyond EOF of a file that shrank: read as zeros
