@@ -303,7 +303,7 @@ class BlockIO:
 
     READ_RUN = 4 << 20          # bytes of neighbouring blocks read with one system call
     READ_AHEAD = 8 << 20        # bytes after a streaming run asked of the disk early
-    STREAMING = 512 << 10       # a run this long is a streaming reader's
+    STREAMING = 512 << 10       # a run of this many logical bytes is a streaming reader's
 
     def read_many(self, bps: list[BlockPointer]) -> list[bytes | memoryview]:
         """`read` of several blocks, for a sequential reader: blocks whose first copies lie
@@ -341,7 +341,7 @@ class BlockIO:
                 continue
             leaf = self.vdevs[vdev_id].leaves[0]
             prefetch = getattr(leaf.device, "prefetch", None)
-            if prefetch is not None and end - start >= self.STREAMING:
+            if prefetch is not None and sum(bps[i].lsize for i in idxs) >= self.STREAMING:
                 # a streaming reader: what lies next on disk is most likely what it reads
                 # next (files are written sequentially), so the disk reads it while we
                 # answer this request
