@@ -46,17 +46,26 @@ class FileDevice:
         self.path = os.path.abspath(path)
         self.fd = os.open(self.path, os.O_RDONLY if readonly else os.O_RDWR)
         self.size = os.lseek(self.fd, 0, os.SEEK_END)
+        self._ahead = (0, 0)            # the window prefetch last asked for
 
     def prefetch(self, offset: int, length: int) -> None:
         """Start reading [offset, offset + length) into the page cache without waiting
-        (devices that cannot read ahead simply lack this method)."""
-        length = min(length, self.size - offset)
-        if length <= 0:         # (a length of 0 would mean: to the end of the file)
+        (devices that cannot read ahead simply lack this method). A reader moving through
+        a window asked for already only tops it up once it has used half of it, so each
+        call asks for new ground, in large pieces."""
+        end = min(offset + length, self.size)
+        lo, hi = self._ahead
+        if lo <= offset < hi:
+            if end - hi < length // 2:
+                return
+            offset = hi
+        if end <= offset:       # (a length of 0 would mean: to the end of the file)
             return
         try:
-            os.posix_fadvise(self.fd, offset, length, os.POSIX_FADV_WILLNEED)
+            os.posix_fadvise(self.fd, offset, end - offset, os.POSIX_FADV_WILLNEED)
         except OSError:
             pass
+        self._ahead = (min(lo, offset) if lo <= offset <= hi else offset, end)
 
     def read(self, offset: int, length: int) -> bytes:
         data = os.pread(self.fd, length, offset)

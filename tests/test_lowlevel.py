@@ -1,6 +1,7 @@
 """Devices, compression, block pointers, labels, space maps and the allocator, each on its own."""
 from __future__ import annotations
 
+import os
 import random
 
 import pytest
@@ -218,3 +219,28 @@ def test_deferred_frees_and_space_map_view():
     assert alloc.allocated_extents() == {a.vdev: [], b.vdev: [(b.offset, 512)]}
     with pytest.raises(NoSpace):
         alloc.allocate(1 << 20)
+
+
+def test_prefetch_asks_for_new_ground_only(tmp_path, monkeypatch):
+    """A streaming reader's read-ahead: the first call asks for the whole window, later ones
+    top it up in pieces of half a window, and never past the end of the device."""
+    from fusezfs.devices import FileDevice
+    path = tmp_path / "dev"
+    path.write_bytes(b"")
+    os.truncate(path, 40 << 20)
+    dev = FileDevice(str(path))
+    asked = []
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, off, n, advice: asked.append((off, n)))
+    MiB = 1 << 20
+    for off in range(0, 40 * MiB, MiB):
+        dev.prefetch(off + MiB, 8 * MiB)
+    assert asked[0] == (MiB, 8 * MiB) and asked[1] == (9 * MiB, 4 * MiB)
+    covered = [o for off, n in asked for o in range(off, off + n, MiB)]
+    assert len(covered) == len(set(covered))            # nothing asked twice
+    assert max(off + n for off, n in asked) == 40 * MiB
+    n = len(asked)
+    dev.prefetch(5 * MiB, 8 * MiB)                      # inside what was asked: nothing
+    assert len(asked) == n
+    dev.prefetch(0, 8 * MiB)                            # outside it: a new window
+    assert asked[-1] == (0, 8 * MiB)
+    dev.close()
