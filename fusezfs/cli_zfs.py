@@ -452,6 +452,11 @@ def cmd_destroy(args: list[str]) -> int:
             if clones and recursive:
                 raise Failed(f"cannot destroy '{name}': filesystem has dependent clones\n"
                              f"use '-R' to destroy the following datasets:\n" + "\n".join(clones))
+        if not dry and "-f" not in flags:
+            for r in below + [rec]:
+                where = sessions.busy_path(r.id) if r.kind != "snapshot" else None
+                if where:
+                    raise Failed(f"cannot unmount '{where}': pool or dataset is busy")
         for r in below + [rec]:
             if flags & {"-v", "-p"}:
                 _say_destroy(flags, dry, dsl.name(r.id))

@@ -375,6 +375,9 @@ class Server:
             except Exception:
                 log.exception("control connection")
 
+    def _busy(self, ds_id: int) -> str | None:
+        return self.ops.busy_path(ds_id, self.binds.current if self.binds is not None else list)
+
     def _provide(self, name: str):
         return self.handle if name == self.pool_name else None
 
@@ -403,6 +406,7 @@ class Server:
             self.local.out, self.local.err = out, err
             sessions.provider, sessions.changes = self._provide, changes
             sessions.caller = caller
+            sessions.busy = self._busy
             lock = self.ops.lock
             if argv[0] not in self.ops.READ_ONLY_VERBS:
                 self.ops.flush_kernel()     # the kernel's dirty pages first: they need the lock
@@ -428,6 +432,7 @@ class Server:
                     lock.release()
                 sessions.provider, sessions.changes = None, None
                 sessions.caller = None
+                sessions.busy = None
                 self.local.out = self.local.err = None
             self.ops.invalidate(inval)
             if self.binds is not None:

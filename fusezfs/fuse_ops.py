@@ -265,6 +265,21 @@ class Operations(pyfuse3.Operations):
             except OSError:
                 pass
 
+    def busy_path(self, ds_id: int, binds) -> str | None:
+        """Where dataset `ds_id` is mounted, if a file or directory is open in it through the
+        mount (FUSE sees open handles, not working directories); `binds()`: (id, path) of the
+        bind mounts, for a dataset only bound."""
+        in_use = [v for v, _fh in list(self.files.values()) + list(self.dirs.values())
+                  if v.rec.id == ds_id and not v.dead and not v.snapshot]
+        if not in_use or not self.mountpoint:
+            return None
+        for view in in_use:
+            if view.index == 0:
+                return self.mountpoint
+            if not view.bound:
+                return os.path.join(self.mountpoint, view.rel)
+        return next((path for i, path in binds() if i == ds_id), self.mountpoint)
+
     # ---- bind mounts (daemon.Binds) --------------------------------------------------------
     def arm(self, rec: Record) -> list:
         """Make `rec` reachable at .zfs/dataset/ID of the root view, to be bind-mounted, and

@@ -17,6 +17,13 @@ from typing import Callable
 provider: Callable[[str], object] | None = None     # pool name -> api.Handle or None
 changes: list[tuple[str, bytes]] | None = None      # (dataset, path) noted while a command runs
 caller: tuple[int, int] | None = None               # (uid, gid) a daemon runs a command for
+busy: Callable[[int], str | None] | None = None     # dataset id -> its mountpoint, if in use
+
+
+def busy_path(ds_id: int) -> str | None:
+    """Where a dataset is mounted, if files or directories are open in it through the mount
+    (only the serving daemon knows): zfs refuses to unmount it, so to destroy it, unless -f."""
+    return busy(ds_id) if busy is not None else None
 
 
 def credentials() -> tuple[int, int]:

@@ -885,3 +885,31 @@ def test_mount_as_ordinary_user():
             ns.close()
         # the namespace, and with it every mount under `top`, is gone with its last process
         shutil.rmtree(top, ignore_errors=True)
+
+
+def test_destroy_of_a_busy_filesystem_is_refused(env):
+    """A file open in a mounted filesystem makes `destroy` fail as zfs's does (the unmount is
+    busy) and changes nothing; -f destroys it anyway; closed, it goes."""
+    env.create_pool()
+    env.run("create", "tank/busy")
+    env.run("create", "tank/busy/kid")
+    env.run("create", "tank/other")
+    env.mount()
+    write(f"{env.mnt}/busy/kid/f", b"open me")
+    with open(f"{env.mnt}/busy/kid/f", "rb") as f:
+        r = env.run("destroy", "-r", "tank/busy", check=False)
+        assert r.returncode == 1
+        assert r.stderr == f"cannot unmount '{env.mnt}/busy/kid': pool or dataset is busy\n"
+        assert env.run("list", "-H", "-o", "name", "-r", "tank/busy").stdout.split() == [
+            "tank/busy", "tank/busy/kid"]
+        assert f.read() == b"open me"
+        d = os.open(f"{env.mnt}/other", os.O_RDONLY | os.O_DIRECTORY)   # an open directory
+        try:
+            r = env.run("destroy", "tank/other", check=False)
+            assert r.returncode == 1 and "pool or dataset is busy" in r.stderr
+            env.run("destroy", "-f", "tank/other")
+        finally:
+            os.close(d)
+    env.run("destroy", "-r", "tank/busy")
+    assert env.run("list", "-H", "-o", "name").stdout.split() == ["tank"]
+    assert not os.path.exists(f"{env.mnt}/busy")
