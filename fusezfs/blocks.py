@@ -117,6 +117,7 @@ class BlockIO:
         # id(data) -> (data, policy, future of (comp, phys, digest), DVAs written or None):
         # work started by prepare_ahead before write_many
         self._ahead: dict[int, tuple] = {}
+        self.ahead_bytes = 0            # space early writes hold that no block pointer has yet
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)
@@ -193,6 +194,7 @@ class BlockIO:
             except OSError:
                 return          # no space: write_many will say so, in its place
             future = self.executor.submit(self._write_ahead, data, policy, dvas)
+            self.ahead_bytes += sum(d.asize for d in dvas)
         else:
             dvas = None
             future = self.executor.submit(self._prepare, data, policy)
@@ -202,6 +204,24 @@ class BlockIO:
         digest = checksum(data, policy.cksum)
         self._write_copies(dvas, data)
         return COMP_OFF, data, digest
+
+    def cancel_ahead(self, data: bytes) -> None:
+        """`data` will not be written after all (its record changed or went): give back the
+        space an early write of it holds, now rather than at the end of the txg, so a
+        rewriting writer on a nearly full pool does not hold its space twice."""
+        entry = self._ahead.get(id(data))
+        if entry is None or entry[0] is not data:
+            return
+        del self._ahead[id(data)]
+        _data, _policy, future, dvas = entry
+        if dvas:
+            try:
+                future.result()         # never free space a worker is still writing
+            except Exception:
+                pass
+            for dva in dvas:
+                self.allocator.free(dva, deferred=False)
+            self.ahead_bytes -= sum(d.asize for d in dvas)
 
     def forget_ahead(self) -> None:
         """Undo early work on buffers that were never written (overwritten, truncated or
@@ -216,6 +236,7 @@ class BlockIO:
             for dva in dvas or ():
                 self.allocator.free(dva, deferred=False)
         self._ahead.clear()
+        self.ahead_bytes = 0
 
     def _prepared(self, bufs: list, policy: Policy):
         """(comp, phys, digest, DVAs or None) of each buffer, in order: taken from
@@ -236,6 +257,8 @@ class BlockIO:
             if r is None:
                 yield (*next(fresh), None)
             else:
+                if r[3]:
+                    self.ahead_bytes -= sum(d.asize for d in r[3])
                 yield (*r[2].result(), r[3])
 
     def write_many(self, bufs: list[bytes | memoryview], btype: int, policy: Policy) -> list[BlockPointer]:

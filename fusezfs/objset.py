@@ -38,6 +38,9 @@ class DatasetIO:
     def prepare_ahead(self, data: bytes) -> None:
         self.dsl.pool.blocks.prepare_ahead(data, self.policy)
 
+    def cancel_ahead(self, data: bytes) -> None:
+        self.dsl.pool.blocks.cancel_ahead(data)
+
     def read_blocks(self, bps: list[BlockPointer]) -> list[bytes]:
         return self.dsl.pool.blocks.read_many(bps)
 

@@ -498,7 +498,9 @@ class Pool:
 
     @property
     def free(self) -> int:
-        return self.allocator.free_bytes + self.allocator.deferred_bytes
+        # early writes (BlockIO.prepare_ahead) hold space for data the upper layers still
+        # count as dirty, and ask space for: counting it here too would halve what fits
+        return self.allocator.free_bytes + self.allocator.deferred_bytes + self.blocks.ahead_bytes
 
     @property
     def allocated(self) -> int:

@@ -101,6 +101,9 @@ class ObjsetIO(Protocol):
         """A full record (never changed after this call) that write_blocks will probably be
         given at the next flush: compression and checksum may start now, in parallel."""
 
+    def cancel_ahead(self, data: bytes) -> None:
+        """A record given to prepare_ahead that will not be written after all."""
+
     def read_blocks(self, bps: list[BlockPointer]) -> list[bytes]:
         """The blocks' logical bytes, verified (OSError EIO on a checksum error); several at
         once, so neighbouring blocks are read together (BlockIO.read_many)."""

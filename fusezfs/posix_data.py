@@ -161,7 +161,8 @@ class FileData:
                 old = self._stored_record(ino, blkid)
                 buf = recs[blkid] = bytearray(old) if old else bytearray()
                 grown += len(buf)
-            elif type(buf) is bytes:        # a full record given to prepare_ahead: unfreeze
+            elif type(buf) is bytes:        # a full record given to prepare_ahead: thaw it
+                self.io.cancel_ahead(buf)
                 buf = recs[blkid] = bytearray(buf)
             before = len(buf)
             if roff > before:
@@ -196,6 +197,7 @@ class FileData:
                 if buf is not None:
                     if len(buf) > keep:
                         self._dirty_data -= len(buf) - keep
+                        self._unfreeze(buf)
                         recs[blkid] = buf[:keep]
                 else:
                     raw = self.tree.get(data_key(ino, blkid))
@@ -209,7 +211,9 @@ class FileData:
             first_gone = -(-size // bs)
             if recs:
                 for b in [b for b in recs if b >= first_gone]:
-                    self._dirty_data -= len(recs.pop(b))
+                    gone = recs.pop(b)
+                    self._unfreeze(gone)
+                    self._dirty_data -= len(gone)
             if first_gone <= (old - 1) // bs:
                 lo, hi = data_key(ino, first_gone), kind_hi(ino, K_DATA)
                 freed = 0
@@ -229,6 +233,13 @@ class FileData:
         recs = self._records.pop(ino, None)
         if recs:
             self._dirty_data -= sum(len(b) for b in recs.values())
+            for buf in recs.values():
+                self._unfreeze(buf)
+
+    def _unfreeze(self, buf) -> None:
+        """A record buffer leaves without being written: an early write of it is undone."""
+        if type(buf) is bytes:
+            self.io.cancel_ahead(buf)
 
     def _pending_bytes(self, ino: int) -> int:
         recs = self._records.get(ino)

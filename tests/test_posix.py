@@ -62,6 +62,9 @@ class PoolIO:
     def prepare_ahead(self, data):
         self.pool.blocks.prepare_ahead(data, self.policy)
 
+    def cancel_ahead(self, data):
+        self.pool.blocks.cancel_ahead(data)
+
     def read_blocks(self, bps):
         return self.pool.blocks.read_many(bps)
 
@@ -1156,3 +1159,22 @@ def test_streaming_reads_of_stored_records():
     fh = fs.open(ino)
     assert errno_of(fs.read, fh, 0, MiB) == errno.EIO
     assert fs.read(fh, 3 * 128 * KiB, 128 * KiB) == expect[3 * 128 * KiB:4 * 128 * KiB]
+
+
+def test_early_writes_do_not_hold_space_twice():
+    """On a small pool, a file that fills most of it can be written and rewritten within one
+    txg: records written early are not counted twice by the space check, and the space of
+    the first version is given back as soon as the rewrite replaces it."""
+    t = FS(size=128 * MiB)
+    fs = t.fs
+    fh, _a = fs.create(ROOT_INO, "big")
+    data = rand(MiB)
+    for rnd in range(2):
+        for i in range(100):
+            fs.write(fh, i * MiB, data)
+    assert t.pool.blocks.ahead_bytes < 100 * MiB       # the first version's space went back
+    fs.fsync(fh)
+    fs.release(fh)
+    assert t.pool.blocks.ahead_bytes == 0
+    assert fs.read_file("/big") == data * 100
+    t.check()
