@@ -131,8 +131,8 @@ def pools_named(argv: list[str]) -> tuple[list[str], bool] | None:
                 if ds is not None:
                     names.append(pool_of(ds))
         return names, False
-    from .cli_zfs import VERBS
-    if verb not in VERBS:
+    from .cli import ZFS_VERBS      # (not cli_zfs: a client forwarding a command imports little)
+    if verb not in ZFS_VERBS:
         return None
     names = [pool_of(t) for t in rest if not t.startswith("-") and pool_of(t) in imported]
     return names, verb in ("list", "get")
