@@ -16,6 +16,13 @@ Free: a block born in the open txg is freed at once; an older one is deferred (a
 
 CPU-heavy work (compression, hashing of large buffers) of `write_many` runs on a thread pool:
 zstandard, zlib, hashlib and xxhash release the GIL, so two cores compress in parallel.
+`prepare_ahead` starts that work earlier, while a writer is still filling records, and for
+uncompressed data also allocates and writes the block (an early write: safe because the space
+is free in the open txg and nothing durable points at it until the txg that takes it commits);
+`write_many` then takes the result. Space an early write holds is counted in `ahead_bytes` and
+handed back by `cancel_ahead` / `forget_ahead` when nobody takes it. `read_many` reads
+neighbouring blocks with one call and decompresses on the pool; every exception to the plain
+path (a mismatch, an I/O error) falls back to `read`, the one place that verifies and heals.
 """
 from __future__ import annotations
 
