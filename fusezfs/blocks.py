@@ -217,33 +217,32 @@ class BlockIO:
         space an early write of it holds, now rather than at the end of the txg, so a
         rewriting writer on a nearly full pool does not hold its space twice."""
         entry = self._ahead.get(id(data))
-        if entry is None or entry[0] is not data:
-            return
-        del self._ahead[id(data)]
-        _data, _policy, future, dvas = entry
-        if dvas:
-            try:
-                future.result()         # never free space a worker is still writing
-            except Exception:
-                pass
-            for dva in dvas:
-                self.allocator.free(dva, deferred=False)
-            self.ahead_bytes -= sum(d.asize for d in dvas)
+        if entry is not None and entry[0] is data:
+            del self._ahead[id(data)]
+            self._undo_ahead(entry)
 
     def forget_ahead(self) -> None:
         """Undo early work on buffers that were never written (overwritten, truncated or
         unlinked before the txg synced): their space, born in the open txg, is free again.
         The pool calls this once a txg, after every buffer was flushed and before the space
         map is encoded, so the durable map never holds such space."""
-        for _data, _policy, future, dvas in self._ahead.values():
-            try:
-                future.result()         # never free space a worker is still writing
-            except Exception:
-                pass
-            for dva in dvas or ():
-                self.allocator.free(dva, deferred=False)
+        for entry in self._ahead.values():
+            self._undo_ahead(entry)
         self._ahead.clear()
-        self.ahead_bytes = 0
+        assert self.ahead_bytes == 0, "space held by early writes drifted"
+
+    def _undo_ahead(self, entry: tuple) -> None:
+        """Give back the space an early write holds (compression alone holds none)."""
+        _data, _policy, future, dvas = entry
+        if not dvas:
+            return
+        try:
+            future.result()             # never free space a worker is still writing
+        except Exception:
+            pass
+        for dva in dvas:
+            self.allocator.free(dva, deferred=False)
+        self.ahead_bytes -= sum(d.asize for d in dvas)
 
     def _prepared(self, bufs: list, policy: Policy):
         """(comp, phys, digest, DVAs or None) of each buffer, in order: taken from

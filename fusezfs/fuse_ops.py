@@ -62,6 +62,12 @@ BINDDIR_INO = LOCAL_MASK - 2    # .zfs/dataset in the root view (hidden; see the
 VIRTUAL = (CTL_INO, SNAPDIR_INO, BINDDIR_INO)
 COOKIE_ZFS = 3                  # readdir cookie of .zfs in a root (real cookies are >= 1 << 15)
 READDIR_CHUNK = 256
+# Posix.setattr keyword, pyfuse3's SetattrFields flag, the EntryAttributes field it comes from
+SETATTR_FIELDS = (("mode", "update_mode", "st_mode"), ("uid", "update_uid", "st_uid"),
+                  ("gid", "update_gid", "st_gid"), ("size", "update_size", "st_size"),
+                  ("atime", "update_atime", "st_atime_ns"),
+                  ("mtime", "update_mtime", "st_mtime_ns"),
+                  ("ctime", "update_ctime", "st_ctime_ns"))
 
 
 class View:
@@ -681,21 +687,8 @@ class Operations(pyfuse3.Operations):
         view, local = self._split(g)
         if local in VIRTUAL:
             raise pyfuse3.FUSEError(errno.EROFS)
-        kw = {}
-        if fields.update_mode:
-            kw["mode"] = attr.st_mode
-        if fields.update_uid:
-            kw["uid"] = attr.st_uid
-        if fields.update_gid:
-            kw["gid"] = attr.st_gid
-        if fields.update_size:
-            kw["size"] = attr.st_size
-        if fields.update_atime:
-            kw["atime"] = attr.st_atime_ns
-        if fields.update_mtime:
-            kw["mtime"] = attr.st_mtime_ns
-        if fields.update_ctime:
-            kw["ctime"] = attr.st_ctime_ns
+        kw = {name: getattr(attr, source) for name, flag, source in SETATTR_FIELDS
+              if getattr(fields, flag)}
         return self._entry(view, view.fs.setattr(local, **kw))
 
     async def readlink(self, inode, ctx):

@@ -362,8 +362,13 @@ class Pool:
         if pending is None:
             return
         txg, future = pending
+        self._land(txg, future.result)
+
+    def _land(self, txg: int, commit) -> None:
+        """Run (or wait for) `commit`, steps 4-6 of `txg`; then step 7 and the txg is durable.
+        If it fails, the txg's frees wait for the next commit and the error goes up."""
         try:
-            future.result()
+            commit()
         except BaseException:
             self.allocator.finish_release(durable=False)
             raise
@@ -416,13 +421,7 @@ class Pool:
             self.txg_bytes = 0
             self._synced_changes = self.allocator.changes
             if wait or not self.pipeline:
-                try:
-                    self._write_uberblock(ub)
-                except BaseException:
-                    self.allocator.finish_release(durable=False)
-                    raise
-                self.allocator.finish_release(durable=True)
-                self.synced_txg = txg
+                self._land(txg, lambda: self._write_uberblock(ub))
                 return txg
             if self._committer is None:
                 self._committer = ThreadPoolExecutor(1, thread_name_prefix=f"txg-{self.name}")

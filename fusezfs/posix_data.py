@@ -162,7 +162,7 @@ class FileData:
                 buf = recs[blkid] = bytearray(old) if old else bytearray()
                 grown += len(buf)
             elif type(buf) is bytes:        # a full record given to prepare_ahead: thaw it
-                self.io.cancel_ahead(buf)
+                self._unfreeze(buf)
                 buf = recs[blkid] = bytearray(buf)
             before = len(buf)
             if roff > before:

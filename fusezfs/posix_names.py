@@ -9,14 +9,13 @@ next flush writes the inodes, so the txg that commits one commits the other.
 from __future__ import annotations
 
 import errno
-import os
 import stat
 
 from .posix_layout import (CD_BITS, CD_MAX, COOKIE_DOT, COOKIE_DOTDOT, K_DIRENT, LINK_MAX,
                            PATH_MAX, ROOT_INO, Inode, cookie_of, decode_dirent, dirent_key, dtype,
                            encode_dirent, kind_hi, name_hash)
-from .posix_types import (DOTS, RENAME_EXCHANGE, RENAME_NOREPLACE, Attr, DirEntry, check_name,
-                          err, locked)
+from .posix_types import (DOTS, RENAME_EXCHANGE, RENAME_NOREPLACE, Attr, DirEntry, as_bytes,
+                          check_name, err, locked)
 
 INODE_COST = 512            # space asked of check_space for a new inode or name
 
@@ -95,7 +94,7 @@ class Names:
     @locked
     def lookup(self, parent: int, name) -> Attr:
         """The inode `name` names in directory `parent` (counts a lookup, see forget)."""
-        name = os.fsencode(name) if isinstance(name, str) else bytes(name)
+        name = as_bytes(name)
         ino = self._child(parent, name)
         if ino is None:
             raise err(errno.ENOENT)
@@ -132,7 +131,7 @@ class Names:
     @locked
     def symlink(self, parent: int, name, target, uid: int = 0, gid: int = 0) -> Attr:
         self._writable()
-        target = os.fsencode(target) if isinstance(target, str) else bytes(target)
+        target = as_bytes(target)
         if not target:
             raise err(errno.ENOENT)
         if len(target) >= PATH_MAX or b"\0" in target:

@@ -9,7 +9,7 @@ import os
 import stat
 
 from .posix_layout import ROOT_INO
-from .posix_types import err
+from .posix_types import as_bytes, err
 
 MAX_SYMLINKS = 40
 IO_CHUNK = 1 << 20
@@ -25,7 +25,7 @@ class PathHelpers:
         `follow` (a dangling one yields its target's directory and name)."""
         if budget is None:
             budget = [MAX_SYMLINKS]
-        path = os.fsencode(path) if isinstance(path, str) else bytes(path)
+        path = as_bytes(path)
         cur = ROOT_INO if path.startswith(b"/") else start
         comps = [c for c in path.split(b"/") if c]
         if not comps:
@@ -56,7 +56,7 @@ class PathHelpers:
     def resolve(self, path, follow: bool = True) -> int:
         """The inode a path names (ENOENT, ENOTDIR, ELOOP, ENAMETOOLONG as the kernel would)."""
         with self.lock:
-            path = os.fsencode(path) if isinstance(path, str) else bytes(path)
+            path = as_bytes(path)
             _parent, _name, ino = self._walk(path, follow)
             if ino is None:
                 raise err(errno.ENOENT)
@@ -116,7 +116,7 @@ class PathHelpers:
                  exist_ok: bool = True) -> int:
         """mkdir -p; returns the directory's inode."""
         with self.lock:
-            path = os.fsencode(path) if isinstance(path, str) else bytes(path)
+            path = as_bytes(path)
             cur = ROOT_INO
             comps = [c for c in path.split(b"/") if c]
             for i, c in enumerate(comps):

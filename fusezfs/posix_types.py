@@ -96,12 +96,14 @@ def locked(fn):
     return wrapper
 
 
+def as_bytes(name) -> bytes:
+    """A name given as str (encoded as the OS does) or any bytes-like object, as bytes."""
+    return os.fsencode(name) if isinstance(name, str) else bytes(name)
+
+
 def check_name(name) -> bytes:
     """Validate one path component."""
-    if isinstance(name, str):
-        name = os.fsencode(name)
-    else:
-        name = bytes(name)
+    name = as_bytes(name)
     if not name:
         raise err(errno.ENOENT)
     if len(name) > NAME_MAX:
@@ -112,10 +114,7 @@ def check_name(name) -> bytes:
 
 
 def check_xname(name) -> bytes:
-    if isinstance(name, str):
-        name = os.fsencode(name)
-    else:
-        name = bytes(name)
+    name = as_bytes(name)
     if not name or len(name) > XATTR_NAME_MAX:
         raise err(errno.ERANGE)
     if b"\0" in name:
