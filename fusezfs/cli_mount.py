@@ -222,7 +222,7 @@ def _unmount_pool(pool: str | None, mp: str | None, pid: int | None, force: bool
     """Unmount a pool's bind mounts, then its tree, and wait for its daemon to exit."""
     alive = pid is not None and pid > 0 and daemon.pid_alive(pid)
     st = (daemon.read_state(pool) if pool else None) or {}
-    if alive and daemon.bound_paths(st.get("dev"), pool):
+    if alive:       # its bind mounts and children first: the tree's mount is under them
         _forward(pool, ["unmount"] + (["-f"] if force else []) + ["-a"])
     if mp and daemon.is_mounted(mp) == daemon.FSTYPE:
         ok, msg = daemon.fusermount_unmount(mp, lazy=force or not alive)

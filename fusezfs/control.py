@@ -290,6 +290,7 @@ class Server:
         self.stopping = False
         self._bound_ino: int | None = None
         self.binds = None       # daemon.Binds: the bind mounts of single datasets
+        self.children = None    # fuse_sessions.Children: the mounts of the tree's children
 
     def start(self) -> None:
         try:
@@ -435,6 +436,8 @@ class Server:
                 sessions.busy = None
                 self.local.out = self.local.err = None
             self.ops.invalidate(inval)
+            if self.children is not None:
+                self.children.apply()   # mount new children, unmount those taken away
             if self.binds is not None:
                 self.binds.settle()     # unmount the binds of destroyed datasets, rename others
         log.info("command %s -> %d", " ".join(argv), code)

@@ -282,6 +282,7 @@ class Binds:
         self.recorded: list[tuple[str, str]] = []   # what the state file says
         self.had = False                # a bind was made
         self.ending = False             # the private tree is being unmounted
+        self.children = None            # fuse_sessions.Children: the children's mounts
 
     @property
     def active(self) -> bool:
@@ -443,7 +444,12 @@ class Binds:
             if argv[0] == "mount" and len(argv) == 3:
                 self.mount(argv[1], argv[2])
             elif argv[0] == "unmount" and len(argv) >= 2:
-                self.unmount(None if argv[-1] == "-a" else argv[-1], "-f" in argv[1:-1])
+                force = "-f" in argv[1:-1]
+                if argv[-1] == "-a" and self.children is not None:
+                    failed = self.children.end_all(force)       # before the tree goes
+                    if failed:
+                        raise DaemonError("\n".join(failed))
+                self.unmount(None if argv[-1] == "-a" else argv[-1], force)
             else:
                 return 2, "", f"the fusezfs daemon does not run '{' '.join(argv)}'\n"
         except DaemonError as e:
@@ -544,6 +550,7 @@ def serve(pool_name: str, mountpoint: str | None, options: dict[str, str],
     from .api import Handle
     from .cli import Failed
     from .cli_pool import open_pool
+    from . import fuse_sessions
     from .control import Server
     from .fuse_ops import Operations
 
@@ -582,7 +589,8 @@ def serve(pool_name: str, mountpoint: str | None, options: dict[str, str],
                          entry_timeout=float(options.get("entry_timeout", 1.0)),
                          attr_timeout=float(options.get("attr_timeout", 1.0)),
                          negative_timeout=float(options.get("negative_timeout", 1.0)),
-                         writeback_cache=options.get("writeback_cache", "1") != "0")
+                         writeback_cache=options.get("writeback_cache", "1") != "0",
+                         separate_mounts=os.geteuid() == 0 or "allow_other" in options)
         binds = Binds(pool_name, ops, mp, private=mp == private_mountpoint(pool_name))
         if for_dataset is not None:
             binds.target(for_dataset)
@@ -624,12 +632,14 @@ def serve(pool_name: str, mountpoint: str | None, options: dict[str, str],
 
     ops.mountpoint = mp
     binds.dev = tree_device(mp)
+    with fuse_sessions.lock:
+        fuse_sessions.live.add(pyfuse3)
+    children = fuse_sessions.Children(ops, fuse_opts)
+    server.children = binds.children = children
     properties.mounted_hook = binds.mounted
     me = os.getpid()
     write_state(pool_name, me, mp, dev=binds.dev)
     log.info("pool %s mounted at %s (pid %d)", pool_name, mp, me)
-    if report:
-        report(True, mp)
     interval = float(options.get("sync_interval", 5.0))
     signalled = [False]
 
@@ -651,10 +661,12 @@ def serve(pool_name: str, mountpoint: str | None, options: dict[str, str],
                     await trio.to_thread.run_sync(ops.sync)
                 except Exception:
                     log.exception("txg sync failed")
-                try:        # bind mounts would outlive the session, dead
+                try:        # bind mounts and children would outlive the session, dead
                     await trio.to_thread.run_sync(binds.unmount, None, True, False)
+                    children.stopping = True
+                    await trio.to_thread.run_sync(children.end_all, True)
                 except Exception:
-                    log.exception("detaching the bind mounts")
+                    log.exception("detaching the bind mounts and children")
                 signalled[0] = True
                 pyfuse3.terminate()
                 return
@@ -665,14 +677,23 @@ def serve(pool_name: str, mountpoint: str | None, options: dict[str, str],
             if binds.active:
                 await trio.to_thread.run_sync(binds.settle, True)
 
+    async def start() -> None:
+        """Mount the children once the tree answers, then tell the caller all is there."""
+        await trio.to_thread.run_sync(raise_readahead, mp)
+        await trio.to_thread.run_sync(children.apply)
+        if report:
+            report(True, mp)
+
     async def run() -> None:
         async with trio.open_nursery() as nursery:
+            children.start(nursery)
             if interval > 0:
                 nursery.start_soon(timer)
             nursery.start_soon(signals)
             nursery.start_soon(watch)
-            nursery.start_soon(trio.to_thread.run_sync, raise_readahead, mp)
+            nursery.start_soon(start)
             await pyfuse3.main()
+            children.stopping = True
             nursery.cancel_scope.cancel()
 
     code = 0
@@ -689,6 +710,8 @@ def serve(pool_name: str, mountpoint: str | None, options: dict[str, str],
         except Exception:
             log.exception("closing filesystems")
             code = 1
+        with fuse_sessions.lock:
+            fuse_sessions.live.discard(pyfuse3)
         try:
             pyfuse3.close(unmount=signalled[0] or code != 0)
         except Exception:

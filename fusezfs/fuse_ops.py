@@ -1,28 +1,32 @@
-"""The pyfuse3 adapter: one FUSE tree over the filesystems of one open pool.
+"""The pyfuse3 adapter: the FUSE operations over the filesystems of one open pool.
 
 Theory of operation
 -------------------
 The daemon mounts the pool's root filesystem; every other filesystem with canmount=on and a
 mountpoint inside the root's tree appears at that mountpoint (ZFS mounts it there). Each
 dataset shown is a *view*: a Posix object (the POSIX layer, with FUSE lookup counting) and an
-index. Inode numbers the kernel sees are `view index << 48 | the dataset's own inode number`,
-so they are unique across the tree; the root view is index 0, so its root is inode 1 (FUSE's
-root). One FUSE mount has a single st_dev: datasets cannot show distinct device numbers here
-(the kernel assigns st_dev per superblock; FUSE gives no way to vary it per inode).
+index. Inode numbers are `view index << 48 | the dataset's own inode number`, so a session
+never sees two alike; the root of each FUSE session is 1, as FUSE requires (View.ino).
 
 Mountpoints: a child's mountpoint directory is made in the dataset that contains that path
-(as `zfs mount` makes it), and is then *covered*: lookup and readdir of that name in the
-parent answer the child's root instead. rmdir or rename of a covered name is EBUSY; rename
-and link between views are EXDEV; writes to snapshot views and readonly=on datasets are EROFS
-(the POSIX layer raises it).
+(as `zfs mount` makes it). Then, as root (or with allow_other), the child is mounted there
+as a FUSE session of its own (fuse_sessions.py): its own st_dev, statfs figures and mount
+table line, and the kernel itself refuses rename and link between datasets (EXDEV) and
+rmdir of a mountpoint (EBUSY). A daemon of an ordinary user cannot do that (fusermount3,
+running setuid, may not look into a FUSE mount made without allow_other), so there the child
+*covers* the directory inside its parent's session: lookup and readdir of that name answer
+the child's root instead, rmdir or rename of it is EBUSY, and rename and link between views
+are EXDEV (all datasets then share the one st_dev). Writes to snapshot views and readonly=on
+datasets are EROFS (the POSIX layer raises it).
 
 `.zfs` in the root of each filesystem view is a virtual directory holding `snapshot`, whose
-entries are the dataset's snapshots, each a read-only view made on first use. `.zfs` is found
-by lookup always and listed by readdir only with snapdir=visible. Virtual inodes use the top
-local numbers of their view (never handed out by the POSIX layer).
+entries are the dataset's snapshots, each a read-only view made on first use, in the session
+of its filesystem. `.zfs` is found by lookup always and listed by readdir only with
+snapdir=visible. Virtual inodes use the top local numbers of their view (never handed out by
+the POSIX layer).
 
-Bind mounts (`fusezfs mount DATASET PATH`, daemon.Binds): pyfuse3 serves one FUSE session per
-process, so a dataset shown elsewhere than in the pool's tree is bind-mounted from it. The
+Bind mounts (`fusezfs mount DATASET PATH`, daemon.Binds): a dataset shown elsewhere than in
+the pool's tree is bind-mounted from the root's session. The
 root view's `.zfs` holds a `dataset` directory that readdir never lists, and in it, for each
 dataset *armed* for binding, an entry named by its objsetid whose root is the dataset's own
 view (a snapshot's is read-only), with EXDEV and EROFS as in every view. Other ids are not
@@ -86,9 +90,17 @@ class View:
         self.dead = False                       # unmounted or destroyed (see refresh)
         self.snapnames: set[str] = set()        # head: snapshot names the kernel may know
         self.bound = False                      # the root of .zfs/dataset/ID (bind mounts)
+        self.mod = pyfuse3                      # the pyfuse3 instance of its FUSE session
+        self.own = False                        # mounted child: the root of its own session
+        self.path: str | None = None            # own: where its session is mounted
+        self.dev: str | None = None             # own: that mount's device, once mounted
 
     def g(self, local: int) -> int:
         return self.index << SHIFT | local
+
+    def ino(self, local: int) -> int:
+        """The inode number its session knows `local` by: the root of a session is 1."""
+        return pyfuse3.ROOT_INODE if local == ROOT_INO and self.own else self.index << SHIFT | local
 
 
 def mountpoint_of(dsl, rec: Record) -> str:
@@ -160,7 +172,8 @@ class Operations(pyfuse3.Operations):
     supports_dot_lookup = True
 
     def __init__(self, handle, *, entry_timeout: float = 1.0, attr_timeout: float = 1.0,
-                 negative_timeout: float = 1.0, writeback_cache: bool = True) -> None:
+                 negative_timeout: float = 1.0, writeback_cache: bool = True,
+                 separate_mounts: bool = False) -> None:
         super().__init__()
         # The kernel's writeback cache (read by pyfuse3.init): writes gather in the page cache
         # and come in large chunks; the kernel keeps the size and mtime of files open for
@@ -176,12 +189,23 @@ class Operations(pyfuse3.Operations):
         self.attr_timeout = attr_timeout
         self.negative_timeout = negative_timeout
         self.views: list[View] = []
+        # separate_mounts: each child its own FUSE session (fuse_sessions.py); otherwise
+        # (an ordinary user's daemon: fusermount3 cannot reach into a mount that lacks
+        # allow_other) a child covers its mountpoint directory inside its parent's session
+        self.separate = separate_mounts
         self.covers: dict[tuple[int, int], int] = {}
+        # mounted children (fuse_sessions.py makes and ends their sessions, after the lock)
+        self.to_mount: list[View] = []
+        self.to_end: list[View] = []
+        self.mount_entries: set[tuple[int, int, bytes]] = set()   # (host, dir, name) of each
+        self.unmounted: set[int] = set()        # datasets unmounted from outside: left so
         self.snap_views: dict[int, int] = {}
         self.bind_views: dict[int, int] = {}    # armed dataset id -> its view (.zfs/dataset)
         self.files: dict[int, tuple[View, int]] = {}
         self.dirs: dict[int, tuple[View, int]] = {}
         self._next_fh = 1
+        self.syncing: set[int] = set()          # threads (FUSE's ctx.pid) in flush_kernel
+        self.internal: set[int] = set()         # directory handles they opened
         self._old_names: dict[tuple[int, int], set[bytes]] = {}
         self._trees: dict[int, object] = {}
         with self.lock:
@@ -208,6 +232,8 @@ class Operations(pyfuse3.Operations):
         placed: set[int] = {root.index}
         current = {v.rec.id: v for v in self.views if v.parent is not None and not v.dead}
         for rel, rec in mounted_children(self.dsl):
+            if rec.id in self.unmounted:
+                continue
             if any(r == rel for r, _v in mounted):
                 log.warning("%s: mountpoint already used; not mounted", self.dsl.name(rec.id))
                 continue
@@ -242,7 +268,11 @@ class Operations(pyfuse3.Operations):
             view.parent = (host.index, ino)
             view.rel = rel
             view.entry = (host.index, pdir, name)
-            self.covers[(host.index, ino)] = view.index
+            if self.separate:
+                view.own = True
+                self.to_mount.append(view)
+            else:
+                self.covers[(host.index, ino)] = view.index
             mounted.append((rel, view))
             placed.add(view.index)
             inval += [("entry", host.g(pdir), name), ("inode", host.g(pdir))]
@@ -256,12 +286,17 @@ class Operations(pyfuse3.Operations):
         mountpoint directory is removed if empty, as zfs does."""
         self.covers.pop(view.parent, None)
         view.dead = True
+        if view.own:
+            self.to_end.append(view)
+            if view in self.to_mount:
+                self.to_mount.remove(view)
         for sv in self.views:           # its snapshots are made anew under its next view
             if sv.head is view and not sv.dead:
                 sv.dead = True
                 self.snap_views.pop(sv.rec.id, None)
         if view.entry is None:
             return
+        self.mount_entries.discard(view.entry)
         hidx, pdir, name = view.entry
         host = self.views[hidx]
         inval += [("entry", host.g(pdir), name), ("inode", host.g(pdir))]
@@ -275,8 +310,9 @@ class Operations(pyfuse3.Operations):
         """Where dataset `ds_id` is mounted, if a file or directory is open in it through the
         mount (FUSE sees open handles, not working directories); `binds()`: (id, path) of the
         bind mounts, for a dataset only bound."""
-        in_use = [v for v, _fh in list(self.files.values()) + list(self.dirs.values())
-                  if v.rec.id == ds_id and not v.dead and not v.snapshot]
+        views = [v for v, _fh in list(self.files.values())] + \
+            [v for gfh, (v, _fh) in list(self.dirs.items()) if gfh not in self.internal]
+        in_use = [v for v in views if v.rec.id == ds_id and not v.dead and not v.snapshot]
         if not in_use or not self.mountpoint:
             return None
         for view in in_use:
@@ -323,14 +359,22 @@ class Operations(pyfuse3.Operations):
         written later over a rollback or into a destroyed dataset. Called on a thread other
         than trio's and without the pool lock: those writes need it. `path`: a bind mount of
         the tree to reach it through (they share its pages), if not its mountpoint."""
-        path = path or self.mountpoint
-        if not self.enable_writeback_cache or not path:
+        if not self.enable_writeback_cache:
             return
         assert not self.lock._is_owned(), "flush_kernel would wait for its own lock"
+        paths = [path] if path else [self.mountpoint] + \
+            [v.path for v in list(self.views) if v.own and v.dev and v.mod and not v.dead]
+        tid = threading.get_native_id()
+        self.syncing.add(tid)
         try:
-            syncfs(path)
-        except OSError as e:
-            log.warning("syncfs %s: %s", path, e.strerror)
+            for p in paths:
+                if p:
+                    try:
+                        syncfs(p)
+                    except OSError as e:
+                        log.warning("syncfs %s: %s", p, e.strerror)
+        finally:
+            self.syncing.discard(tid)
 
     def before_command(self, argv: list[str]) -> None:
         """Commit what the mount buffered (the POSIX layer's buffers; the kernel's dirty
@@ -457,16 +501,29 @@ class Operations(pyfuse3.Operations):
             self._trees = {}
         return list(dict.fromkeys(inval))
 
-    @staticmethod
-    def invalidate(inval: list) -> None:
-        """Make the kernel forget what `refresh` found stale. Never with the pool lock held:
-        the kernel may wait for a request in progress, and that request for the lock."""
+    def invalidate(self, inval: list) -> None:
+        """Make the kernel forget what `refresh` found stale, each item through the session
+        that shows it. Never with the pool lock held: the kernel may wait for a request in
+        progress, and that request for the lock. Never the name a child is mounted on: the
+        kernel would detach the mount (d_invalidate)."""
+        from . import fuse_sessions
+        covered = set(self.mount_entries)
         for item in inval:
+            idx, local = item[1] >> SHIFT, item[1] & LOCAL_MASK
+            if idx >= len(self.views):
+                continue
+            view = self.views[idx]
+            if item[0] == "entry" and (idx, local, item[2]) in covered:
+                continue
             try:
-                if item[0] == "entry":
-                    pyfuse3.invalidate_entry(item[1], item[2])
-                else:
-                    pyfuse3.invalidate_inode(item[1], attr_only=False)
+                with fuse_sessions.lock:
+                    mod = view.mod
+                    if mod not in fuse_sessions.live:
+                        continue        # its session ended
+                    if item[0] == "entry":
+                        mod.invalidate_entry(view.ino(local), item[2])
+                    else:
+                        mod.invalidate_inode(view.ino(local), attr_only=False)
             except OSError:
                 pass            # the kernel did not know it
             except Exception:
@@ -478,6 +535,7 @@ class Operations(pyfuse3.Operations):
             return self.views[idx]
         view = self._open_view(rec)
         view.head = head
+        view.mod = head.mod
         self.snap_views[rec.id] = view.index
         return view
 
@@ -502,8 +560,8 @@ class Operations(pyfuse3.Operations):
 
     # ---- attributes ---------------------------------------------------------------------
     def _entry(self, view: View, a) -> pyfuse3.EntryAttributes:
-        e = pyfuse3.EntryAttributes()
-        e.st_ino = view.g(a.st_ino)
+        e = view.mod.EntryAttributes()
+        e.st_ino = view.ino(a.st_ino)
         e.generation = a.generation
         e.entry_timeout = self.entry_timeout
         e.attr_timeout = self.attr_timeout
@@ -522,7 +580,7 @@ class Operations(pyfuse3.Operations):
 
     def _virtual(self, view: View, local: int) -> pyfuse3.EntryAttributes:
         root = view.fs.getattr(ROOT_INO)
-        e = pyfuse3.EntryAttributes()
+        e = view.mod.EntryAttributes()
         e.st_ino = view.g(local)
         e.generation = 0
         e.entry_timeout = self.entry_timeout
@@ -546,7 +604,7 @@ class Operations(pyfuse3.Operations):
         return self._entry(view, view.fs.lookup(ROOT_INO, b"."))
 
     def _cover(self, view: View, a) -> pyfuse3.EntryAttributes:
-        """Entry for an attribute found in `view`, replaced by a mounted child's root (the
+        """Entry for an attribute found in `view`, replaced by a covering child's root (the
         lookup count moves from the covered directory to the child's root)."""
         child = self.covers.get((view.index, a.st_ino))
         if child is None:
@@ -555,6 +613,7 @@ class Operations(pyfuse3.Operations):
         return self._root_entry(self.views[child])
 
     def _is_covered(self, view: View, parent: int, name: bytes) -> bool:
+        """The name is the root's .zfs, or a directory a child covers: EBUSY to remove."""
         if parent == ROOT_INO and name == b".zfs" and not view.snapshot:
             return True
         if not any(idx == view.index for idx, _ino in self.covers):
@@ -612,7 +671,7 @@ class Operations(pyfuse3.Operations):
                 return self._virtual(view, CTL_INO)
             if name == b"..":
                 return self._root_entry(view)
-            return self._negative()
+            return self._negative(view)
         if local == BINDDIR_INO:
             if name == b".":
                 return self._virtual(view, BINDDIR_INO)
@@ -620,7 +679,7 @@ class Operations(pyfuse3.Operations):
                 return self._virtual(view, CTL_INO)
             idx = self.bind_views.get(int(name)) if name.isdigit() and name[:1] != b"0" else None
             if idx is None or self.views[idx].dead:
-                return self._negative()
+                return self._negative(view)
             return self._root_entry(self.views[idx])
         if local == SNAPDIR_INO:
             if name == b".":
@@ -629,13 +688,15 @@ class Operations(pyfuse3.Operations):
                 return self._virtual(view, CTL_INO)
             rec = self._snapshot_rec(view, name)
             if rec is None:
-                return self._negative()
+                return self._negative(view)
             return self._root_entry(self._snap_view(view, rec))
         if local == ROOT_INO and name == b"..":
             if view.head is not None:
                 return self._virtual(view.head, SNAPDIR_INO)
             if view.bound:
                 return self._virtual(self.views[0], BINDDIR_INO)
+            if view.own:         # the root of a mount is its own parent
+                return self._root_entry(view)
             if view.parent is not None:
                 host_idx, dir_ino = view.parent
                 host = self.views[host_idx]
@@ -646,14 +707,14 @@ class Operations(pyfuse3.Operations):
             a = view.fs.lookup(local, name)
         except OSError as e:
             if e.errno == errno.ENOENT:
-                return self._negative()
+                return self._negative(view)
             raise
         return self._cover(view, a)
 
-    def _negative(self) -> pyfuse3.EntryAttributes:
+    def _negative(self, view: View) -> pyfuse3.EntryAttributes:
         if self.negative_timeout <= 0:
             raise pyfuse3.FUSEError(errno.ENOENT)
-        e = pyfuse3.EntryAttributes()
+        e = view.mod.EntryAttributes()
         e.st_ino = 0
         e.entry_timeout = self.negative_timeout
         return e
@@ -815,7 +876,7 @@ class Operations(pyfuse3.Operations):
         if local in VIRTUAL:
             raise pyfuse3.FUSEError(errno.EISDIR)
         fh = view.fs.open(local, self._open_flags(flags))
-        fi = pyfuse3.FileInfo(fh=self._new_fh(self.files, view, fh))
+        fi = view.mod.FileInfo(fh=self._new_fh(self.files, view, fh))
         fi.keep_cache = view.snapshot     # a snapshot never changes: keep its page cache
         return fi
 
@@ -827,7 +888,7 @@ class Operations(pyfuse3.Operations):
         view, local = self._real_dir(parent)
         self._check_new(view, local, name)
         fh, a = view.fs.create(local, name, mode, self._open_flags(flags), uid, gid)
-        return pyfuse3.FileInfo(fh=self._new_fh(self.files, view, fh)), self._entry(view, a)
+        return view.mod.FileInfo(fh=self._new_fh(self.files, view, fh)), self._entry(view, a)
 
     async def read(self, fh, off, size):
         return await self._run(self._read, fh, off, size)
@@ -867,7 +928,10 @@ class Operations(pyfuse3.Operations):
 
     # ---- directories --------------------------------------------------------------------
     async def opendir(self, inode, ctx):
-        return await self._run(self._opendir, inode)
+        gfh = await self._run(self._opendir, inode)
+        if ctx is not None and ctx.pid in self.syncing:
+            self.internal.add(gfh)      # flush_kernel's syncfs: not a user keeping it busy
+        return gfh
 
     def _opendir(self, g):
         view, local = self._split(g)
@@ -877,13 +941,17 @@ class Operations(pyfuse3.Operations):
 
     async def readdir(self, fh, start_id, token):
         cookie = start_id
+        try:
+            reply = self.dirs[fh][0].mod.readdir_reply
+        except KeyError:
+            raise pyfuse3.FUSEError(errno.EBADF) from None
         while True:
             batch = await self._run(self._readdir, fh, cookie)
             if not batch:
                 return
             accepted = []
             for name, attr, next_id, view, local in batch:
-                if not pyfuse3.readdir_reply(token, name, attr, next_id):
+                if not reply(token, name, attr, next_id):
                     break
                 accepted.append((view, local))
                 cookie = next_id
@@ -939,6 +1007,7 @@ class Operations(pyfuse3.Operations):
         return await self._run(self._releasedir, fh)
 
     def _releasedir(self, gfh):
+        self.internal.discard(gfh)
         view, (fh, _local) = self.dirs.pop(gfh, (None, (None, None)))
         if view is not None and fh is not None and view.fs is not None:
             view.fs.releasedir(fh)
@@ -981,12 +1050,16 @@ class Operations(pyfuse3.Operations):
 
     # ---- the filesystem -----------------------------------------------------------------
     async def statfs(self, ctx):
-        return await self._run(self._statfs)
+        return await self.statfs_of(self.views[0])
 
-    def _statfs(self):
-        # pyfuse3 does not say which inode statfs(2) was called on: the root dataset answers
-        s = self.views[0].fs.statfs()
-        out = pyfuse3.StatvfsData()
+    async def statfs_of(self, view: View):
+        """statfs(2) of the mount of `view`: each mounted dataset has its own session, so its
+        own figures (its quota, its share of the pool). A bind mount shows the root's."""
+        return await self._run(self._statfs, view)
+
+    def _statfs(self, view: View):
+        s = view.fs.statfs()
+        out = view.mod.StatvfsData()
         out.f_bsize = s.f_bsize
         out.f_frsize = s.f_frsize
         out.f_blocks = s.f_blocks

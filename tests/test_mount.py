@@ -162,9 +162,19 @@ def test_mount_unmount_and_children(env):
     write(f"{m}/top", b"root")
     write(f"{m}/a/x", b"in a")
     write(f"{m}/a/b/y", b"in b")
-    inos = {os.stat(p).st_ino for p in (m, f"{m}/a", f"{m}/a/b", f"{m}/top", f"{m}/a/x",
-                                        f"{m}/a/b/y")}
-    assert len(inos) == 6                       # unique across datasets
+    # each dataset is its own mount, as in zfs: its own st_dev, line in mountinfo and statfs
+    devs = [os.stat(p).st_dev for p in (m, f"{m}/a", f"{m}/a/b")]
+    assert len(set(devs)) == 3
+    assert os.stat(f"{m}/a/x").st_dev == devs[1] and os.stat(f"{m}/a/b/y").st_dev == devs[2]
+    assert os.stat(f"{m}/top").st_ino != os.stat(f"{m}/ro").st_ino
+    table = {line.split()[4]: line.split(" - ")[1].split()[:2]
+             for line in open("/proc/self/mountinfo")}
+    assert table[f"{m}/a/b"] == ["fuse.fusezfs", "tank/a/b"]
+    assert table[m] == ["fuse.fusezfs", "tank"] and f"{m}/ro" in table
+    assert f"{m}/off" not in table
+    env.run("set", "quota=10M", "tank/a/b")
+    assert os.statvfs(f"{m}/a/b").f_blocks * os.statvfs(f"{m}/a/b").f_frsize == 10 << 20
+    assert os.statvfs(m).f_blocks * os.statvfs(m).f_frsize > 100 << 20
     # EXDEV across datasets, EBUSY on mountpoints, EROFS on readonly=on
     with pytest.raises(OSError) as ei:
         os.link(f"{m}/top", f"{m}/a/top")
@@ -834,7 +844,14 @@ def test_mount_as_ordinary_user():
             r = subprocess.run(ns.enter() + ["runuser", "-u", "nobody", "--",
                                              "env", "-i", *user_env, *argv],
                                capture_output=True, text=True, timeout=120)
-            assert r.returncode == 0, f"{' '.join(argv)} -> {r.returncode}\n{r.stdout}{r.stderr}"
+            if r.returncode != 0:
+                try:
+                    with open(os.path.join(state, "tank.log")) as f:
+                        log = f.read()[-3000:]
+                except OSError:
+                    log = ""
+                pytest.fail(f"{' '.join(argv)} -> {r.returncode}\n{r.stdout}{r.stderr}\n"
+                            f"daemon log:\n{log}")
             return r.stdout
 
         img = os.path.join(home, "tank.img")
