@@ -399,6 +399,7 @@ class Children:
     def end_all(self, force: bool = False) -> list[str]:
         """Unmount every child, deepest first (the daemon's end, `unmount POOL`): at once if
         possible, lazily with `force`; the error messages of those left mounted."""
+        self.stopping = True
         with self.apply_lock:
             with self.core.lock:
                 views = [v for v in self.core.views if v.own and v.dev is not None
@@ -408,4 +409,5 @@ class Children:
                 err = self._unmount(view, lazy=force)
                 if err:
                     failed.append(err)
+            self.stopping = not failed          # still serving: children may come again
             return failed

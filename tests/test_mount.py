@@ -220,16 +220,88 @@ def test_fusermount_unmount_syncs(env):
 
 def test_sigterm_unmounts(env):
     env.create_pool()
+    env.run("create", "tank/a")
+    env.run("create", "tank/a/b")
     env.mount()
     write(f"{env.mnt}/f", b"hello")
+    write(f"{env.mnt}/a/b/g", b"deep")           # no fsync: the unmount writes it
     pid = env.daemon_pid()
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 30
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(pid) and not is_fuse_mount(env.mnt), env.log()
+    assert mounts_below(env.mnt) == []           # the children went first
+    env.run("pool", "verify", "tank")
     env.mount()
-    assert read(f"{env.mnt}/f") == b"hello"
+    assert read(f"{env.mnt}/f") == b"hello" and read(f"{env.mnt}/a/b/g") == b"deep"
+
+
+def mounts_below(top: str) -> list[str]:
+    """The mountpoints at or below `top`, in mount order."""
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            mp = line.split()[4]
+            if mp == top or mp.startswith(top + "/"):
+                out.append(mp)
+    return out
+
+
+def mounted(env, name: str) -> str:
+    return env.run("get", "-H", "-o", "value", "mounted", name).stdout.strip()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="children get their own session as root")
+def test_children_follow_commands_as_mounts_of_their_own(env):
+    """Children are separate mounts, as in zfs: created, renamed, moved by a mountpoint
+    change and destroyed while the pool is mounted, the mount table follows; one unmounted
+    from outside stays unmounted (`mounted` says no); a rollback of the parent leaves the
+    child mounted; the pool's own mount cannot go from under its children, but `unmount`
+    of the pool takes them first."""
+    env.create_pool()
+    env.run("create", "tank/a")
+    env.mount()
+    m = env.mnt
+    root_dev = os.stat(m).st_dev
+    env.run("snapshot", "tank@before")
+    write(f"{m}/top", b"top")
+    write(f"{m}/a/x", b"x")
+    env.run("create", "tank/new")
+    assert mounts_below(m) == [m, f"{m}/a", f"{m}/new"]
+    new_dev = os.stat(f"{m}/new").st_dev
+    assert new_dev not in (root_dev, os.stat(f"{m}/a").st_dev)
+    write(f"{m}/new/f", b"new")
+    env.run("rename", "tank/new", "tank/renamed")
+    assert mounts_below(m) == [m, f"{m}/a", f"{m}/renamed"]
+    assert read(f"{m}/renamed/f") == b"new" and not os.path.exists(f"{m}/new")
+    env.run("set", "mountpoint=/tank/a/deeper", "tank/renamed")     # the pool is at m
+    assert mounts_below(m) == [m, f"{m}/a", f"{m}/a/deeper"]
+    assert read(f"{m}/a/deeper/f") == b"new"
+    env.run("destroy", "tank/renamed")
+    assert mounts_below(m) == [m, f"{m}/a"] and mounted(env, "tank/a") == "yes"
+    # a rollback of the parent keeps its child's mount (the kernel is not told to drop the
+    # name the child is mounted on)
+    env.run("rollback", "tank@before")
+    assert not os.path.exists(f"{m}/top")       # written after the snapshot: gone
+    assert mounts_below(m) == [m, f"{m}/a"] and read(f"{m}/a/x") == b"x"
+    # the root cannot be unmounted from under a child (EBUSY, as with zfs)
+    r = subprocess.run(["umount", m], capture_output=True, text=True)
+    assert r.returncode != 0 and is_fuse_mount(m)
+    # a child unmounted from outside stays unmounted, and its data is safe
+    subprocess.run(["umount", f"{m}/a"], check=True)
+    deadline = time.monotonic() + 20
+    while mounted(env, "tank/a") != "no" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert mounted(env, "tank/a") == "no", env.log()
+    assert mounts_below(m) == [m] and os.listdir(f"{m}/a") == []
+    env.run("create", "tank/c")                 # a later command does not remount it
+    assert mounts_below(m) == [m, f"{m}/c"]
+    env.unmount()
+    assert mounts_below(m) == []
+    env.run("pool", "verify", "tank")
+    env.mount()
+    assert read(f"{m}/a/x") == b"x" and sorted(os.listdir(m)) == ["a", "c"]
 
 
 # ---- model-based ------------------------------------------------------------------------
