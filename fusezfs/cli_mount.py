@@ -13,17 +13,18 @@ overrides the root dataset's mountpoint property for this mount.
 
 `mount DATASET PATH` is mount(8) of a legacy mountpoint: for a dataset the pool's tree does
 not show (mountpoint=legacy or none, canmount off or noauto, or a mountpoint outside the
-tree). PATH must be a directory nothing is mounted at. The pool's daemon bind-mounts the
-dataset from its tree (daemon.Binds), so only root can; a pool not served yet is served first
-(its tree at the root's mountpoint, or at a private directory when the root has none to use),
-and stopped again if the mount fails. The same dataset may be mounted at several paths.
+tree). PATH must be a directory nothing is mounted at. The pool's daemon mounts the dataset
+there as a FUSE session of its own (daemon.SingleMounts; as an ordinary user through fusermount3); a
+pool not served yet is served first (its tree at the root's mountpoint, or at a private
+directory when the root has none to use), and stopped again if the mount fails. A dataset
+is mounted at one path at a time, as with `zfs mount`.
 
 `unmount` unmounts through fusermount3 (-f: lazily, even while busy) and waits for the daemon
 to exit: the daemon syncs and closes the pool after its session ends, so when `unmount`
 returns everything written is durable and the pool's files are free for other commands. A
-pool's bind mounts are unmounted first. `unmount DATASET` unmounts each bind mount of the
-dataset, `unmount PATH` the one at PATH, after a txg commit; a daemon serving a private tree
-exits with its last bind mount, and `unmount` waits for that too.
+pool's single-dataset mounts and children are unmounted first. `unmount DATASET` unmounts
+each single-dataset mount of the dataset, `unmount PATH` the one at PATH, then commits a txg;
+a daemon serving a private tree exits with its last such mount, and `unmount` waits for that.
 """
 from __future__ import annotations
 
@@ -40,8 +41,6 @@ USAGE = {
              "\tmount [-o opts] <filesystem | snapshot> <path>",
     "unmount": "\tunmount [-f] <pool | filesystem | mountpoint>",
 }
-NEEDS_ROOT = ("mounting a dataset at a path of its own (a legacy mountpoint, or one outside "
-              "its pool's tree) needs a bind mount, which only root can make")
 READY_TIMEOUT = 60.0
 EXIT_TIMEOUT = 120.0
 
@@ -60,7 +59,7 @@ def cmd_mount(args: list[str]) -> int:
         for st in daemon.all_states():
             if daemon.pid_alive(int(st.get("pid", 0))):
                 print(f"{st.get('pool')}\t{st.get('mountpoint')}")
-                for dataset, path in daemon.recorded_binds(st):
+                for dataset, path in daemon.recorded_singles(st):
                     print(f"{dataset}\t{path}")
         return 0
     if len(rest) > 2:
@@ -87,8 +86,6 @@ def _mount_dataset(dataset: str, path: str | None, texts: list[str], foreground:
     if foreground:
         raise Usage("-f serves a pool in the foreground: mount the pool with -f, then the "
                     "dataset")
-    if os.geteuid() != 0:
-        raise Failed(f"cannot mount '{dataset}': {NEEDS_ROOT}")
     pool = control.pool_of(dataset)
     path = os.path.abspath(path)
     argv = ["mount", dataset, path]
@@ -175,8 +172,8 @@ def _spawn(pool: str, mountpoint: str | None, texts: list[str],
 
 
 def _find(target: str) -> tuple[str | None, str | None, int | None, str | None]:
-    """(pool, mountpoint of its tree, daemon pid, bind) named by a pool or dataset name or a
-    path; `bind` is the dataset or path whose bind mounts go, None for the whole pool."""
+    """(pool, mountpoint of its tree, daemon pid, single) named by a pool or dataset name or a
+    path; `single` is the dataset or path whose single-dataset mounts go, None for the whole pool."""
     if not target.startswith("/"):
         pool = control.pool_of(target)
         st = daemon.read_state(pool)
@@ -188,7 +185,7 @@ def _find(target: str) -> tuple[str | None, str | None, int | None, str | None]:
         pid = int(st.get("pid", 0))
         if st.get("mountpoint") == path:
             return st.get("pool"), path, pid, None
-        if any(p == path for _i, p in daemon.bound_paths(st.get("dev"), st.get("pool", ""))):
+        if any(p == path for _d, p in daemon.recorded_singles(st)):
             return st.get("pool"), st.get("mountpoint"), pid, path
     if daemon.is_mounted(path) == daemon.FSTYPE:
         return None, path, None, None
@@ -201,28 +198,28 @@ def cmd_unmount(args: list[str]) -> int:
     if len(rest) != 1:
         raise Usage("missing pool name or mountpoint" if not rest else "too many arguments")
     target = rest[0]
-    pool, mp, pid, bind = _find(target)
+    pool, mp, pid, single = _find(target)
     if mp is None:
         raise Failed(f"cannot unmount '{target}': not currently mounted")
-    if bind is None:
+    if single is None:
         _unmount_pool(pool, mp, pid, force)
         return 0
     if not (pid and pid > 0 and daemon.pid_alive(pid)):
-        daemon.clean_stale(pool)            # detaches the dead mounts it left, binds too
-        if not bind.startswith("/"):
+        daemon.clean_stale(pool)            # detaches the dead mounts it left, singles too
+        if not single.startswith("/"):
             raise Failed(f"cannot unmount '{target}': not currently mounted")
         return 0
-    _forward(pool, ["unmount"] + (["-f"] if force else []) + [bind])
+    _forward(pool, ["unmount"] + (["-f"] if force else []) + [single])
     if daemon.is_mounted(mp) != daemon.FSTYPE:
-        _wait_exit(pid, mp)                 # a private tree went with its last bind mount
+        _wait_exit(pid, mp)                 # a private tree went with its last single mount
     return 0
 
 
 def _unmount_pool(pool: str | None, mp: str | None, pid: int | None, force: bool) -> None:
-    """Unmount a pool's bind mounts, then its tree, and wait for its daemon to exit."""
+    """Unmount a pool's single-dataset mounts and children, then its tree, and wait for its
+    daemon to exit."""
     alive = pid is not None and pid > 0 and daemon.pid_alive(pid)
-    st = (daemon.read_state(pool) if pool else None) or {}
-    if alive:       # its bind mounts and children first: the tree's mount is under them
+    if alive:       # its other mounts first: the children are on top of the tree
         _forward(pool, ["unmount"] + (["-f"] if force else []) + ["-a"])
     if mp and daemon.is_mounted(mp) == daemon.FSTYPE:
         ok, msg = daemon.fusermount_unmount(mp, lazy=force or not alive)

@@ -9,7 +9,7 @@ paths of cp are made absolute here (the daemon's working directory is /). `pool 
 `pool destroy` of a served pool first unmount it (the daemon syncs and exits), then run here.
 A command spanning pools served by two daemons is refused with a message saying so.
 `mount`/`unmount` run here (cli_mount.py); those of a single dataset send the daemon
-`mount DATASET PATH` or `unmount [-f] DATASET|PATH|-a` (daemon.Binds makes the bind mount).
+`mount DATASET PATH` or `unmount [-f] DATASET|PATH|-a` (daemon.SingleMounts mounts it).
 
 Server (`Server`, started by daemon.serve before the mount exists): the socket is mode 0600
 (made under umask 077, then chmod), and every connection's SO_PEERCRED uid must be the
@@ -20,7 +20,7 @@ local side may be inside this very mount: its POSIX calls take the lock one by o
 command the mount's buffers are committed; after it `Operations.refresh` brings the views in
 line (new datasets mounted, destroyed ones gone, rollbacks reloaded) and the kernel's caches
 are invalidated after the lock is released, before the exit code is sent: when the command
-returns, the mount shows its effect (bind mounts of datasets it destroyed are gone too).
+returns, the mount shows its effect (mounts of datasets it destroyed are gone too).
 
 Wire format: frames of a 4-byte big-endian length and a JSON object. Request {"argv": [...],
 "cwd": str, "env": {...}}; replies {"out": text}, {"err": text}, then {"exit": code}.
@@ -289,7 +289,7 @@ class Server:
         self.thread: threading.Thread | None = None
         self.stopping = False
         self._bound_ino: int | None = None
-        self.binds = None       # daemon.Binds: the bind mounts of single datasets
+        self.singles = None     # daemon.SingleMounts: datasets mounted at paths of their own
         self.children = None    # fuse_sessions.Children: the mounts of the tree's children
 
     def start(self) -> None:
@@ -377,7 +377,7 @@ class Server:
                 log.exception("control connection")
 
     def _busy(self, ds_id: int) -> str | None:
-        return self.ops.busy_path(ds_id, self.binds.current if self.binds is not None else list)
+        return self.ops.busy_path(ds_id)
 
     def _provide(self, name: str):
         return self.handle if name == self.pool_name else None
@@ -387,11 +387,11 @@ class Server:
         """Run one command here, for the peer `caller` (uid, gid: the owner of a filesystem
         it creates); (exit code, stdout, stderr)."""
         from . import cli, sessions
-        if argv and argv[0] in self.REFUSED and self.binds is not None:
+        if argv and argv[0] in self.REFUSED and self.singles is not None:
             with self.cmd_lock:
                 if self.stopping:
                     return 1, "", f"the fusezfs daemon serving '{self.pool_name}' is stopping\n"
-                return self.binds.command(argv)
+                return self.singles.command(argv)
         if not argv or argv[0] in self.REFUSED or (argv[0] == "pool" and argv[1:2]
                                                    and argv[1] in ("export", "destroy")):
             return 1, "", f"the fusezfs daemon does not run '{' '.join(argv[:2])}'\n"
@@ -438,8 +438,8 @@ class Server:
             self.ops.invalidate(inval)
             if self.children is not None:
                 self.children.apply()   # mount new children, unmount those taken away
-            if self.binds is not None:
-                self.binds.settle()     # unmount the binds of destroyed datasets, rename others
+            if self.singles is not None:
+                self.singles.settle()     # unmount the singles of destroyed datasets, rename others
         log.info("command %s -> %d", " ".join(argv), code)
         return code, out.getvalue(), err.getvalue()
 

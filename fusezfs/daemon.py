@@ -16,12 +16,14 @@ While it serves, `POOL.sock` in the state directory is its control socket (contr
 fusezfs command naming the pool is sent there and runs in this process on the one Handle, so
 the mount shows its effect at once; `pool export` unmounts first, which ends this process.
 
-Single datasets (`fusezfs mount DATASET PATH`, run as root): the daemon bind-mounts the
-dataset's root from the hidden `.zfs/dataset/ID` of its tree (fuse_ops.py) at PATH (`Binds`);
-the kernel keeps the FUSE session while any mount of it is left, so the daemon unmounts the
-binds before its tree, and when its tree's mount goes away from outside it detaches them. A
-daemon started for a dataset whose pool's root has no mountpoint to use mounts its tree at
-`POOL.root` in the state directory, and ends when its last bind mount goes.
+Every mounted dataset is a FUSE session of its own (fuse_sessions.py), all served by this
+process's one trio loop: the tree's root, its children (fuse_ops.py), and single datasets
+(`fusezfs mount DATASET PATH`, `SingleMounts`) mounted at a path of their own. The kernel's
+unmount of a child or single dataset writes its dirty pages through its session; when the
+tree's own mount goes away from outside, the daemon unmounts the others the same way before
+it ends. A daemon started for a dataset whose pool's root has no mountpoint to use mounts
+its tree at `POOL.root` in the state directory, and ends when its last single-dataset mount
+goes.
 
 Started by `fusezfs mount` as `python -m fusezfs.daemon --ready-fd N ...`: it reports "ok
 MOUNTPOINT" or "error MESSAGE" on that descriptor once the mount exists or failed.
@@ -66,7 +68,7 @@ def read_state(pool: str) -> dict | None:
 
 
 def write_state(pool: str, pid: int, mountpoint: str, **extra) -> None:
-    """`extra`: dev (the FUSE mount's device, "MAJOR:MINOR"), binds ([{dataset, path}])."""
+    """`extra`: dev (the FUSE mount's device, "MAJOR:MINOR"), singles ([{dataset, path}])."""
     path = state_file(pool)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -119,7 +121,7 @@ def serving_pid(pool: str) -> int | None:
 
 # ---- mounts ---------------------------------------------------------------------------------
 class Mount(NamedTuple):
-    dev: str            # "MAJOR:MINOR" of its file system (bind mounts share it)
+    dev: str            # "MAJOR:MINOR" of its file system
     root: str           # the directory of that file system shown at the mountpoint
     mountpoint: str
     fstype: str
@@ -166,34 +168,13 @@ def fusezfs_mount_of(path: str) -> str | None:
     return best[0] if best and best[1] == FSTYPE else None
 
 
-BIND_DIR = "/.zfs/dataset/"     # in a daemon's tree: the roots of the datasets it bind-mounts
-
-
-def tree_device(mountpoint: str) -> str | None:
-    """The device of the fusezfs tree mounted at `mountpoint` (its root there), or None."""
-    found = None
-    for m in mounts():
-        if m.mountpoint == mountpoint and m.fstype == FSTYPE and m.root == "/":
-            found = m.dev
-    return found
-
-
-def bound_paths(dev: str | None, pool: str, table: list[Mount] | None = None) \
-        -> list[tuple[int, str]]:
-    """(dataset id, path) of each bind mount of a dataset of `pool`'s tree on device `dev`."""
-    out = []
-    for m in mounts() if table is None else table:
-        if m.dev == dev and m.fstype == FSTYPE and m.source == pool \
-                and m.root.startswith(BIND_DIR) and m.root[len(BIND_DIR):].isdigit():
-            out.append((int(m.root[len(BIND_DIR):]), m.mountpoint))
-    return out
-
-
-def recorded_binds(state: dict) -> list[tuple[str, str]]:
-    """(dataset, path) of the bind mounts a daemon's state file names that are still there."""
-    live = {p for _i, p in bound_paths(state.get("dev"), state.get("pool", ""))}
-    return [(b.get("dataset", "?"), b["path"]) for b in state.get("binds", [])
-            if b.get("path") in live]
+def recorded_singles(state: dict, table: list[Mount] | None = None) -> list[tuple[str, str]]:
+    """(dataset, path) of the single-dataset mounts a daemon's state file names that are still
+    there: a fusezfs mount at that path with the device its session got."""
+    live = {(m.mountpoint, m.dev) for m in (mounts() if table is None else table)
+            if m.fstype == FSTYPE}
+    return [(b.get("dataset", "?"), b["path"]) for b in state.get("singles", [])
+            if (b.get("path"), b.get("dev")) in live]
 
 
 def fusermount_unmount(path: str, lazy: bool = False) -> tuple[bool, str]:
@@ -207,7 +188,7 @@ def fusermount_unmount(path: str, lazy: bool = False) -> tuple[bool, str]:
 
 
 def clean_stale(pool: str) -> None:
-    """A daemon of `pool` that died without unmounting: detach its dead mount, forget it."""
+    """A daemon of `pool` that died without unmounting: detach its dead mounts, forget it."""
     data = read_state(pool)
     if data is None:
         return
@@ -215,41 +196,21 @@ def clean_stale(pool: str) -> None:
     if pid > 0 and pid_alive(pid):
         return
     mp = data.get("mountpoint")
-    for _ds_id, path in bound_paths(data.get("dev"), pool):
-        log.warning("detaching the dead bind mount %s left by pid %d", path, pid)
+    for _dataset, path in recorded_singles(data):
+        log.warning("detaching the dead mount %s left by pid %d", path, pid)
         fusermount_unmount(path, lazy=True)
     if mp and is_mounted(mp) == FSTYPE:
         log.warning("detaching the dead mount %s left by pid %d", mp, pid)
-        fusermount_unmount(mp, lazy=True)
+        fusermount_unmount(mp, lazy=True)       # and the children mounted inside it
     try:
         os.unlink(state_file(pool))
     except FileNotFoundError:
         pass
 
 
-# ---- bind mounts of single datasets ------------------------------------------------------------
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND = 1, 2, 4, 8, 32, 4096
-MNT_DETACH = 2
+# ---- single datasets ------------------------------------------------------------------------
 BUSY = "pool or dataset is busy"        # zfs's words for EBUSY
 WATCH_INTERVAL = 0.5
-
-
-def bind_mount(source: str, target: str, readonly: bool) -> None:
-    from .fuse_ops import libc_call
-    libc_call("mount", os.fsencode(source), os.fsencode(target), None, MS_BIND, None)
-    if readonly:       # a remount sets every flag: keep those the bind took from the tree
-        try:
-            keep = os.statvfs(target).f_flag & (MS_NOSUID | MS_NODEV | MS_NOEXEC)
-            libc_call("mount", b"none", os.fsencode(target), None,
-                      MS_REMOUNT | MS_BIND | MS_RDONLY | keep, None)
-        except OSError:
-            umount(target, lazy=True)
-            raise
-
-
-def umount(target: str, lazy: bool) -> None:
-    from .fuse_ops import libc_call
-    libc_call("umount2", os.fsencode(target), MNT_DETACH if lazy else 0)
 
 
 def check_mount_path(dataset: str, path: str) -> None:
@@ -265,35 +226,43 @@ def check_mount_path(dataset: str, path: str) -> None:
         raise DaemonError(f"cannot mount '{dataset}': '{path}' is already a mount point")
 
 
-class Binds:
-    """The bind mounts of single datasets one daemon made (see the module comment). Which
-    there are is read from /proc/self/mountinfo (roots under BIND_DIR on the tree's device),
-    so one removed by umount or fusermount3 -u counts at once; the state file names them for
-    other processes. `lock` orders them; the mount syscalls run without the pool lock: the
-    kernel looks the source up through this very mount, and an unmount may write pages."""
+class SingleMounts:
+    """The single datasets one daemon mounted at paths of their own (see the module comment):
+    each a standalone view of fuse_ops with a FUSE session of its own (fuse_sessions). Which
+    are still mounted is read from /proc/self/mountinfo (its path, with the device its session
+    got), so one removed by umount or fusermount3 -u counts at once; the state file names them
+    for other processes. `lock` orders them; mounts and unmounts run without the pool lock:
+    the kernel writes its dirty pages through the session while it unmounts."""
 
     def __init__(self, pool_name: str, ops, mountpoint: str, private: bool) -> None:
         self.pool_name = pool_name
         self.ops = ops
         self.mountpoint = mountpoint
-        self.private = private          # the tree is at private_mountpoint: binds alone show it
-        self.dev: str | None = None     # the tree's device, once mounted
+        self.private = private          # the tree is at private_mountpoint: only these show
         self.lock = threading.Lock()
-        self.recorded: list[tuple[str, str]] = []   # what the state file says
-        self.had = False                # a bind was made
+        self.recorded: list[tuple[str, str, str | None]] = []   # what the state file says
+        self.had = False                # a dataset was mounted
         self.ending = False             # the private tree is being unmounted
-        self.children = None            # fuse_sessions.Children: the children's mounts
+        self.children = None            # fuse_sessions.Children: every session but the tree's
 
     @property
     def active(self) -> bool:
-        """There are binds, or were: settle has something to look at."""
+        """There are mounts, or were: settle has something to look at."""
         return self.had or bool(self.recorded)
 
+    def _live(self, table: list[Mount] | None = None) -> list:
+        live = {(m.mountpoint, m.dev) for m in (mounts() if table is None else table)
+                if m.fstype == FSTYPE}
+        with self.ops.lock:
+            views = self.ops.standalones()
+        return [v for v in views if (v.path, v.dev) in live]
+
     def current(self, table: list[Mount] | None = None) -> list[tuple[int, str]]:
-        return bound_paths(self.dev, self.pool_name, table)
+        """(dataset id, path) of each single-dataset mount still there."""
+        return [(v.rec.id, v.path) for v in self._live(table)]
 
     def target(self, dataset: str):
-        """The record of a dataset that may be bind-mounted; DaemonError in zfs's words."""
+        """The record of a dataset that may be mounted alone; DaemonError in zfs's words."""
         with self.ops.lock:
             rec = self.ops.dsl.lookup(dataset)
             if rec is None:
@@ -308,50 +277,43 @@ class Binds:
         return rec
 
     def mount(self, dataset: str, path: str) -> None:
-        if os.geteuid() != 0:
-            raise DaemonError(f"cannot mount '{dataset}': the fusezfs daemon serving "
-                              f"'{self.pool_name}' (pid {os.getpid()}) is not root, and only "
-                              "root can make a bind mount")
         with self.lock:
             rec = self.target(dataset)
-            bound = [p for i, p in self.current() if i == rec.id]
-            if path in bound:
-                raise DaemonError(f"cannot mount '{dataset}': filesystem already mounted at "
-                                  f"{path}")
+            # once only, as zfs mount: a second session would keep a cache of its own
+            for i, p in self.current():
+                if i == rec.id:
+                    raise DaemonError(f"cannot mount '{dataset}': filesystem already "
+                                      f"mounted at {p}")
             check_mount_path(dataset, path)
             with self.ops.lock:
-                inval = self.ops.arm(rec)
-            if not bound:       # a bind's root entry must stay: it names the bind in mountinfo
-                self.ops.invalidate(inval)
-            try:
-                bind_mount(self.mountpoint.rstrip("/") + BIND_DIR + str(rec.id), path,
-                           readonly=rec.kind == "snapshot")
-            except OSError as e:
-                self._save()            # disarms it
-                raise DaemonError(f"cannot mount '{dataset}' at '{path}': {e.strerror}") \
-                    from None
+                view = self.ops.standalone(rec)
+            err = self.children.mount(view, path)
+            if err is not None:
+                with self.ops.lock:
+                    view.dead = True
+                raise DaemonError(f"cannot mount '{dataset}' at '{path}': {err}")
             self.had = True
             self._save()
-        log.info("%s bind-mounted at %s", dataset, path)
 
     def unmount(self, target: str | None, force: bool = False, end: bool = True) -> None:
-        """Unmount the binds of a dataset (by name), the one at a path, or all (None), after
-        committing what was written through them; lazily with `force`, even while busy.
-        `end`: a private tree left with no bind is unmounted too (the daemon then exits)."""
+        """Unmount the mounts of a dataset (by name), the one at a path, or all (None), and
+        commit what was written through them (the kernel writes its dirty pages while it
+        unmounts); lazily with `force`, even while busy. `end`: a private tree left with
+        nothing mounted is unmounted too (the daemon then exits)."""
+        from .fuse_sessions import unmount
         with self.lock:
             cur = self.current()
             victims = cur if target is None else self._named(target, cur)
-            if victims:
-                self.ops.flush_kernel(victims[0][1])
-                self.ops.pool.sync()        # and waits: durable before the unmount answers
             failed = []
             for _ds_id, path in victims:
-                try:
-                    umount(path, force)
+                ok, msg = unmount(path, lazy=force)
+                if ok:
                     log.info("unmounted %s", path)
-                except OSError as e:
+                else:
                     failed.append(f"cannot unmount '{path}': "
-                                  f"{BUSY if e.errno == errno.EBUSY else e.strerror}")
+                                  f"{BUSY if 'busy' in msg.lower() else msg}")
+            if victims:
+                self.ops.pool.sync()        # and waits: durable before the unmount answers
             left = self._save()
             ending = end and self._end_private(left)
         if ending:
@@ -381,49 +343,32 @@ class Binds:
         raise DaemonError(f"cannot unmount '{target}': not currently mounted")
 
     def settle(self, watching: bool = False) -> None:
-        """Bring the binds in line after a command or on the daemon's watch timer: those of
-        destroyed datasets are detached; when the tree's own mount went away (fusermount3 -u,
-        umount), all of them are, so that the FUSE session ends; the state file follows
-        renames and binds gone by umount. `watching`: a private tree whose last bind went
-        away is unmounted, which ends the daemon."""
+        """After a command or on the daemon's watch timer: name the mounts in the state file
+        (renamed datasets, mounts gone by umount; those of destroyed datasets were unmounted
+        by the command's refresh). `watching`: a private tree with nothing left mounted is
+        unmounted, which ends the daemon."""
         if not self.active:
             return
         try:
             with self.lock:
-                table = mounts()
-                tree_gone = not any(m.dev == self.dev and m.root == "/" for m in table)
-                with self.ops.lock:
-                    armed = set(self.ops.bind_views)
-                for ds_id, path in self.current(table):
-                    if tree_gone or ds_id not in armed:
-                        log.info("detaching %s: %s", path, "the tree's mount went away"
-                                 if tree_gone else "its dataset is gone")
-                        try:
-                            umount(path, lazy=True)
-                        except OSError as e:
-                            log.warning("cannot detach %s: %s", path, e.strerror)
                 left = self._save()
-                ending = watching and not tree_gone and self._end_private(left)
+                ending = watching and self._end_private(left)
             if ending:
                 self._unmount_tree()
         except Exception:
-            log.exception("settling the bind mounts")
+            log.exception("settling the single-dataset mounts")
 
     def _save(self) -> list[tuple[int, str]]:
-        """Disarm the datasets no bind shows any more, name the binds in the state file, and
-        return them. Under self.lock."""
-        cur = self.current()
-        shown = {i for i, _p in cur}
+        """Name the mounts in the state file and return them. Under self.lock."""
+        live = self._live()
         with self.ops.lock:
-            for ds_id in set(self.ops.bind_views) - shown:
-                self.ops.disarm(ds_id)
-            named = [(self.ops.dsl.name(i) if i in self.ops.bind_views else f"#{i}", p)
-                     for i, p in cur]
+            named = [(self.ops.dsl.name(v.rec.id) if self.ops._exists(v.rec.id)
+                      else f"#{v.rec.id}", v.path, v.dev) for v in live]
         if named != self.recorded:
-            write_state(self.pool_name, os.getpid(), self.mountpoint, dev=self.dev,
-                        binds=[{"dataset": d, "path": p} for d, p in named])
+            write_state(self.pool_name, os.getpid(), self.mountpoint,
+                        singles=[{"dataset": d, "path": p, "dev": dev} for d, p, dev in named])
             self.recorded = named
-        return cur
+        return [(v.rec.id, v.path) for v in live]
 
     def _end_private(self, left: list) -> bool:
         if self.private and self.had and not left and not self.ending:
@@ -432,7 +377,7 @@ class Binds:
         return False
 
     def _unmount_tree(self) -> None:
-        log.info("no bind mount is left: unmounting the private tree %s", self.mountpoint)
+        log.info("no single-dataset mount is left: unmounting the private tree %s", self.mountpoint)
         ok, msg = fusermount_unmount(self.mountpoint)
         if not ok:
             log.warning("cannot unmount %s: %s", self.mountpoint, msg)
@@ -463,8 +408,8 @@ class Binds:
         """The `mounted` property while this daemon serves (properties.mounted_hook)."""
         if dsl is not self.ops.dsl:
             return False
-        if rec.id in self.ops.bind_views:
-            return any(i == rec.id for i, _p in self.current())
+        if any(i == rec.id for i, _p in self.current()):
+            return True
         return not self.private and self.ops.shown_at(rec.id) is not None
 
 
@@ -502,7 +447,7 @@ def private_mountpoint(pool: str) -> str:
 
 
 def default_mountpoint(handle, private: bool = False) -> str:
-    """The root dataset's mountpoint. `private` (a daemon started to bind-mount a dataset):
+    """The root dataset's mountpoint. `private` (a daemon started to mount a dataset alone):
     a root with none to use (none, legacy, canmount=off or noauto) is mounted at
     private_mountpoint, in the state directory (mode 0700)."""
     from . import properties
@@ -540,7 +485,7 @@ def raise_readahead(mp: str, kb: int = READAHEAD_KB) -> None:
 def serve(pool_name: str, mountpoint: str | None, options: dict[str, str],
           report=None, for_dataset: str | None = None) -> int:
     """Open, mount and serve a pool until unmounted or signalled. `report(ok, text)` is told
-    once whether the mount exists. `for_dataset`: started to bind-mount this dataset (refused
+    once whether the mount exists. `for_dataset`: started to mount this dataset alone (refused
     here, before anything is mounted, if it cannot be; its root may go to the private
     mountpoint). Returns the exit code."""
     import pyfuse3
@@ -591,9 +536,9 @@ def serve(pool_name: str, mountpoint: str | None, options: dict[str, str],
                          negative_timeout=float(options.get("negative_timeout", 1.0)),
                          writeback_cache=options.get("writeback_cache", "1") != "0",
                          separate_mounts=os.geteuid() == 0 or "allow_other" in options)
-        binds = Binds(pool_name, ops, mp, private=mp == private_mountpoint(pool_name))
+        singles = SingleMounts(pool_name, ops, mp, private=mp == private_mountpoint(pool_name))
         if for_dataset is not None:
-            binds.target(for_dataset)
+            singles.target(for_dataset)
         if not os.path.isdir(mp):
             try:
                 os.makedirs(mp, exist_ok=True)
@@ -608,7 +553,7 @@ def serve(pool_name: str, mountpoint: str | None, options: dict[str, str],
             fuse_opts.add("allow_other")
         # the control socket (control.py): commands on this pool run here while it is served
         server = Server(pool_name, handle, ops)
-        server.binds = binds
+        server.singles = singles
         try:
             server.start()
         except OSError as e:
@@ -631,14 +576,13 @@ def serve(pool_name: str, mountpoint: str | None, options: dict[str, str],
         return fail(f"cannot mount '{pool_name}': {e}")
 
     ops.mountpoint = mp
-    binds.dev = tree_device(mp)
     with fuse_sessions.lock:
         fuse_sessions.live.add(pyfuse3)
     children = fuse_sessions.Children(ops, fuse_opts)
-    server.children = binds.children = children
-    properties.mounted_hook = binds.mounted
+    server.children = singles.children = children
+    properties.mounted_hook = singles.mounted
     me = os.getpid()
-    write_state(pool_name, me, mp, dev=binds.dev)
+    write_state(pool_name, me, mp)
     log.info("pool %s mounted at %s (pid %d)", pool_name, mp, me)
     interval = float(options.get("sync_interval", 5.0))
     signalled = [False]
@@ -661,12 +605,12 @@ def serve(pool_name: str, mountpoint: str | None, options: dict[str, str],
                     await trio.to_thread.run_sync(ops.sync)
                 except Exception:
                     log.exception("txg sync failed")
-                try:        # bind mounts and children would outlive the session, dead
-                    await trio.to_thread.run_sync(binds.unmount, None, True, False)
+                try:        # the other sessions would outlive the tree's, dead
+                    await trio.to_thread.run_sync(singles.unmount, None, True, False)
                     children.stopping = True
                     await trio.to_thread.run_sync(children.end_all, True)
                 except Exception:
-                    log.exception("detaching the bind mounts and children")
+                    log.exception("detaching the other mounts")
                 signalled[0] = True
                 pyfuse3.terminate()
                 return
@@ -674,8 +618,8 @@ def serve(pool_name: str, mountpoint: str | None, options: dict[str, str],
     async def watch() -> None:
         while True:
             await trio.sleep(WATCH_INTERVAL)
-            if binds.active:
-                await trio.to_thread.run_sync(binds.settle, True)
+            if singles.active:
+                await trio.to_thread.run_sync(singles.settle, True)
 
     async def start() -> None:
         """Mount the children once the tree answers, then tell the caller all is there."""
@@ -693,6 +637,9 @@ def serve(pool_name: str, mountpoint: str | None, options: dict[str, str],
             nursery.start_soon(watch)
             nursery.start_soon(start)
             await pyfuse3.main()
+            # the tree's mount went away: the other sessions go too, unmounted while they
+            # still serve, so the kernel writes their dirty pages first
+            await trio.to_thread.run_sync(children.end_all, False)
             children.stopping = True
             nursery.cancel_scope.cancel()
 

@@ -25,13 +25,9 @@ of its filesystem. `.zfs` is found by lookup always and listed by readdir only w
 snapdir=visible. Virtual inodes use the top local numbers of their view (never handed out by
 the POSIX layer).
 
-Bind mounts (`fusezfs mount DATASET PATH`, daemon.Binds): a dataset shown elsewhere than in
-the pool's tree is bind-mounted from the root's session. The
-root view's `.zfs` holds a `dataset` directory that readdir never lists, and in it, for each
-dataset *armed* for binding, an entry named by its objsetid whose root is the dataset's own
-view (a snapshot's is read-only), with EXDEV and EROFS as in every view. Other ids are not
-found, so nothing the daemon did not bind is reachable there. The bind mounts' root paths
-(`/.zfs/dataset/ID` in /proc/self/mountinfo) tell which mounts show which dataset.
+Single datasets (`fusezfs mount DATASET PATH`, daemon.SingleMounts): a dataset shown elsewhere than
+in the pool's tree (a legacy mountpoint, or a snapshot, read-only) is a *standalone* view,
+mounted at that path as a session of its own, like a child (one view per mount).
 
 Every handler is a thin async wrapper around a synchronous function run under the pool's
 lock. If the lock is free the function runs at once on the trio thread (the common case: no
@@ -62,8 +58,7 @@ SHIFT = 48
 LOCAL_MASK = (1 << SHIFT) - 1
 CTL_INO = LOCAL_MASK            # .zfs
 SNAPDIR_INO = LOCAL_MASK - 1    # .zfs/snapshot
-BINDDIR_INO = LOCAL_MASK - 2    # .zfs/dataset in the root view (hidden; see the module comment)
-VIRTUAL = (CTL_INO, SNAPDIR_INO, BINDDIR_INO)
+VIRTUAL = (CTL_INO, SNAPDIR_INO)
 COOKIE_ZFS = 3                  # readdir cookie of .zfs in a root (real cookies are >= 1 << 15)
 READDIR_CHUNK = 256
 # Posix.setattr keyword, pyfuse3's SetattrFields flag, the EntryAttributes field it comes from
@@ -89,7 +84,7 @@ class View:
         self.entry: tuple[int, int, bytes] | None = None  # (host view, dir ino, name) it covers
         self.dead = False                       # unmounted or destroyed (see refresh)
         self.snapnames: set[str] = set()        # head: snapshot names the kernel may know
-        self.bound = False                      # the root of .zfs/dataset/ID (bind mounts)
+        self.bound = False                      # mounted alone at a path (daemon.SingleMounts)
         self.mod = pyfuse3                      # the pyfuse3 instance of its FUSE session
         self.own = False                        # mounted child: the root of its own session
         self.path: str | None = None            # own: where its session is mounted
@@ -200,7 +195,6 @@ class Operations(pyfuse3.Operations):
         self.mount_entries: set[tuple[int, int, bytes]] = set()   # (host, dir, name) of each
         self.unmounted: set[int] = set()        # datasets unmounted from outside: left so
         self.snap_views: dict[int, int] = {}
-        self.bind_views: dict[int, int] = {}    # armed dataset id -> its view (.zfs/dataset)
         self.files: dict[int, tuple[View, int]] = {}
         self.dirs: dict[int, tuple[View, int]] = {}
         self._next_fh = 1
@@ -306,39 +300,28 @@ class Operations(pyfuse3.Operations):
             except OSError:
                 pass
 
-    def busy_path(self, ds_id: int, binds) -> str | None:
+    def busy_path(self, ds_id: int) -> str | None:
         """Where dataset `ds_id` is mounted, if a file or directory is open in it through the
-        mount (FUSE sees open handles, not working directories); `binds()`: (id, path) of the
-        bind mounts, for a dataset only bound."""
+        mount (FUSE sees open handles, not working directories)."""
         views = [v for v, _fh in list(self.files.values())] + \
             [v for gfh, (v, _fh) in list(self.dirs.items()) if gfh not in self.internal]
         in_use = [v for v in views if v.rec.id == ds_id and not v.dead and not v.snapshot]
         if not in_use or not self.mountpoint:
             return None
-        for view in in_use:
-            if view.index == 0:
-                return self.mountpoint
-            if not view.bound:
-                return os.path.join(self.mountpoint, view.rel)
-        return next((path for i, path in binds() if i == ds_id), self.mountpoint)
+        view = in_use[0]
+        if view.index == 0:
+            return self.mountpoint
+        return view.path or os.path.join(self.mountpoint, view.rel)
 
-    # ---- bind mounts (daemon.Binds) --------------------------------------------------------
-    def arm(self, rec: Record) -> list:
-        """Make `rec` reachable at .zfs/dataset/ID of the root view, to be bind-mounted, and
-        return the kernel's entry of that name, to `invalidate` before the first bind: it may
-        hold a negative entry, or the root of an earlier view of the dataset, gone since."""
-        idx = self.bind_views.get(rec.id)
-        if idx is None or self.views[idx].dead:
-            view = self._open_view(rec)
-            view.bound = True
-            self.bind_views[rec.id] = view.index
-        return [("entry", self.views[0].g(BINDDIR_INO), str(rec.id).encode())]
+    # ---- single datasets (daemon.SingleMounts) -----------------------------------------------------
+    def standalone(self, rec: Record) -> View:
+        """A view of `rec` to mount alone at a path, as its own session (each mount one)."""
+        view = self._open_view(rec)
+        view.bound = view.own = True
+        return view
 
-    def disarm(self, ds_id: int) -> None:
-        """Its last bind mount is gone: its view goes, as an unmounted child's does."""
-        idx = self.bind_views.pop(ds_id, None)
-        if idx is not None and not self.views[idx].dead:
-            self._unmount(self.views[idx], [])
+    def standalones(self) -> list[View]:
+        return [v for v in self.views if v.bound and not v.dead]
 
     def shown_at(self, ds_id: int) -> str | None:
         """Where the pool's tree shows the dataset: its path below the tree's root ("" for
@@ -353,16 +336,15 @@ class Operations(pyfuse3.Operations):
     # ---- commands run by the daemon (control.py) ------------------------------------------
     READ_ONLY_VERBS = {"list", "get", "holds"}
 
-    def flush_kernel(self, path: str | None = None) -> None:
-        """With the writeback cache: have the kernel write its dirty pages of the mount now
-        (syncfs), so that they reach the pool before a command looks at it, and are not
+    def flush_kernel(self) -> None:
+        """With the writeback cache: have the kernel write its dirty pages of every session
+        now (syncfs), so that they reach the pool before a command looks at it, and are not
         written later over a rollback or into a destroyed dataset. Called on a thread other
-        than trio's and without the pool lock: those writes need it. `path`: a bind mount of
-        the tree to reach it through (they share its pages), if not its mountpoint."""
+        than trio's and without the pool lock: those writes need it."""
         if not self.enable_writeback_cache:
             return
         assert not self.lock._is_owned(), "flush_kernel would wait for its own lock"
-        paths = [path] if path else [self.mountpoint] + \
+        paths = [self.mountpoint] + \
             [v.path for v in list(self.views) if v.own and v.dev and v.mod and not v.dead]
         tid = threading.get_native_id()
         self.syncing.add(tid)
@@ -452,11 +434,9 @@ class Operations(pyfuse3.Operations):
                 if view.dead:
                     continue
                 if not self._exists(view.rec.id):
-                    if view.parent is not None:
+                    if view.parent is not None or view.bound:
                         self._unmount(view, inval)
                     view.dead = True
-                    if view.bound:
-                        self.bind_views.pop(view.rec.id, None)
                     if view.snapshot:
                         self.snap_views.pop(view.rec.id, None)
                     continue
@@ -665,22 +645,11 @@ class Operations(pyfuse3.Operations):
         if local == CTL_INO:
             if name == b"snapshot":
                 return self._virtual(view, SNAPDIR_INO)
-            if name == b"dataset" and view.index == 0:
-                return self._virtual(view, BINDDIR_INO)
             if name == b".":
                 return self._virtual(view, CTL_INO)
             if name == b"..":
                 return self._root_entry(view)
             return self._negative(view)
-        if local == BINDDIR_INO:
-            if name == b".":
-                return self._virtual(view, BINDDIR_INO)
-            if name == b"..":
-                return self._virtual(view, CTL_INO)
-            idx = self.bind_views.get(int(name)) if name.isdigit() and name[:1] != b"0" else None
-            if idx is None or self.views[idx].dead:
-                return self._negative(view)
-            return self._root_entry(self.views[idx])
         if local == SNAPDIR_INO:
             if name == b".":
                 return self._virtual(view, SNAPDIR_INO)
@@ -693,8 +662,6 @@ class Operations(pyfuse3.Operations):
         if local == ROOT_INO and name == b"..":
             if view.head is not None:
                 return self._virtual(view.head, SNAPDIR_INO)
-            if view.bound:
-                return self._virtual(self.views[0], BINDDIR_INO)
             if view.own:         # the root of a mount is its own parent
                 return self._root_entry(view)
             if view.parent is not None:
@@ -973,8 +940,6 @@ class Operations(pyfuse3.Operations):
         if view.fs is None:                 # its dataset was destroyed
             raise pyfuse3.FUSEError(errno.EIO)
         out = []
-        if local == BINDDIR_INO:
-            return out          # never listed: the bound datasets are seen where they are bound
         if local == CTL_INO:
             if cookie < 1:
                 out.append((b"snapshot", self._virtual(view, SNAPDIR_INO), 1, view, SNAPDIR_INO))
@@ -1054,7 +1019,7 @@ class Operations(pyfuse3.Operations):
 
     async def statfs_of(self, view: View):
         """statfs(2) of the mount of `view`: each mounted dataset has its own session, so its
-        own figures (its quota, its share of the pool). A bind mount shows the root's."""
+        own figures (its quota, its share of the pool). """
         return await self._run(self._statfs, view)
 
     def _statfs(self, view: View):

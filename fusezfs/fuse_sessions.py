@@ -99,12 +99,12 @@ def instance():
     raise OSError(f"cannot load another pyfuse3 instance ({'; '.join(errors)})")
 
 
-MS_NOSUID, MS_NODEV = 2, 4
+MS_RDONLY, MS_NOSUID, MS_NODEV = 1, 2, 4
 
 
 def fuse_mount(path: str, fsname: str, options: set[str]) -> int:
     """Mount a FUSE file system of type fuse.fusezfs at `path` and return its open /dev/fuse
-    descriptor. `options`: default_permissions, allow_other. Root mounts with mount(2);
+    descriptor. `options`: default_permissions, allow_other, ro. Root mounts with mount(2);
     anyone else through the setuid fusermount3, which passes the descriptor back over a
     socket (libfuse's protocol: the socket's number in _FUSE_COMMFD, one byte with the fd)."""
     from .fuse_ops import libc_call
@@ -115,14 +115,16 @@ def fuse_mount(path: str, fsname: str, options: set[str]) -> int:
                          f"group_id={os.getgid()}"] + flags)
         try:
             libc_call("mount", os.fsencode(fsname), os.fsencode(path), b"fuse.fusezfs",
-                      MS_NOSUID | MS_NODEV, data.encode())
+                      MS_NOSUID | MS_NODEV | (MS_RDONLY if "ro" in options else 0),
+                      data.encode())
         except OSError:
             os.close(fd)
             raise
         return fd
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        opts = ",".join([f"fsname={fsname}", "subtype=fusezfs"] + flags)
+        opts = ",".join([f"fsname={fsname}", "subtype=fusezfs"] + flags +
+                        (["ro"] if "ro" in options else []))
         proc = subprocess.Popen(["fusermount3", "-o", opts, "--", path],
                                 env=dict(os.environ, _FUSE_COMMFD=str(theirs.fileno())),
                                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
@@ -316,25 +318,31 @@ class Children:
                     except Exception:
                         log.exception("mounting %s", view.name)
 
-    def _start(self, view) -> None:
+    def mount(self, view, path: str) -> str | None:
+        """Mount a standalone view (daemon.SingleMounts) at `path`: None, or why it failed."""
+        with self.apply_lock:
+            return self._start(view, path)
+
+    def _start(self, view, path: str | None = None) -> str | None:
         from .daemon import raise_readahead
         core = self.core
-        path = os.path.join(core.mountpoint, view.rel)
+        path = path or os.path.join(core.mountpoint, view.rel)
+        opts = self.fuse_opts | ({"ro"} if view.snapshot else set())
         try:
             mod = instance()
         except OSError as e:
             log.error("%s: not mounted at %s: %s", view.name, path, e)
-            return
+            return str(e)
         with core.lock:
             view.mod = mod
         try:
-            fd = fuse_mount(path, view.name, self.fuse_opts)
+            fd = fuse_mount(path, view.name, opts)
         except OSError as e:
             log.error("%s: cannot mount at %s: %s", view.name, path, e.strerror)
             with core.lock:
                 view.mod = pyfuse3
             release(mod)
-            return
+            return e.strerror
         try:
             mod.init(SessionOps(core, view), f"/dev/fd/{fd}", self.fuse_opts)
         except Exception:
@@ -354,6 +362,7 @@ class Children:
                                   trio_token=self.token)
         raise_readahead(path)
         log.info("%s mounted at %s", view.name, path)
+        return None
 
     async def _serve(self, view, mod) -> None:
         try:
@@ -379,7 +388,8 @@ class Children:
             core.mount_entries.discard(view.entry)
             if not view.dead and not self.stopping:
                 log.info("%s was unmounted from %s", view.name, view.path)
-                core.unmounted.add(view.rec.id)
+                if not view.bound:
+                    core.unmounted.add(view.rec.id)
                 view.dead = True
             for v in core.views:
                 if v.mod is mod:

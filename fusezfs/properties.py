@@ -15,8 +15,8 @@ from .datasets import DatasetError, Datasets, Record, ROOT_ID
 from .formats.bp import CKSUM_SHA256, CKSUM_XXH3_128
 
 SLOP_SHIFT = 5            # 1/32 of the pool is kept back from datasets (spa_slop_shift)
-# Set by the daemon serving a pool (daemon.Binds.mounted): (dsl, rec) -> whether its FUSE tree
-# or a bind mount shows rec. Elsewhere nothing is mounted: the pool's files are this process's.
+# Set by the daemon serving a pool (daemon.SingleMounts.mounted): (dsl, rec) -> whether one
+# of its FUSE sessions shows rec. Elsewhere nothing is mounted: the pool's files are this process's.
 mounted_hook = None
 
 

@@ -949,6 +949,18 @@ def test_mount_as_ordinary_user():
         user("test", "-d", child)                       # the mount shows it at once
         user("touch", os.path.join(child, "mine"))      # and it is the creator's, as in zfs
 
+        # a legacy dataset at a path of nobody's: a FUSE mount of its own, via fusermount3
+        legacy = os.path.join(home, "legacy")
+        user("mkdir", legacy)
+        user("fusezfs", "create", "-o", "mountpoint=legacy", "tank/legacy")
+        user("fusezfs", "mount", "tank/legacy", legacy)
+        line = ns.mount_line(legacy)
+        assert line is not None and line[2] == "fuse.fusezfs", line
+        user("sh", "-c", f'echo legacy > {legacy}/l.txt')
+        assert user("fusezfs", "get", "-H", "-o", "value", "mounted", "tank/legacy") == "yes\n"
+        user("fusezfs", "unmount", legacy)
+        assert ns.mount_line(legacy) is None and ns.mount_line(mnt) is not None
+
         user("fusezfs", "unmount", "tank")
         assert ns.mount_line(mnt) is None
         assert not _alive(pid)
@@ -956,6 +968,9 @@ def test_mount_as_ordinary_user():
         user("fusezfs", "cp", "tank:/hello.txt", os.path.join(home, "back.txt"))
         with open(os.path.join(home, "back.txt")) as f:
             assert f.read() == "written by nobody\n"
+        user("fusezfs", "cp", "tank/legacy:/l.txt", os.path.join(home, "l.txt"))
+        with open(os.path.join(home, "l.txt")) as f:
+            assert f.read() == "legacy\n"
         user("fusezfs", "pool", "verify", "tank")
     finally:
         pid = daemon_pid()
