@@ -19,6 +19,9 @@ pool not served yet is served first (its tree at the root's mountpoint, or at a 
 directory when the root has none to use), and stopped again if the mount fails. A dataset
 is mounted at one path at a time, as with `zfs mount`.
 
+`mount FILESYSTEM` and `unmount FILESYSTEM` of a child of a served pool's tree are `zfs mount`
+and `zfs unmount`: unmounted, it stays so until mounted again (or the pool is mounted anew).
+
 `unmount` unmounts through fusermount3 (-f: lazily, even while busy) and waits for the daemon
 to exit: the daemon syncs and closes the pool after its session ends, so when `unmount`
 returns everything written is durable and the pool's files are free for other commands. A
@@ -38,7 +41,7 @@ from .cli import Failed, Usage, error, parse
 
 USAGE = {
     "mount": "\tmount\n\tmount [-f] [-o opts] <pool> [mountpoint]\n"
-             "\tmount [-o opts] <filesystem | snapshot> <path>",
+             "\tmount [-o opts] <filesystem | snapshot> <path>\n\tmount <filesystem>",
     "unmount": "\tunmount [-f] <pool | filesystem | mountpoint>",
 }
 READY_TIMEOUT = 60.0
@@ -81,8 +84,12 @@ def cmd_mount(args: list[str]) -> int:
 
 
 def _mount_dataset(dataset: str, path: str | None, texts: list[str], foreground: bool) -> int:
-    if path is None:
-        raise Usage("missing mountpoint")
+    if path is None:        # zfs mount DATASET: again at its mountpoint in the served tree
+        pool = control.pool_of(dataset)
+        if foreground or texts or daemon.serving_pid(pool) is None:
+            raise Usage("missing mountpoint (a dataset is mounted at its mountpoint with its "
+                        "pool; elsewhere, give a path)")
+        return _forward(pool, ["mount", dataset])
     if foreground:
         raise Usage("-f serves a pool in the foreground: mount the pool with -f, then the "
                     "dataset")

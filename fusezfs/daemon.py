@@ -295,6 +295,41 @@ class SingleMounts:
             self.had = True
             self._save()
 
+    def _child(self, dataset: str, verb: str):
+        """The record of a filesystem the tree mounts, for `zfs mount`/`zfs unmount` of it;
+        DaemonError in zfs's words."""
+        from .fuse_ops import mountpoint_of
+        with self.ops.lock:
+            rec = self.ops.dsl.lookup(dataset)
+            if rec is None:
+                raise DaemonError(f"cannot open '{dataset}': dataset does not exist")
+            if rec.kind != "filesystem":
+                raise DaemonError(f"cannot {verb} '{dataset}': not a filesystem")
+            mp = mountpoint_of(self.ops.dsl, rec)
+        if mp == "legacy":
+            raise DaemonError(f"cannot {verb} '{dataset}': legacy mountpoint\n"
+                              f"use fusezfs {verb} {dataset} PATH")
+        if self.private or not self.ops.separate:
+            raise DaemonError(f"cannot {verb} '{dataset}': it is {verb}ed with its pool "
+                              f"'{self.pool_name}'")
+        return rec
+
+    def mount_child(self, dataset: str) -> None:
+        """`zfs mount DATASET` of a filesystem unmounted from the tree: mounted again."""
+        with self.lock:
+            rec = self._child(dataset, "mount")
+            with self.ops.lock:
+                if rec.id not in self.ops.unmounted:
+                    shown = self.ops.shown_at(rec.id)
+                    raise DaemonError(f"cannot mount '{dataset}': " + (
+                        "filesystem already mounted" if shown is not None else
+                        "its mountpoint is not in the pool's tree (canmount, mountpoint)"))
+                self.ops.unmounted.discard(rec.id)
+            self.ops.invalidate(self.ops.refresh())
+            self.children.apply()
+            if self.ops.shown_at(rec.id) is None:
+                raise DaemonError(f"cannot mount '{dataset}': see the daemon's log")
+
     def unmount(self, target: str | None, force: bool = False, end: bool = True) -> None:
         """Unmount the mounts of a dataset (by name), the one at a path, or all (None), and
         commit what was written through them (the kernel writes its dirty pages while it
@@ -336,9 +371,15 @@ class SingleMounts:
         found = [(i, p) for i, p in cur if i == rec.id]
         if found:
             return found
+        if rel is not None and rel != "":
+            self._child(target, "unmount")
+            err = self.children.unmount_child(rec.id, False)
+            if err:
+                raise DaemonError(err)
+            self.ops.pool.sync()        # the kernel wrote its pages while it unmounted
+            return []
         if rel is not None:
-            raise DaemonError(f"cannot unmount '{target}': it is mounted at "
-                              f"{os.path.join(self.mountpoint, rel)} as part of pool "
+            raise DaemonError(f"cannot unmount '{target}': it is the root of pool "
                               f"'{self.pool_name}'; unmount the pool")
         raise DaemonError(f"cannot unmount '{target}': not currently mounted")
 
@@ -388,6 +429,8 @@ class SingleMounts:
         try:
             if argv[0] == "mount" and len(argv) == 3:
                 self.mount(argv[1], argv[2])
+            elif argv[0] == "mount" and len(argv) == 2:
+                self.mount_child(argv[1])
             elif argv[0] == "unmount" and len(argv) >= 2:
                 force = "-f" in argv[1:-1]
                 if argv[-1] == "-a" and self.children is not None:

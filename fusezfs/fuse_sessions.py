@@ -406,6 +406,22 @@ class Children:
             return None
         return f"cannot unmount '{view.path}': " + (BUSY if "busy" in msg.lower() else msg)
 
+    def unmount_child(self, ds_id: int, force: bool) -> str | None:
+        """`zfs unmount` of a child of the tree: it stays unmounted (`mount_child` undoes
+        that). An error in zfs's words, or None."""
+        with self.apply_lock:
+            with self.core.lock:
+                view = next((v for v in self.core.views if v.own and not v.bound
+                             and not v.dead and v.dev and v.rec.id == ds_id), None)
+            if view is None:
+                return None
+            err = self._unmount(view, lazy=force)
+            if err is None:
+                with self.core.lock:
+                    self.core.unmounted.add(ds_id)
+                    view.dead = True
+            return err
+
     def end_all(self, force: bool = False) -> list[str]:
         """Unmount every child, deepest first (the daemon's end, `unmount POOL`): at once if
         possible, lazily with `force`; the error messages of those left mounted."""

@@ -288,6 +288,18 @@ def test_children_follow_commands_as_mounts_of_their_own(env):
     # the root cannot be unmounted from under a child (EBUSY, as with zfs)
     r = subprocess.run(["umount", m], capture_output=True, text=True)
     assert r.returncode != 0 and is_fuse_mount(m)
+    # zfs unmount / zfs mount of a child; a legacy one is refused in zfs's words
+    env.run("unmount", "tank/a")
+    assert mounts_below(m) == [m] and mounted(env, "tank/a") == "no"
+    r = env.run("unmount", "tank/a", check=False)
+    assert r.returncode == 1 and "not currently mounted" in r.stderr, r.stderr
+    env.run("mount", "tank/a")
+    assert mounts_below(m) == [m, f"{m}/a"] and read(f"{m}/a/x") == b"x"
+    r = env.run("mount", "tank/a", check=False)
+    assert r.returncode == 1 and "filesystem already mounted" in r.stderr, r.stderr
+    env.run("create", "-o", "mountpoint=legacy", "tank/leg")
+    r = env.run("mount", "tank/leg", check=False)
+    assert r.returncode == 1 and "legacy mountpoint" in r.stderr, r.stderr
     # a child unmounted from outside stays unmounted, and its data is safe
     subprocess.run(["umount", f"{m}/a"], check=True)
     deadline = time.monotonic() + 20
