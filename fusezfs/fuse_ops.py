@@ -300,18 +300,42 @@ class Operations(pyfuse3.Operations):
             except OSError:
                 pass
 
-    def busy_path(self, ds_id: int) -> str | None:
-        """Where dataset `ds_id` is mounted, if a file or directory is open in it through the
-        mount (FUSE sees open handles, not working directories)."""
-        views = [v for v, _fh in list(self.files.values())] + \
-            [v for gfh, (v, _fh) in list(self.dirs.items()) if gfh not in self.internal]
-        in_use = [v for v in views if v.rec.id == ds_id and not v.dead and not v.snapshot]
-        if not in_use or not self.mountpoint:
-            return None
-        view = in_use[0]
+    def _shown_path(self, view: View) -> str | None:
         if view.index == 0:
             return self.mountpoint
-        return view.path or os.path.join(self.mountpoint, view.rel)
+        return view.path if view.own else os.path.join(self.mountpoint, view.rel)
+
+    def busy_path(self, ds_id: int) -> str | None:
+        """Where dataset `ds_id` is mounted, if it is in use there, as the kernel would refuse
+        its unmount: a file or directory open through the mount, or a process whose working
+        directory or root lies in it. Working directories are read as paths from /proc (never
+        stat'ed: that would ask this very mount, whose lock the caller holds); each belongs to
+        the dataset shown at the longest prefix of it."""
+        if not self.mountpoint:
+            return None
+        views = [v for v, _fh in list(self.files.values())] + \
+            [v for gfh, (v, _fh) in list(self.dirs.items()) if gfh not in self.internal]
+        for v in views:
+            if v.rec.id == ds_id and not v.dead and not v.snapshot:
+                return self._shown_path(v)
+        shown = {self._shown_path(v): v.rec.id for v in self.views
+                 if not v.dead and not v.snapshot and (v.index == 0 or v.own or v.parent)}
+        mine = [p for p, i in shown.items() if i == ds_id and p]
+        if not mine:
+            return None
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            for link in ("cwd", "root"):
+                try:
+                    where = os.readlink(f"/proc/{pid}/{link}")
+                except OSError:
+                    continue
+                owner = max((p for p in shown if p and (where == p or
+                             where.startswith(p.rstrip("/") + "/"))), key=len, default=None)
+                if owner in mine:
+                    return owner
+        return None
 
     # ---- single datasets (daemon.SingleMounts) -----------------------------------------------------
     def standalone(self, rec: Record) -> View:

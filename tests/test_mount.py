@@ -1026,6 +1026,15 @@ def test_destroy_of_a_busy_filesystem_is_refused(env):
             env.run("destroy", "-f", "tank/other")
         finally:
             os.close(d)
+    # a process whose working directory is inside keeps it busy too, as the kernel would
+    sleeper = subprocess.Popen(["sleep", "60"], cwd=f"{env.mnt}/busy")
+    try:
+        r = env.run("destroy", "-r", "tank/busy", check=False)
+        assert r.returncode == 1
+        assert r.stderr == f"cannot unmount '{env.mnt}/busy': pool or dataset is busy\n"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
     env.run("destroy", "-r", "tank/busy")
     assert env.run("list", "-H", "-o", "name").stdout.split() == ["tank"]
     assert not os.path.exists(f"{env.mnt}/busy")
