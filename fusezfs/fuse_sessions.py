@@ -72,7 +72,8 @@ def instance():
         serial = _loaded
     src = pyfuse3.__file__
     errors = []
-    for d in (os.environ.get("FUSEZFS_STATE_DIR"), "/dev/shm", tempfile.gettempdir()):
+    from .registry import state_dir
+    for d in (state_dir(), "/dev/shm", tempfile.gettempdir()):
         if not d or not os.path.isdir(d):
             continue
         try:

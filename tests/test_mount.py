@@ -700,9 +700,9 @@ def test_clone_written_origin_unchanged(env):
 # ---- crash ----------------------------------------------------------------------------------
 def test_kill9_during_writes(env):
     env.create_pool(512 << 20)
+    env.run("create", "tank/w")                 # the writes go to a child's session
     env.mount("-o", "sync_interval=0.5")
     m = env.mnt
-    os.mkdir(f"{m}/w")
     durable: dict[str, str] = {}
     stop = threading.Event()
     rng = random.Random(7)
@@ -738,7 +738,8 @@ def test_kill9_during_writes(env):
     while _alive(pid):
         time.sleep(0.05)
     env.run("pool", "verify", "tank")
-    env.mount()                                 # detaches the dead mount, imports again
+    env.mount()                     # detaches the dead mounts (the child's too), imports again
+    assert mounts_below(m) == [m, f"{m}/w"]
     for name, digest in durable.items():
         assert hashlib.sha256(read(f"{m}/{name}")).hexdigest() == digest, name
     env.unmount()
