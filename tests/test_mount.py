@@ -746,6 +746,30 @@ def test_kill9_during_writes(env):
     env.run("pool", "verify", "tank")
 
 
+def test_fsync_of_a_directory_commits_everything(env):
+    """syncfs(2) never reaches a FUSE daemon on /dev/fuse (the kernel sends FUSE_SYNCFS to
+    virtiofs only), so the whole-filesystem checkpoint is fsync of a directory: it commits the
+    pool's open txg, with every file written before it, fsync'ed or not."""
+    env.create_pool()
+    env.run("create", "tank/c")
+    env.mount("-o", "sync_interval=3600")
+    write(f"{env.mnt}/a", b"not fsynced")
+    write(f"{env.mnt}/c/b", b"nor this, in a child")
+    fd = os.open(env.mnt, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    pid = env.daemon_pid()
+    os.kill(pid, signal.SIGKILL)
+    while _alive(pid):
+        time.sleep(0.05)
+    env.run("pool", "verify", "tank")
+    env.mount()
+    assert read(f"{env.mnt}/a") == b"not fsynced" and read(f"{env.mnt}/c/b") == \
+        b"nor this, in a child"
+
+
 # ---- command line ---------------------------------------------------------------------------
 def test_foreground_mount_sigint_and_unmount_by_path(env):
     env.create_pool()
