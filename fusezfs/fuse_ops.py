@@ -361,12 +361,11 @@ class Operations(pyfuse3.Operations):
     READ_ONLY_VERBS = {"list", "get", "holds"}
 
     def flush_kernel(self) -> None:
-        """With the writeback cache: have the kernel write its dirty pages of every session
-        now (syncfs), so that they reach the pool before a command looks at it, and are not
-        written later over a rollback or into a destroyed dataset. Called on a thread other
-        than trio's and without the pool lock: those writes need it."""
-        if not self.enable_writeback_cache:
-            return
+        """Have the kernel write its dirty pages of every session now (syncfs): those of the
+        writeback cache, and of shared writable mmaps with or without it, so that they reach
+        the pool before a command looks at it, and are not written later over a rollback or
+        into a destroyed dataset. Called on a thread other than trio's and without the pool
+        lock: those writes need it."""
         assert not self.lock._is_owned(), "flush_kernel would wait for its own lock"
         paths = [self.mountpoint] + \
             [v.path for v in list(self.views) if v.own and v.dev and v.mod and not v.dead]
