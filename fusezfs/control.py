@@ -290,7 +290,7 @@ class Server:
         self.stopping = False
         self._bound_ino: int | None = None
         self.singles = None     # daemon.SingleMounts: datasets mounted at paths of their own
-        self.children = None    # fuse_sessions.Children: the mounts of the tree's children
+        self.others = None      # fuse_sessions.Sessions: every FUSE session but the tree's
 
     def start(self) -> None:
         try:
@@ -436,10 +436,10 @@ class Server:
                 sessions.busy = None
                 self.local.out = self.local.err = None
             self.ops.invalidate(inval)
-            if self.children is not None:
-                self.children.apply()   # mount new children, unmount those taken away
+            if self.others is not None:
+                self.others.apply()   # mount new children, unmount those taken away
             if self.singles is not None:
-                self.singles.settle()     # unmount the singles of destroyed datasets, rename others
+                self.singles.settle()   # the state file follows renames and unmounts
         log.info("command %s -> %d", " ".join(argv), code)
         return code, out.getvalue(), err.getvalue()
 

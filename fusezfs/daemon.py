@@ -243,7 +243,7 @@ class SingleMounts:
         self.recorded: list[tuple[str, str, str | None]] = []   # what the state file says
         self.had = False                # a dataset was mounted
         self.ending = False             # the private tree is being unmounted
-        self.children = None            # fuse_sessions.Children: every session but the tree's
+        self.others = None              # fuse_sessions.Sessions: every session but the tree's
 
     @property
     def active(self) -> bool:
@@ -287,7 +287,7 @@ class SingleMounts:
             check_mount_path(dataset, path)
             with self.ops.lock:
                 view = self.ops.standalone(rec)
-            err = self.children.mount(view, path)
+            err = self.others.mount(view, path)
             if err is not None:
                 with self.ops.lock:
                     view.dead = True
@@ -326,7 +326,7 @@ class SingleMounts:
                         "its mountpoint is not in the pool's tree (canmount, mountpoint)"))
                 self.ops.unmounted.discard(rec.id)
             self.ops.invalidate(self.ops.refresh())
-            self.children.apply()
+            self.others.apply()
             if self.ops.shown_at(rec.id) is None:
                 raise DaemonError(f"cannot mount '{dataset}': see the daemon's log")
 
@@ -373,7 +373,7 @@ class SingleMounts:
             return found
         if rel is not None and rel != "":
             self._child(target, "unmount")
-            err = self.children.unmount_child(rec.id, False)
+            err = self.others.unmount_child(rec.id, False)
             if err:
                 raise DaemonError(err)
             self.ops.pool.sync()        # the kernel wrote its pages while it unmounted
@@ -433,8 +433,8 @@ class SingleMounts:
                 self.mount_child(argv[1])
             elif argv[0] == "unmount" and len(argv) >= 2:
                 force = "-f" in argv[1:-1]
-                if argv[-1] == "-a" and self.children is not None:
-                    failed = self.children.end_all(force)       # before the tree goes
+                if argv[-1] == "-a" and self.others is not None:
+                    failed = self.others.end_all(force)       # before the tree goes
                     if failed:
                         raise DaemonError("\n".join(failed))
                 self.unmount(None if argv[-1] == "-a" else argv[-1], force)
@@ -621,8 +621,8 @@ def serve(pool_name: str, mountpoint: str | None, options: dict[str, str],
     ops.mountpoint = mp
     with fuse_sessions.lock:
         fuse_sessions.live.add(pyfuse3)
-    children = fuse_sessions.Children(ops, fuse_opts)
-    server.children = singles.children = children
+    others = fuse_sessions.Sessions(ops, fuse_opts)
+    server.others = singles.others = others
     properties.mounted_hook = singles.mounted
     me = os.getpid()
     write_state(pool_name, me, mp)
@@ -650,8 +650,8 @@ def serve(pool_name: str, mountpoint: str | None, options: dict[str, str],
                     log.exception("txg sync failed")
                 try:        # the other sessions would outlive the tree's, dead
                     await trio.to_thread.run_sync(singles.unmount, None, True, False)
-                    children.stopping = True
-                    await trio.to_thread.run_sync(children.end_all, True)
+                    others.stopping = True
+                    await trio.to_thread.run_sync(others.end_all, True)
                 except Exception:
                     log.exception("detaching the other mounts")
                 signalled[0] = True
@@ -667,13 +667,13 @@ def serve(pool_name: str, mountpoint: str | None, options: dict[str, str],
     async def start() -> None:
         """Mount the children once the tree answers, then tell the caller all is there."""
         await trio.to_thread.run_sync(raise_readahead, mp)
-        await trio.to_thread.run_sync(children.apply)
+        await trio.to_thread.run_sync(others.apply)
         if report:
             report(True, mp)
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:
-            children.start(nursery)
+            others.start(nursery)
             if interval > 0:
                 nursery.start_soon(timer)
             nursery.start_soon(signals)
@@ -682,8 +682,8 @@ def serve(pool_name: str, mountpoint: str | None, options: dict[str, str],
             await pyfuse3.main()
             # the tree's mount went away: the other sessions go too, unmounted while they
             # still serve, so the kernel writes their dirty pages first
-            await trio.to_thread.run_sync(children.end_all, False)
-            children.stopping = True
+            await trio.to_thread.run_sync(others.end_all, False)
+            others.stopping = True
             nursery.cancel_scope.cancel()
 
     code = 0

@@ -286,11 +286,13 @@ def _device(path: str) -> str | None:
     return found
 
 
-class Children:
-    """The sessions of the mounted children of one daemon's tree. fuse_ops.Operations
-    decides (under the pool lock) which children are mounted and queues them in `to_mount`
-    and `to_end`; `apply` makes it so (see the module comment for why on another thread).
-    A child unmounted from outside (umount, fusermount3 -u) stays unmounted, as in zfs."""
+class Sessions:
+    """Every FUSE session of one daemon but its tree's root: the tree's children, and the
+    single datasets mounted at paths of their own (`mount`, for daemon.SingleMounts).
+    fuse_ops.Operations decides (under the pool lock) which children are mounted and queues
+    them in `to_mount` and `to_end`; `apply` makes it so (see the module comment for why on
+    another thread). A child unmounted from outside (umount, fusermount3 -u) stays
+    unmounted, as in zfs."""
 
     def __init__(self, core, fuse_opts: set[str]) -> None:
         self.core = core
