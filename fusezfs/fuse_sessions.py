@@ -294,8 +294,9 @@ class Sessions:
     another thread). A child unmounted from outside (umount, fusermount3 -u) stays
     unmounted, as in zfs."""
 
-    def __init__(self, core, fuse_opts: set[str]) -> None:
+    def __init__(self, core, fuse_opts: set[str], tasks: int = 99) -> None:
         self.core = core
+        self.tasks = tasks              # pyfuse3.main's max_tasks, as the tree's session
         self.fuse_opts = {o for o in fuse_opts if not o.startswith("fsname=")}
         self.nursery = None
         self.token = None
@@ -369,7 +370,7 @@ class Sessions:
 
     async def _serve(self, view, mod) -> None:
         try:
-            await mod.main()
+            await mod.main(max_tasks=self.tasks)
         except Exception:
             log.exception("the FUSE session of %s failed", view.name)
         finally:

@@ -771,6 +771,27 @@ def test_fsync_of_a_directory_commits_everything(env):
 
 
 # ---- command line ---------------------------------------------------------------------------
+def test_mount_options_are_checked_before_anything_starts(env):
+    """Bad -o values are refused with the option's name; good ones take effect: one reader
+    task per session (fuse_tasks=1) and no writeback cache still serve every session."""
+    env.create_pool()
+    for opts, word in (("fuse_tasks=0", "fuse_tasks"), ("fuse_tasks=x", "fuse_tasks"),
+                       ("writeback_cache=2", "writeback_cache"), ("bogus=1", "bogus"),
+                       ("entry_timeout=-1", "entry_timeout")):
+        r = env.run("mount", "-o", opts, "tank", env.mnt, check=False)
+        assert r.returncode == 1 and f"'{word}'" in r.stderr, (opts, r.stderr)
+        assert not is_fuse_mount(env.mnt) and env.daemon_pid() is None
+    env.run("create", "tank/c")
+    env.mount("-o", "fuse_tasks=1,writeback_cache=0")
+    write(f"{env.mnt}/c/f", b"one task")
+    with open(f"{env.mnt}/c/f", "ab") as f:      # O_APPEND is the daemon's without writeback
+        f.write(b", appended")
+    assert read(f"{env.mnt}/c/f") == b"one task, appended"
+    env.unmount()
+    env.mount()
+    assert read(f"{env.mnt}/c/f") == b"one task, appended"
+
+
 def test_foreground_mount_sigint_and_unmount_by_path(env):
     env.create_pool()
     proc = subprocess.Popen([sys.executable, "-m", "fusezfs.cli", "mount", "-f", "tank", env.mnt],
