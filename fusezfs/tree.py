@@ -294,6 +294,26 @@ class Tree:
             node = c if type(c) is _Node else self._load(c)
         return node, low, high
 
+    def first_item(self, lo: bytes, hi: bytes | None = None) -> tuple[bytes, bytes, int] | None:
+        """The first (key, value, ref) with lo <= key < hi (None: unbounded), or None: what
+        `next(scan_items(lo, hi), None)` gives, without a generator and a copied slice. Lookups
+        by key range (a directory entry by its name's hash, an inode's first item) are mostly
+        one such probe, and they are on the path of every create, lookup and unlink."""
+        pos = _as_key(lo)
+        hi = None if hi is None else _as_key(hi)
+        while True:
+            leaf, _low, high = self._leaf(pos, False)
+            if leaf is None:
+                return None
+            keys = leaf.keys
+            i = bisect_left(keys, pos)
+            if i < len(keys):
+                key = keys[i]
+                return (key, leaf.vals[i], leaf.refs[i]) if hi is None or key < hi else None
+            if high is None or (hi is not None and high >= hi):
+                return None
+            pos = high            # pos was past this leaf's last key: the next leaf's first
+
     def scan_items(self, lo: bytes | None = None, hi: bytes | None = None, *,
                    reverse: bool = False) -> Iterator[tuple[bytes, bytes, int]]:
         """(key, value, ref) for lo <= key < hi (None: unbounded), in key order or reversed.
@@ -403,31 +423,35 @@ class Tree:
     def delete_range(self, lo: bytes | None, hi: bytes | None) -> int:
         """Remove every item with lo <= key < hi (None: unbounded); returns how many. Works a
         leaf at a time, so truncating a large file costs O(leaves * depth), not O(items * depth)."""
-        lo = None if lo is None else _as_key(lo)
+        pos = b"" if lo is None else _as_key(lo)
         hi = None if hi is None else _as_key(hi)
         count = 0
         while True:
-            first = next(self.scan_items(lo, hi), None)
+            first = self.first_item(pos, hi)
             if first is None:
                 return count
             key = first[0]
             path, idxs = self._path(key)
             leaf = path[-1]
+            n = len(leaf.keys)
             i = bisect_left(leaf.keys, key)
-            j = len(leaf.keys) if hi is None else bisect_left(leaf.keys, hi, i)
+            j = n if hi is None else bisect_left(leaf.keys, hi, i)
             self._remove(leaf, i, j)
             count += j - i
             self._rebalance(path, idxs)
-            lo = key
+            if j < n:       # this leaf holds a key at or past hi: the range is empty now
+                return count
+            pos = key
 
     def _remove(self, leaf: _Node, i: int, j: int) -> None:
         """Remove entries i..j-1 of a dirty leaf, queueing their REF_BLOCK blocks for freeing.
         All pointers are decoded before anything changes, so a malformed one (ValueError)
         leaves the tree as it was."""
         keys, vals, refs = leaf.keys, leaf.vals, leaf.refs
-        doomed = [bp for t in range(i, j) if refs[t] == REF_BLOCK
-                  for bp in (_ref_bp(vals[t]),) if bp is not None]
-        gone = sum(_LEAF + len(keys[t]) + len(vals[t]) for t in range(i, j))
+        ks, vs, rs = keys[i:j], vals[i:j], refs[i:j]
+        doomed = [bp for v, r in zip(vs, rs) if r == REF_BLOCK
+                  for bp in (_ref_bp(v),) if bp is not None] if REF_BLOCK in rs else []
+        gone = _LEAF * len(ks) + sum(map(len, ks)) + sum(map(len, vs))
         del keys[i:j], vals[i:j], refs[i:j]
         self._pending += doomed
         leaf.nbytes -= gone

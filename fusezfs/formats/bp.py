@@ -58,6 +58,7 @@ BT_NAMES = {BT_DATA: "data", BT_NODE: "node", BT_SPACEMAP: "spacemap"}
 
 FLAG_DEDUP = 1
 
+_HOLE = bytes(BP_SIZE)
 _DVA = struct.Struct("<IIQ")
 _BODY = struct.Struct("<IIQQBBBBBBH32s16x")
 assert _DVA.size * 3 + _BODY.size == BP_SIZE
@@ -108,10 +109,13 @@ class BlockPointer:
 
 def decode_bp(buf: bytes | memoryview, offset: int = 0) -> BlockPointer | None:
     """Decode a BP; None for a hole. Raises ValueError for a malformed pointer."""
-    raw = bytes(buf[offset:offset + BP_SIZE])
-    if len(raw) != BP_SIZE:
-        raise ValueError("short block pointer")
-    if raw == bytes(BP_SIZE):
+    if offset == 0 and type(buf) is bytes and len(buf) == BP_SIZE:
+        raw = buf                       # the common case: an item's value is just the BP
+    else:
+        raw = bytes(buf[offset:offset + BP_SIZE])
+        if len(raw) != BP_SIZE:
+            raise ValueError("short block pointer")
+    if raw == _HOLE:
         return None
     (lsize, psize, birth, fill, comp, cksum, btype, level, ndvas, flags, _r,
      checksum) = _BODY.unpack_from(raw, 3 * _DVA.size)
