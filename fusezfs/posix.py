@@ -143,6 +143,9 @@ class Posix(Names, FileData, PathHelpers):
         self._handles: dict[int, Handle] = {}
         self._opens: dict[int, int] = {}
         self._lookups: dict[int, int] = {}
+        # unlinked inodes still referenced whose unlinked-set item is not in the tree yet:
+        # flush writes them (most are forgotten first, and then nothing is written at all)
+        self._unlinked_new: set[int] = set()
         self._next_fh = 1
         self._sb_dirty = False
         self._depth = 0                 # nesting of locked operations (see posix_types.locked)
@@ -167,6 +170,8 @@ class Posix(Names, FileData, PathHelpers):
             self.tree.put(SUPER_KEY, self.sb.encode())
 
     def _reclaim_unlinked(self) -> None:
+        for ino in sorted(self._unlinked_new):
+            self._destroy(ino)
         for key, _v in list(self.tree.scan(UNLINKED_LO, UNLINKED_HI)):
             ino = int.from_bytes(key[9:17], "big")
             if ino in self._inodes or self.tree.get(inode_key(ino)) is not None:
@@ -235,14 +240,19 @@ class Posix(Names, FileData, PathHelpers):
         self._mark(node)
         return node
 
-    def _destroy(self, ino: int) -> None:
+    def _destroy(self, ino: int, listed: bool = True) -> None:
+        """Free an inode and everything it owns. `listed`: it may be in the unlinked set (false
+        when its last name went just now, unreferenced: then it never was)."""
         self._drop_data(ino)
         self._inodes.pop(ino, None)
         self._dirty.discard(ino)
         self._opens.pop(ino, None)
         self._lookups.pop(ino, None)
         self.tree.delete_range(ino_prefix(ino), ino_prefix(ino + 1))
-        self.tree.delete(unlinked_key(ino))
+        if ino in self._unlinked_new:
+            self._unlinked_new.discard(ino)
+        elif listed:
+            self.tree.delete(unlinked_key(ino))
         self.sb.objects -= 1
         self._sb_dirty = True
 
@@ -265,9 +275,9 @@ class Posix(Names, FileData, PathHelpers):
         self._mark(node)
         if node.nlink == 0:
             if self._referenced(node.ino):
-                self.tree.put(unlinked_key(node.ino), b"")
+                self._unlinked_new.add(node.ino)        # into the unlinked set at flush
             else:
-                self._destroy(node.ino)
+                self._destroy(node.ino, listed=False)
 
     def _relatime(self, node: Inode) -> None:
         if not getattr(self.io, "atime", False) or self.io.readonly:
@@ -538,6 +548,9 @@ class Posix(Names, FileData, PathHelpers):
             if node is not None:
                 tree.put(inode_key(ino), node.encode())
         self._dirty.clear()
+        for ino in sorted(self._unlinked_new):
+            tree.put(unlinked_key(ino), b"")
+        self._unlinked_new.clear()
         self._unreported = 0            # all of it is in the tree, which the pool accounts
         if self._sb_dirty:
             tree.put(SUPER_KEY, self.sb.encode())
@@ -584,6 +597,7 @@ class Posix(Names, FileData, PathHelpers):
         self.tree = tree if tree is not None else self.io.tree
         self._inodes.clear()
         self._dirty.clear()
+        self._unlinked_new.clear()
         self._unreported = 0
         self._records.clear()
         self._dirty_data = 0
