@@ -215,7 +215,9 @@ class Posix(Names, FileData, PathHelpers):
             self._lookups[ino] = self._lookups.get(ino, 0) + 1
 
     def _attr(self, node: Inode) -> Attr:
-        used = node.used + self._pending_bytes(node.ino) if node.is_reg else node.used
+        used = node.used
+        if node.ino in self._records:       # buffered data (regular files only) counts too
+            used += self._pending_bytes(node.ino)
         return Attr(node.ino, node.mode, node.nlink, node.uid, node.gid, node.rdev, node.size,
                     -(-used // 512), node.blksz, node.atime, node.mtime, node.ctime,
                     node.crtime, node.gen)
@@ -565,6 +567,8 @@ class Posix(Names, FileData, PathHelpers):
         the record. Only between operations: one in progress may hold Inode objects it has not
         marked yet."""
         inodes = self._inodes
+        if len(inodes) <= INODE_CACHE:     # the common case, checked first: it is every call
+            return
         pinned = 1 + len(self._dirty) + len(self._opens) + len(self._records)   # upper bound
         excess = len(inodes) - pinned - INODE_CACHE
         if excess <= 0:
