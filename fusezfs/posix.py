@@ -33,7 +33,9 @@ chmod, atime updates) forces txg syncs too. Tree nodes and blocks have their own
 Files unlinked while still open (or still known to the kernel through a FUSE lookup count)
 stay until their last reference goes, and are recorded in the tree's unlinked set meanwhile;
 opening the filesystem read-write destroys whatever that set holds, so a process that dies
-holding such files leaks nothing (ZFS's unlinked set / delete queue).
+holding such files leaks nothing (ZFS's unlinked set / delete queue). The set's items are
+written by flush, like inode records: `rm -rf` through FUSE unlinks files the kernel still
+knows and forgets them a moment later, and those never reach the tree.
 
 Modules: posix.py (this: the object, inodes, open files, xattrs, flush), posix_names.py
 (directories and names), posix_data.py (file contents: records, holes, the dirty-record buffer),
@@ -449,11 +451,13 @@ class Posix(Names, FileData, PathHelpers):
                 sync()
 
     # ---- lookup counts (FUSE) ------------------------------------------------------------
-    @locked
     def add_lookup(self, ino: int, n: int = 1) -> None:
-        """The kernel learned `ino` through readdirplus (counts like lookup)."""
+        """The kernel learned `ino` through readdirplus (counts like lookup). Only the lock, not
+        `locked`: it touches no inode record and dirties nothing, so there is nothing to trim
+        or report, and readdirplus calls it for every entry it lists."""
         if self.track_lookups:
-            self._lookups[ino] = self._lookups.get(ino, 0) + n
+            with self.lock:
+                self._lookups[ino] = self._lookups.get(ino, 0) + n
 
     @locked
     def forget(self, ino: int, nlookup: int = 1) -> None:
