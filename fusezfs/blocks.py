@@ -96,6 +96,9 @@ class _Runs:
 
 
 CACHE_ENTRY = 256               # memory of a cache entry beyond its bytes (key, dict slot, header)
+PREPARE_CHUNK = 128 << 10       # bytes of blocks one worker task compresses and hashes at most
+                                # (a full record is a task of its own): a task per 4 KiB block
+                                # cost more (submit, future, wake-up) than the work
 
 
 def _decode(job: tuple) -> bytes | ValueError:
@@ -134,6 +137,29 @@ class BlockIO:
     def _prepare(data: bytes | memoryview, policy: Policy) -> tuple[int, bytes | memoryview, bytes]:
         comp, phys = compression.compress(data, policy.comp, policy.level)
         return comp, phys, checksum(phys, policy.cksum)
+
+    @classmethod
+    def _prepare_all(cls, bufs: list, policy: Policy) -> list[tuple]:
+        """_prepare of each buffer: one worker task's share (a chunk, see _prepare_chunks)."""
+        return [cls._prepare(b, policy) for b in bufs]
+
+    def _prepare_chunks(self, bufs: list, policy: Policy):
+        """_prepare of each buffer, in order, on the workers in chunks of about PREPARE_CHUNK
+        bytes at most (a txg of small files is thousands of 4 KiB blocks), or here when it is
+        all one chunk."""
+        chunks: list[list] = [[]]
+        size = 0
+        for b in bufs:
+            if size and size + len(b) > PREPARE_CHUNK:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(b)
+            size += len(b)
+        if len(chunks) == 1:
+            yield from (self._prepare(b, policy) for b in bufs)
+            return
+        for done in self.executor.map(self._prepare_all, chunks, [policy] * len(chunks)):
+            yield from done
 
     def _allocate(self, size: int, copies: int) -> list:
         """One DVA per copy, each on a different top-level vdev while there are enough."""
@@ -256,7 +282,7 @@ class BlockIO:
                     ready[i] = self._ahead.pop(id(b))
         todo = [b for b, r in zip(bufs, ready) if r is None]
         if len(todo) > 1 and (policy.comp != COMP_OFF or sum(map(len, todo)) > (1 << 20)):
-            fresh = self.executor.map(self._prepare, todo, [policy] * len(todo))
+            fresh = self._prepare_chunks(todo, policy)
         else:
             fresh = (self._prepare(b, policy) for b in todo)
         for r in ready:

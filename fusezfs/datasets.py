@@ -152,6 +152,8 @@ class Datasets(OnePerPool):
         self.records_changed = 0     # bumped when datasets come or go or properties change
         self._reserving: list[int] | None = None      # properties.reserving's cache
         self._reserving_gen = -1
+        self._pool_limited: dict[int, bool] = {}      # properties.only_pool_limits's cache
+        self._pool_limited_gen = -1
         self.format_hook = None
         # called after a head's tree was replaced (rollback): whoever caches a view of the
         # old tree (the POSIX layer above) must drop it before it writes there again

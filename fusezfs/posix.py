@@ -33,7 +33,9 @@ chmod, atime updates) forces txg syncs too. Tree nodes and blocks have their own
 Files unlinked while still open (or still known to the kernel through a FUSE lookup count)
 stay until their last reference goes, and are recorded in the tree's unlinked set meanwhile;
 opening the filesystem read-write destroys whatever that set holds, so a process that dies
-holding such files leaks nothing (ZFS's unlinked set / delete queue).
+holding such files leaks nothing (ZFS's unlinked set / delete queue). The set's items are
+written by flush, like inode records: `rm -rf` through FUSE unlinks files the kernel still
+knows and forgets them a moment later, and those never reach the tree.
 
 Modules: posix.py (this: the object, inodes, open files, xattrs, flush), posix_names.py
 (directories and names), posix_data.py (file contents: records, holes, the dirty-record buffer),
@@ -143,6 +145,9 @@ class Posix(Names, FileData, PathHelpers):
         self._handles: dict[int, Handle] = {}
         self._opens: dict[int, int] = {}
         self._lookups: dict[int, int] = {}
+        # unlinked inodes still referenced whose unlinked-set item is not in the tree yet:
+        # flush writes them (most are forgotten first, and then nothing is written at all)
+        self._unlinked_new: set[int] = set()
         self._next_fh = 1
         self._sb_dirty = False
         self._depth = 0                 # nesting of locked operations (see posix_types.locked)
@@ -167,6 +172,8 @@ class Posix(Names, FileData, PathHelpers):
             self.tree.put(SUPER_KEY, self.sb.encode())
 
     def _reclaim_unlinked(self) -> None:
+        for ino in sorted(self._unlinked_new):
+            self._destroy(ino)
         for key, _v in list(self.tree.scan(UNLINKED_LO, UNLINKED_HI)):
             ino = int.from_bytes(key[9:17], "big")
             if ino in self._inodes or self.tree.get(inode_key(ino)) is not None:
@@ -210,7 +217,9 @@ class Posix(Names, FileData, PathHelpers):
             self._lookups[ino] = self._lookups.get(ino, 0) + 1
 
     def _attr(self, node: Inode) -> Attr:
-        used = node.used + self._pending_bytes(node.ino) if node.is_reg else node.used
+        used = node.used
+        if node.ino in self._records:       # buffered data (regular files only) counts too
+            used += self._pending_bytes(node.ino)
         return Attr(node.ino, node.mode, node.nlink, node.uid, node.gid, node.rdev, node.size,
                     -(-used // 512), node.blksz, node.atime, node.mtime, node.ctime,
                     node.crtime, node.gen)
@@ -235,14 +244,19 @@ class Posix(Names, FileData, PathHelpers):
         self._mark(node)
         return node
 
-    def _destroy(self, ino: int) -> None:
+    def _destroy(self, ino: int, listed: bool = True) -> None:
+        """Free an inode and everything it owns. `listed`: it may be in the unlinked set (false
+        when its last name went just now, unreferenced: then it never was)."""
         self._drop_data(ino)
         self._inodes.pop(ino, None)
         self._dirty.discard(ino)
         self._opens.pop(ino, None)
         self._lookups.pop(ino, None)
         self.tree.delete_range(ino_prefix(ino), ino_prefix(ino + 1))
-        self.tree.delete(unlinked_key(ino))
+        if ino in self._unlinked_new:
+            self._unlinked_new.discard(ino)
+        elif listed:
+            self.tree.delete(unlinked_key(ino))
         self.sb.objects -= 1
         self._sb_dirty = True
 
@@ -265,9 +279,9 @@ class Posix(Names, FileData, PathHelpers):
         self._mark(node)
         if node.nlink == 0:
             if self._referenced(node.ino):
-                self.tree.put(unlinked_key(node.ino), b"")
+                self._unlinked_new.add(node.ino)        # into the unlinked set at flush
             else:
-                self._destroy(node.ino)
+                self._destroy(node.ino, listed=False)
 
     def _relatime(self, node: Inode) -> None:
         if not getattr(self.io, "atime", False) or self.io.readonly:
@@ -437,11 +451,13 @@ class Posix(Names, FileData, PathHelpers):
                 sync()
 
     # ---- lookup counts (FUSE) ------------------------------------------------------------
-    @locked
     def add_lookup(self, ino: int, n: int = 1) -> None:
-        """The kernel learned `ino` through readdirplus (counts like lookup)."""
+        """The kernel learned `ino` through readdirplus (counts like lookup). Only the lock, not
+        `locked`: it touches no inode record and dirties nothing, so there is nothing to trim
+        or report, and readdirplus calls it for every entry it lists."""
         if self.track_lookups:
-            self._lookups[ino] = self._lookups.get(ino, 0) + n
+            with self.lock:
+                self._lookups[ino] = self._lookups.get(ino, 0) + n
 
     @locked
     def forget(self, ino: int, nlookup: int = 1) -> None:
@@ -538,6 +554,9 @@ class Posix(Names, FileData, PathHelpers):
             if node is not None:
                 tree.put(inode_key(ino), node.encode())
         self._dirty.clear()
+        for ino in sorted(self._unlinked_new):
+            tree.put(unlinked_key(ino), b"")
+        self._unlinked_new.clear()
         self._unreported = 0            # all of it is in the tree, which the pool accounts
         if self._sb_dirty:
             tree.put(SUPER_KEY, self.sb.encode())
@@ -552,6 +571,8 @@ class Posix(Names, FileData, PathHelpers):
         the record. Only between operations: one in progress may hold Inode objects it has not
         marked yet."""
         inodes = self._inodes
+        if len(inodes) <= INODE_CACHE:     # the common case, checked first: it is every call
+            return
         pinned = 1 + len(self._dirty) + len(self._opens) + len(self._records)   # upper bound
         excess = len(inodes) - pinned - INODE_CACHE
         if excess <= 0:
@@ -584,6 +605,7 @@ class Posix(Names, FileData, PathHelpers):
         self.tree = tree if tree is not None else self.io.tree
         self._inodes.clear()
         self._dirty.clear()
+        self._unlinked_new.clear()
         self._unreported = 0
         self._records.clear()
         self._dirty_data = 0

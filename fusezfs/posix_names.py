@@ -24,14 +24,30 @@ class Names:
     """Mixin of Posix: expects self.tree, self.io, self._inode, self._new_inode, ..."""
 
     # ---- internals: directories ----------------------------------------------------------
-    def _dir_find(self, dir_ino: int, name: bytes) -> tuple[int, int, int] | None:
-        """(cookie, ino, d_type) of `name` in a directory, or None."""
+    def _dir_probe(self, dir_ino: int, name: bytes) -> tuple[tuple[int, int, int] | None, int]:
+        """((cookie, ino, d_type) of `name` in a directory, or None; the cookie a new entry of
+        that name would take, -1 if its hash has none left). The entries of one hash are
+        probed one at a time, as there is almost always none or one: a lookup, and the check
+        and the slot of a create, cost one descent of the tree."""
+        tree = self.tree
         h = name_hash(name) << CD_BITS
-        for k, v in self.tree.scan(dirent_key(dir_ino, h), dirent_key(dir_ino, h + CD_MAX + 1)):
+        hi = dirent_key(dir_ino, h + CD_MAX + 1)
+        free = h
+        item = tree.first_item(dirent_key(dir_ino, h), hi)
+        while item is not None:
+            k, v, _r = item
+            cookie = cookie_of(k)
             ino, dt, n = decode_dirent(v)
             if n == name:
-                return cookie_of(k), ino, dt
-        return None
+                return (cookie, ino, dt), -1
+            if cookie == free:          # entries come in cookie order: the lowest unused one
+                free += 1
+            item = tree.first_item(k + b"\0", hi)
+        return None, (free if free <= h + CD_MAX else -1)
+
+    def _dir_find(self, dir_ino: int, name: bytes) -> tuple[int, int, int] | None:
+        """(cookie, ino, d_type) of `name` in a directory, or None."""
+        return self._dir_probe(dir_ino, name)[0]
 
     def _child(self, dir_ino: int, name: bytes) -> int | None:
         """Inode of `name` in a directory ("." and ".." included), or None."""
@@ -43,14 +59,9 @@ class Names:
         e = self._dir_find(dir_ino, check_name(name))
         return None if e is None else e[1]
 
-    def _dir_add(self, d: Inode, name: bytes, child: Inode, now: int) -> None:
-        h = name_hash(name) << CD_BITS
-        used = {cookie_of(k) for k, _v in
-                self.tree.scan(dirent_key(d.ino, h), dirent_key(d.ino, h + CD_MAX + 1))}
-        cookie = h
-        while cookie in used:
-            cookie += 1
-        if cookie > h + CD_MAX:
+    def _dir_add(self, d: Inode, name: bytes, child: Inode, now: int, cookie: int) -> None:
+        """Enter `name` at `cookie` (from _dir_probe, or _new_name which calls it)."""
+        if cookie < 0:
             raise err(errno.ENOSPC)
         self.tree.put(dirent_key(d.ino, cookie), encode_dirent(child.ino, dtype(child.mode), name))
         d.size += 1
@@ -74,11 +85,15 @@ class Names:
             raise err(errno.ENOENT)
         return d
 
-    def _new_name(self, d: Inode, name) -> bytes:
+    def _new_name(self, d: Inode, name) -> tuple[bytes, int]:
+        """A name not in directory `d` yet, checked, and the cookie its entry will take."""
         name = check_name(name)
-        if name in DOTS or self._dir_find(d.ino, name) is not None:
+        if name in DOTS:
             raise err(errno.EEXIST)
-        return name
+        found, cookie = self._dir_probe(d.ino, name)
+        if found is not None:
+            raise err(errno.EEXIST)
+        return name, cookie
 
     def _check_not_ancestor(self, anc: int, ino: int) -> None:
         """EINVAL if directory `anc` is `ino` or one of its ancestors (a rename into itself)."""
@@ -108,13 +123,13 @@ class Names:
         """A regular file, device node, fifo or socket (S_IFMT of mode; 0 = regular)."""
         self._writable()
         d = self._create_dir(parent)
-        name = self._new_name(d, name)
+        name, cookie = self._new_name(d, name)
         fmt = stat.S_IFMT(mode) or stat.S_IFREG
         if fmt not in (stat.S_IFREG, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK):
             raise err(errno.EINVAL)
         node = self._new_inode(d, fmt | (mode & 0o7777), uid, gid,
                                rdev if fmt in (stat.S_IFCHR, stat.S_IFBLK) else 0)
-        self._dir_add(d, name, node, node.ctime)
+        self._dir_add(d, name, node, node.ctime, cookie)
         self._ref(node.ino)
         return self._attr(node)
 
@@ -122,9 +137,9 @@ class Names:
     def mkdir(self, parent: int, name, mode: int = 0o755, uid: int = 0, gid: int = 0) -> Attr:
         self._writable()
         d = self._create_dir(parent)
-        name = self._new_name(d, name)
+        name, cookie = self._new_name(d, name)
         node = self._new_inode(d, stat.S_IFDIR | (mode & 0o7777), uid, gid)
-        self._dir_add(d, name, node, node.ctime)
+        self._dir_add(d, name, node, node.ctime, cookie)
         self._ref(node.ino)
         return self._attr(node)
 
@@ -137,9 +152,9 @@ class Names:
         if len(target) >= PATH_MAX or b"\0" in target:
             raise err(errno.ENAMETOOLONG if len(target) >= PATH_MAX else errno.EINVAL)
         d = self._create_dir(parent)
-        name = self._new_name(d, name)
+        name, cookie = self._new_name(d, name)
         node = self._new_inode(d, stat.S_IFLNK | 0o777, uid, gid, 0, target)
-        self._dir_add(d, name, node, node.ctime)
+        self._dir_add(d, name, node, node.ctime, cookie)
         self._ref(node.ino)
         return self._attr(node)
 
@@ -148,7 +163,7 @@ class Names:
         self._writable()
         node = self._inode(ino)
         d = self._create_dir(new_parent)
-        name = self._new_name(d, new_name)
+        name, cookie = self._new_name(d, new_name)
         if node.is_dir:
             raise err(errno.EPERM)
         if node.nlink == 0:
@@ -160,7 +175,7 @@ class Names:
         node.nlink += 1
         node.ctime = now
         self._mark(node)
-        self._dir_add(d, name, node, now)
+        self._dir_add(d, name, node, now, cookie)
         self._ref(ino)
         return self._attr(node)
 
@@ -256,7 +271,8 @@ class Names:
             self._dir_remove(nd, dst[0], dnode.is_dir, now)
             self._drop_link(dnode, now)
         self._dir_remove(od, src[0], snode.is_dir, now)
-        self._dir_add(nd, new_name, snode, now)
+        # the slot is probed after the removals, which may have freed a lower one
+        self._dir_add(nd, new_name, snode, now, self._dir_probe(nd.ino, new_name)[1])
         snode.parent = nd.ino
         snode.ctime = now
         self._mark(snode)

@@ -6,6 +6,7 @@ import errno
 import functools
 import os
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .posix_layout import NAME_MAX, XATTR_NAME_MAX
 
@@ -23,9 +24,10 @@ class _Now:
 NOW = _Now()        # setattr(atime=NOW, mtime=NOW): the current time (UTIME_NOW)
 
 
-@dataclass(frozen=True, slots=True)
-class Attr:
-    """What getattr returns; field names as os.stat_result's."""
+class Attr(NamedTuple):
+    """What getattr returns; field names as os.stat_result's. A named tuple rather than a
+    frozen dataclass: one is built for nearly every request (lookup, getattr, create, every
+    entry readdirplus lists), and a tuple is built in a quarter of the time."""
 
     st_ino: int
     st_mode: int
@@ -43,8 +45,9 @@ class Attr:
     generation: int
 
 
-@dataclass(frozen=True, slots=True)
-class DirEntry:
+class DirEntry(NamedTuple):
+    """One entry readdir lists (a named tuple, as Attr, for the same reason)."""
+
     name: bytes
     ino: int
     type: int           # d_type: S_IFMT(mode) >> 12
@@ -83,16 +86,17 @@ def locked(fn):
     @functools.wraps(fn)
     def wrapper(self, *args, **kwargs):
         with self.lock:
-            if self._depth == 0:
+            depth = self._depth
+            if not depth:
                 self._trim()
-            self._depth += 1
+            self._depth = depth + 1
             try:
                 out = fn(self, *args, **kwargs)
-                if self._depth == 1 and self._unreported:
+                if not depth and self._unreported:
                     self._report_dirty()
                 return out
             finally:
-                self._depth -= 1
+                self._depth = depth
     return wrapper
 
 

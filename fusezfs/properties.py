@@ -114,9 +114,35 @@ def available(dsl: Datasets, rec: Record) -> int:
     return avail
 
 
+def only_pool_limits(dsl: Datasets, rec: Record) -> bool:
+    """Whether nothing but the pool's free space limits what head `rec` may write: no quota on
+    it or an ancestor, no refquota, no reservation or refreservation anywhere in the pool.
+    Cached per dataset until a property changes or datasets come, go or move
+    (`records_changed`), as `reserving` is: every create and write asks."""
+    if dsl._pool_limited_gen != dsl.records_changed:
+        dsl._pool_limited = {}
+        dsl._pool_limited_gen = dsl.records_changed
+    known = dsl._pool_limited.get(rec.id)
+    if known is None:
+        known = rec.kind != "snapshot" and not reserving(dsl) and \
+            not as_int(rec.props.get("refquota"))
+        walk = rec
+        while known:
+            known = not as_int(walk.props.get("quota"))
+            if walk.id == ROOT_ID:
+                break
+            walk = dsl.record(walk.parent)
+        dsl._pool_limited[rec.id] = known
+    return known
+
+
 def check_space(dsl: Datasets, rec: Record, nbytes: int) -> None:
     """Raise EDQUOT (a quota or refquota would be exceeded) or ENOSPC before anything is
     written, so a write either fits whole or changes nothing."""
+    if only_pool_limits(dsl, rec):      # what the general case below comes to then
+        if nbytes > max(0, dsl.pool.free - (dsl.pool.size >> SLOP_SHIFT)):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return
     refquota = as_int(rec.props.get("refquota"))
     if refquota and rec.refer + nbytes > refquota:
         raise OSError(errno.EDQUOT, "Disk quota exceeded")

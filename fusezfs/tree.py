@@ -245,6 +245,29 @@ class Tree:
             node = c
         return path, idxs
 
+    def _walk(self, key: bytes) -> tuple[list[_Node], list[int], bool]:
+        """The root-to-leaf path for `key` as it is, making nothing dirty (empty for an empty
+        tree), the child index taken at each internal node, and whether every node on it is
+        dirty already: then a removal may use it as it is, without _path's second descent."""
+        node = self._top
+        dirty = node is not None
+        if node is None:
+            if self._root is None:
+                return [], [], False
+            node = self._load(self._root)
+        path = [node]
+        idxs: list[int] = []
+        while node.level:
+            i = bisect_right(node.keys, key) - 1
+            c = node.vals[i]
+            if type(c) is not _Node:
+                dirty = False
+                c = self._load(c)
+            idxs.append(i)
+            path.append(c)
+            node = c
+        return path, idxs, dirty
+
     def _release(self, value: bytes) -> None:
         """The item holding this REF_BLOCK value is going away: free its block at sync."""
         bp = _ref_bp(value)
@@ -293,6 +316,26 @@ class Tree:
             c = node.vals[i]
             node = c if type(c) is _Node else self._load(c)
         return node, low, high
+
+    def first_item(self, lo: bytes, hi: bytes | None = None) -> tuple[bytes, bytes, int] | None:
+        """The first (key, value, ref) with lo <= key < hi (None: unbounded), or None: what
+        `next(scan_items(lo, hi), None)` gives, without a generator and a copied slice. Lookups
+        by key range (a directory entry by its name's hash, an inode's first item) are mostly
+        one such probe, and they are on the path of every create, lookup and unlink."""
+        pos = _as_key(lo)
+        hi = None if hi is None else _as_key(hi)
+        while True:
+            leaf, _low, high = self._leaf(pos, False)
+            if leaf is None:
+                return None
+            keys = leaf.keys
+            i = bisect_left(keys, pos)
+            if i < len(keys):
+                key = keys[i]
+                return (key, leaf.vals[i], leaf.refs[i]) if hi is None or key < hi else None
+            if high is None or (hi is not None and high >= hi):
+                return None
+            pos = high            # pos was past this leaf's last key: the next leaf's first
 
     def scan_items(self, lo: bytes | None = None, hi: bytes | None = None, *,
                    reverse: bool = False) -> Iterator[tuple[bytes, bytes, int]]:
@@ -391,43 +434,57 @@ class Tree:
     def delete(self, key: bytes) -> bool:
         """Remove an item; True if it existed. A REF_BLOCK value's block is freed at sync."""
         key = _as_key(key)
-        if self.get_item(key) is None:      # do not dirty a path for nothing
+        path, idxs, dirty = self._walk(key)     # do not dirty a path for nothing
+        if not path:
             return False
-        path, idxs = self._path(key)
-        leaf = path[-1]
-        i = bisect_left(leaf.keys, key)
-        self._remove(leaf, i, i + 1)
+        keys = path[-1].keys
+        i = bisect_left(keys, key)
+        if i == len(keys) or keys[i] != key:
+            return False
+        if not dirty:
+            path, idxs = self._path(key)
+        self._remove(path[-1], i, i + 1)
         self._rebalance(path, idxs)
         return True
 
     def delete_range(self, lo: bytes | None, hi: bytes | None) -> int:
         """Remove every item with lo <= key < hi (None: unbounded); returns how many. Works a
         leaf at a time, so truncating a large file costs O(leaves * depth), not O(items * depth)."""
-        lo = None if lo is None else _as_key(lo)
+        pos = b"" if lo is None else _as_key(lo)
         hi = None if hi is None else _as_key(hi)
         count = 0
         while True:
-            first = next(self.scan_items(lo, hi), None)
-            if first is None:
+            path, idxs, dirty = self._walk(pos)
+            keys = path[-1].keys if path else []
+            i = bisect_left(keys, pos)
+            if i == len(keys):              # nothing at or after pos in its leaf: the next
+                first = self.first_item(pos, hi)
+                if first is None:
+                    return count
+                pos = first[0]
+                continue
+            if hi is not None and keys[i] >= hi:
                 return count
-            key = first[0]
-            path, idxs = self._path(key)
+            if not dirty:
+                path, idxs = self._path(pos)
             leaf = path[-1]
-            i = bisect_left(leaf.keys, key)
-            j = len(leaf.keys) if hi is None else bisect_left(leaf.keys, hi, i)
+            n = len(leaf.keys)
+            j = n if hi is None else bisect_left(leaf.keys, hi, i)
             self._remove(leaf, i, j)
             count += j - i
             self._rebalance(path, idxs)
-            lo = key
+            if j < n:       # this leaf holds a key at or past hi: the range is empty now
+                return count
 
     def _remove(self, leaf: _Node, i: int, j: int) -> None:
         """Remove entries i..j-1 of a dirty leaf, queueing their REF_BLOCK blocks for freeing.
         All pointers are decoded before anything changes, so a malformed one (ValueError)
         leaves the tree as it was."""
         keys, vals, refs = leaf.keys, leaf.vals, leaf.refs
-        doomed = [bp for t in range(i, j) if refs[t] == REF_BLOCK
-                  for bp in (_ref_bp(vals[t]),) if bp is not None]
-        gone = sum(_LEAF + len(keys[t]) + len(vals[t]) for t in range(i, j))
+        ks, vs, rs = keys[i:j], vals[i:j], refs[i:j]
+        doomed = [bp for v, r in zip(vs, rs) if r == REF_BLOCK
+                  for bp in (_ref_bp(v),) if bp is not None] if REF_BLOCK in rs else []
+        gone = _LEAF * len(ks) + sum(map(len, ks)) + sum(map(len, vs))
         del keys[i:j], vals[i:j], refs[i:j]
         self._pending += doomed
         leaf.nbytes -= gone
@@ -508,11 +565,15 @@ class Tree:
     def _rebalance(self, path: list[_Node], idxs: list[int]) -> None:
         """After removals: merge each underfull node on the path with a sibling (splitting the
         union again if it is too big), bottom-up. A merge can also make the parent overfull (a new
-        separator may be longer than the one it replaces), so parents are split as needed."""
+        separator may be longer than the one it replaces), so parents are split as needed. The
+        root changes only when something was merged or split: most removals leave every node
+        on the path full enough, and then cost no more than this loop."""
+        changed = False
         for d in range(len(path) - 1, 0, -1):
             parent = path[d - 1]
             n = len(parent.keys)
             if path[d].nbytes < self.node_min and n >= 2:
+                changed = True
                 li = idxs[d - 1] if idxs[d - 1] + 1 < n else idxs[d - 1] - 1
                 ri = li + 1
                 left = self._dirty_child(parent, li)
@@ -534,8 +595,10 @@ class Tree:
                 if merged > self.node_max:
                     self._adopt(parent, ri, self._split_all(left))
             if d >= 2 and parent.nbytes > self.node_max:
+                changed = True
                 self._adopt(path[d - 2], idxs[d - 2] + 1, self._split_all(parent))
-        self._fix_root()
+        if changed:
+            self._fix_root()
 
     def _fix_root(self, at_end: bool = False) -> None:
         """Grow a new root above an overfull one; drop roots that have a single child."""

@@ -23,8 +23,9 @@ from fusezfs.formats.bp import BT_DATA, COMP_ZSTD, decode_bp
 from fusezfs.pool import Pool
 from fusezfs.posix import (MAX_FILE_SIZE, NOW, RENAME_EXCHANGE, RENAME_NOREPLACE, ROOT_INO,
                            XATTR_CREATE, XATTR_REPLACE, Posix)
-from fusezfs.posix_layout import (K_DATA, UNLINKED_HI, UNLINKED_LO, ino_prefix,
-                                  kind_hi, kind_lo)
+from fusezfs import posix_names
+from fusezfs.posix_layout import (CD_BITS, K_DATA, UNLINKED_HI, UNLINKED_LO, ino_prefix,
+                                  kind_hi, kind_lo, unlinked_key)
 from fusezfs.tree import Tree
 from fusezfs.verify import verify
 
@@ -480,6 +481,33 @@ def test_unlinked_file_lives_while_open(t):
     t.check()
 
 
+def test_unlinked_set_items_are_written_at_flush_for_files_still_known(t):
+    """rm -rf through FUSE: the kernel knows each file it unlinks and forgets it soon after.
+    One forgotten in the same txg never reaches the unlinked set; one still known at the sync
+    is in it; close() reclaims both those in the tree and those not flushed yet."""
+    fs = t.fs
+    fs.track_lookups = True
+    inos = [fs.write_file(f"/{n}", n.encode() * 100) for n in "fgh"]
+    t.pool.sync()
+    for n in "fgh":
+        fs.lookup(ROOT_INO, n)
+    fs.unlink(ROOT_INO, "f")
+    fs.unlink(ROOT_INO, "g")
+    assert fs.getattr(inos[0]).st_nlink == 0
+    fs.forget(inos[0])
+    assert errno_of(fs.getattr, inos[0]) == errno.ENOENT
+    t.pool.sync()
+    assert [k for k, _v in fs.tree.scan(UNLINKED_LO, UNLINKED_HI)] == [unlinked_key(inos[1])]
+    fs.unlink(ROOT_INO, "h")                # still known: in the set from the next flush on
+    fs.close()
+    t.pool.sync()
+    assert not list(fs.tree.scan(UNLINKED_LO, UNLINKED_HI))
+    for ino in inos:
+        assert not list(fs.tree.scan(ino_prefix(ino), ino_prefix(ino + 1)))
+    assert fs.objects == 1
+    t.check()
+
+
 def test_unlinked_open_files_are_reclaimed_after_a_crash(t):
     fs = t.fs
     fs.makedirs("/keep")
@@ -774,6 +802,35 @@ def test_readdir_cookies_survive_concurrent_changes(t):
     cookies = [e.cookie for e in fs.readdir(d)]
     assert cookies == sorted(cookies) and len(cookies) == 2 + 400 - 150 + 300
     assert fs.getattr(d).st_size == len(cookies)
+
+
+def test_names_whose_hashes_collide_take_the_lowest_free_differentiator(t, monkeypatch):
+    """Every name hashes alike: entries share one cookie range, told apart by the collision
+    differentiator, which a new entry takes as the lowest one no entry of that hash holds."""
+    monkeypatch.setattr(posix_names, "name_hash", lambda name: 7)
+    fs = t.fs
+    d = fs.mkdir(ROOT_INO, "d").st_ino
+    names = [f"n{i}".encode() for i in range(6)]
+    for name in names:
+        fs.mknod(d, name, 0o644)
+    base = 7 << CD_BITS
+
+    def cookies() -> dict[bytes, int]:
+        return {e.name: e.cookie for e in fs.readdir(d)[2:]}
+    assert cookies() == {name: base + i for i, name in enumerate(names)}
+    fs.unlink(d, b"n1")
+    fs.rename(d, b"n4", d, b"m4")           # leaves cd 4, then takes the lowest free: 1
+    assert errno_of(fs.mknod, d, b"n0", 0o644) == errno.EEXIST
+    fs.mknod(d, b"x", 0o644)                # cd 4
+    fs.link(fs.lookup(d, b"x").st_ino, d, b"y")     # cd 6
+    assert cookies() == {b"n0": base, b"m4": base + 1, b"n2": base + 2, b"n3": base + 3,
+                         b"x": base + 4, b"n5": base + 5, b"y": base + 6}
+    for name, cookie in cookies().items():
+        assert fs.lookup(d, name).st_ino == fs.readdir(d, cookie - 1, 1)[0].ino
+    assert errno_of(fs.lookup, d, b"n1") == errno.ENOENT
+    fs = t.reopen()
+    assert sorted(fs.listdir("/d")) == [b"m4", b"n0", b"n2", b"n3", b"n5", b"x", b"y"]
+    t.check()
 
 
 def test_many_entries_with_long_names_survive_reopen(t):

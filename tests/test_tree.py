@@ -324,6 +324,8 @@ class TreeMachine(RuleBasedStateMachine):
             want.reverse()
         assert list(self.tree.scan_items(lo, hi, reverse=reverse)) == want
         assert list(self.tree.scan(lo, hi, reverse=reverse)) == [(k, v) for k, v, _ in want]
+        first = self.tree.first_item(b"" if lo is None else lo, hi)
+        assert first == (min(want) if want else None)
 
     @rule()
     def sync(self):

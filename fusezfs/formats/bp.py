@@ -58,6 +58,7 @@ BT_NAMES = {BT_DATA: "data", BT_NODE: "node", BT_SPACEMAP: "spacemap"}
 
 FLAG_DEDUP = 1
 
+_HOLE = bytes(BP_SIZE)
 _DVA = struct.Struct("<IIQ")
 _BODY = struct.Struct("<IIQQBBBBBBH32s16x")
 assert _DVA.size * 3 + _BODY.size == BP_SIZE
@@ -106,12 +107,51 @@ class BlockPointer:
         return (self.dvas, self.birth, self.checksum)
 
 
+# decode_bp builds pointers by filling the slots directly: the generated __init__ of a frozen
+# dataclass goes through object.__setattr__ once per field, which was half the cost of decoding
+# one, and decode_bp runs for every child of every internal node read and every block an unlink
+# frees. Only decode_bp uses these, with values it has checked (the classes have no
+# __post_init__; every field is given).
+_new = object.__new__
+_dva_vdev, _dva_offset, _dva_asize = (DVA.__dict__[f].__set__ for f in DVA.__slots__)
+(_bp_dvas, _bp_lsize, _bp_psize, _bp_birth, _bp_comp, _bp_cksum, _bp_type, _bp_checksum,
+ _bp_level, _bp_fill, _bp_flags) = (BlockPointer.__dict__[f].__set__ for f in BlockPointer.__slots__)
+
+
+def _build_dva(vdev: int, offset: int, asize: int) -> DVA:
+    d = _new(DVA)
+    _dva_vdev(d, vdev)
+    _dva_offset(d, offset)
+    _dva_asize(d, asize)
+    return d
+
+
+def _build_bp(dvas: tuple, lsize: int, psize: int, birth: int, comp: int, cksum: int,
+              btype: int, digest: bytes, level: int, fill: int, flags: int) -> BlockPointer:
+    bp = _new(BlockPointer)
+    _bp_dvas(bp, dvas)
+    _bp_lsize(bp, lsize)
+    _bp_psize(bp, psize)
+    _bp_birth(bp, birth)
+    _bp_comp(bp, comp)
+    _bp_cksum(bp, cksum)
+    _bp_type(bp, btype)
+    _bp_checksum(bp, digest)
+    _bp_level(bp, level)
+    _bp_fill(bp, fill)
+    _bp_flags(bp, flags)
+    return bp
+
+
 def decode_bp(buf: bytes | memoryview, offset: int = 0) -> BlockPointer | None:
     """Decode a BP; None for a hole. Raises ValueError for a malformed pointer."""
-    raw = bytes(buf[offset:offset + BP_SIZE])
-    if len(raw) != BP_SIZE:
-        raise ValueError("short block pointer")
-    if raw == bytes(BP_SIZE):
+    if offset == 0 and type(buf) is bytes and len(buf) == BP_SIZE:
+        raw = buf                       # the common case: an item's value is just the BP
+    else:
+        raw = bytes(buf[offset:offset + BP_SIZE])
+        if len(raw) != BP_SIZE:
+            raise ValueError("short block pointer")
+    if raw == _HOLE:
         return None
     (lsize, psize, birth, fill, comp, cksum, btype, level, ndvas, flags, _r,
      checksum) = _BODY.unpack_from(raw, 3 * _DVA.size)
@@ -120,10 +160,10 @@ def decode_bp(buf: bytes | memoryview, offset: int = 0) -> BlockPointer | None:
     dvas = []
     for i in range(ndvas):
         vdev, asize, off = _DVA.unpack_from(raw, i * _DVA.size)
-        dvas.append(DVA(vdev, off, asize))
+        dvas.append(_build_dva(vdev, off, asize))
     digest_len = 16 if cksum == CKSUM_XXH3_128 else 32
-    return BlockPointer(tuple(dvas), lsize, psize, birth, comp, cksum, btype,
-                        checksum[:digest_len], level, fill, flags)
+    return _build_bp(tuple(dvas), lsize, psize, birth, comp, cksum, btype,
+                     checksum[:digest_len], level, fill, flags)
 
 
 def encode_bp(bp: BlockPointer | None) -> bytes:
