@@ -740,6 +740,8 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EROFS)
         kw = {name: getattr(attr, source) for name, flag, source in SETATTR_FIELDS
               if getattr(fields, flag)}
+        if not kw:      # the writeback cache's ctime-only setattr (one per unlink): no change
+            return self._entry(view, view.fs.getattr(local))
         return self._entry(view, view.fs.setattr(local, **kw))
 
     async def readlink(self, inode, ctx):

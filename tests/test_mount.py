@@ -772,8 +772,8 @@ def test_fsync_of_a_directory_commits_everything(env):
 
 # ---- command line ---------------------------------------------------------------------------
 def test_mount_options_are_checked_before_anything_starts(env):
-    """Bad -o values are refused with the option's name; good ones take effect: one reader
-    task per session (fuse_tasks=1) and no writeback cache still serve every session."""
+    """Bad -o values are refused with the option's name; good ones take effect: four reader
+    tasks per session (fuse_tasks=4) and no writeback cache still serve every session."""
     env.create_pool()
     for opts, word in (("fuse_tasks=0", "fuse_tasks"), ("fuse_tasks=x", "fuse_tasks"),
                        ("writeback_cache=2", "writeback_cache"), ("bogus=1", "bogus"),
@@ -782,7 +782,7 @@ def test_mount_options_are_checked_before_anything_starts(env):
         assert r.returncode == 1 and f"'{word}'" in r.stderr, (opts, r.stderr)
         assert not is_fuse_mount(env.mnt) and env.daemon_pid() is None
     env.run("create", "tank/c")
-    env.mount("-o", "fuse_tasks=1,writeback_cache=0")
+    env.mount("-o", "fuse_tasks=4,writeback_cache=0")
     write(f"{env.mnt}/c/f", b"one task")
     with open(f"{env.mnt}/c/f", "ab") as f:      # O_APPEND is the daemon's without writeback
         f.write(b", appended")
