@@ -3,7 +3,8 @@ mount single datasets at paths of their own.
 
     fusezfs mount                                   list what fusezfs daemons have mounted
     fusezfs mount [-f] [-o opt,...] POOL [MOUNTPOINT]
-    fusezfs mount [-o opt,...] DATASET PATH          as root; a snapshot is mounted read-only
+    fusezfs mount [-o opt,...] DATASET PATH          a snapshot is mounted read-only
+    fusezfs mount FILESYSTEM                         again, after unmount FILESYSTEM
     fusezfs unmount [-f] POOL|DATASET|PATH
 
 `mount` starts the daemon (daemon.py) detached, waits until the mount answers, and returns;
@@ -14,8 +15,8 @@ overrides the root dataset's mountpoint property for this mount.
 `mount DATASET PATH` is mount(8) of a legacy mountpoint: for a dataset the pool's tree does
 not show (mountpoint=legacy or none, canmount off or noauto, or a mountpoint outside the
 tree). PATH must be a directory nothing is mounted at. The pool's daemon mounts the dataset
-there as a FUSE session of its own (daemon.SingleMounts; as an ordinary user through fusermount3); a
-pool not served yet is served first (its tree at the root's mountpoint, or at a private
+there as a FUSE session of its own (daemon.SingleMounts; an ordinary user's through
+fusermount3); a pool not served yet is served first (its tree at the root's mountpoint, or at a private
 directory when the root has none to use), and stopped again if the mount fails. A dataset
 is mounted at one path at a time, as with `zfs mount`.
 
@@ -180,7 +181,7 @@ def _spawn(pool: str, mountpoint: str | None, texts: list[str],
 
 def _find(target: str) -> tuple[str | None, str | None, int | None, str | None]:
     """(pool, mountpoint of its tree, daemon pid, single) named by a pool or dataset name or a
-    path; `single` is the dataset or path whose single-dataset mounts go, None for the whole pool."""
+    path; `single` is the dataset or path whose mounts go, None for the whole pool."""
     if not target.startswith("/"):
         pool = control.pool_of(target)
         st = daemon.read_state(pool)

@@ -69,7 +69,7 @@ def read_state(pool: str) -> dict | None:
 
 
 def write_state(pool: str, pid: int, mountpoint: str, **extra) -> None:
-    """`extra`: dev (the FUSE mount's device, "MAJOR:MINOR"), singles ([{dataset, path}])."""
+    """`extra`: singles ([{dataset, path, dev}]: the single-dataset mounts)."""
     path = state_file(pool)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -123,10 +123,8 @@ def serving_pid(pool: str) -> int | None:
 # ---- mounts ---------------------------------------------------------------------------------
 class Mount(NamedTuple):
     dev: str            # "MAJOR:MINOR" of its file system
-    root: str           # the directory of that file system shown at the mountpoint
     mountpoint: str
     fstype: str
-    source: str
 
 
 def _unescape(field: str) -> str:
@@ -142,19 +140,24 @@ def mounts() -> list[Mount]:
             left, sep, right = line.partition(" - ")
             head, tail = left.split(), right.split()
             if sep and len(head) >= 5 and len(tail) >= 2:
-                out.append(Mount(head[2], _unescape(head[3]), _unescape(head[4]), tail[0],
-                                 _unescape(tail[1])))
+                out.append(Mount(head[2], _unescape(head[4]), tail[0]))
     return out
 
 
-def is_mounted(path: str) -> str | None:
-    """fstype of the mount at `path`, or None."""
+def mount_at(path: str) -> Mount | None:
+    """The mount on top at `path`, or None."""
     path = os.path.abspath(path)
     found = None
     for m in mounts():
         if m.mountpoint == path:
-            found = m.fstype
+            found = m
     return found
+
+
+def is_mounted(path: str) -> str | None:
+    """fstype of the mount at `path`, or None."""
+    m = mount_at(path)
+    return m.fstype if m else None
 
 
 def fusezfs_mount_of(path: str) -> str | None:
@@ -169,11 +172,16 @@ def fusezfs_mount_of(path: str) -> str | None:
     return best[0] if best and best[1] == FSTYPE else None
 
 
-def recorded_singles(state: dict, table: list[Mount] | None = None) -> list[tuple[str, str]]:
+def live_fusezfs() -> set[tuple[str, str]]:
+    """(mountpoint, device) of every fusezfs mount: a mount recorded with its device is still
+    the same one only if both match (another may have been made at the path since)."""
+    return {(m.mountpoint, m.dev) for m in mounts() if m.fstype == FSTYPE}
+
+
+def recorded_singles(state: dict) -> list[tuple[str, str]]:
     """(dataset, path) of the single-dataset mounts a daemon's state file names that are still
-    there: a fusezfs mount at that path with the device its session got."""
-    live = {(m.mountpoint, m.dev) for m in (mounts() if table is None else table)
-            if m.fstype == FSTYPE}
+    there."""
+    live = live_fusezfs()
     return [(b.get("dataset", "?"), b["path"]) for b in state.get("singles", [])
             if (b.get("path"), b.get("dev")) in live]
 
@@ -251,16 +259,15 @@ class SingleMounts:
         """There are mounts, or were: settle has something to look at."""
         return self.had or bool(self.recorded)
 
-    def _live(self, table: list[Mount] | None = None) -> list:
-        live = {(m.mountpoint, m.dev) for m in (mounts() if table is None else table)
-                if m.fstype == FSTYPE}
+    def _live(self) -> list:
+        live = live_fusezfs()
         with self.ops.lock:
             views = self.ops.standalones()
         return [v for v in views if (v.path, v.dev) in live]
 
-    def current(self, table: list[Mount] | None = None) -> list[tuple[int, str]]:
+    def current(self) -> list[tuple[int, str]]:
         """(dataset id, path) of each single-dataset mount still there."""
-        return [(v.rec.id, v.path) for v in self._live(table)]
+        return [(v.rec.id, v.path) for v in self._live()]
 
     def target(self, dataset: str):
         """The record of a dataset that may be mounted alone; DaemonError in zfs's words."""
@@ -340,6 +347,12 @@ class SingleMounts:
         with self.lock:
             cur = self.current()
             victims = cur if target is None else self._named(target, cur)
+            if isinstance(victims, int):        # a child of the tree: zfs unmount of it
+                err = self.others.unmount_child(victims, False)
+                if err:
+                    raise DaemonError(err)
+                victims = []
+                self.ops.pool.sync()    # the kernel wrote its pages while it unmounted
             failed = []
             for _ds_id, path in victims:
                 ok, msg = unmount(path, lazy=force)
@@ -357,7 +370,9 @@ class SingleMounts:
         if failed:
             raise DaemonError("\n".join(failed))
 
-    def _named(self, target: str, cur: list[tuple[int, str]]) -> list[tuple[int, str]]:
+    def _named(self, target: str, cur: list[tuple[int, str]]) -> list[tuple[int, str]] | int:
+        """The single-dataset mounts `target` names, or the dataset id of the tree's child it
+        names; DaemonError in zfs's words if neither."""
         if target.startswith("/"):
             found = [(i, p) for i, p in cur if p == target]
             if not found:
@@ -374,11 +389,7 @@ class SingleMounts:
             return found
         if rel is not None and rel != "":
             self._child(target, "unmount")
-            err = self.others.unmount_child(rec.id, False)
-            if err:
-                raise DaemonError(err)
-            self.ops.pool.sync()        # the kernel wrote its pages while it unmounted
-            return []
+            return rec.id
         if rel is not None:
             raise DaemonError(f"cannot unmount '{target}': it is the root of pool "
                               f"'{self.pool_name}'; unmount the pool")
@@ -419,7 +430,8 @@ class SingleMounts:
         return False
 
     def _unmount_tree(self) -> None:
-        log.info("no single-dataset mount is left: unmounting the private tree %s", self.mountpoint)
+        log.info("no single-dataset mount is left: unmounting the private tree %s",
+                 self.mountpoint)
         ok, msg = fusermount_unmount(self.mountpoint)
         if not ok:
             log.warning("cannot unmount %s: %s", self.mountpoint, msg)
@@ -662,7 +674,6 @@ def serve(pool_name: str, mountpoint: str | None, options: dict[str, str],
                 except Exception:
                     log.exception("txg sync failed")
                 try:        # the other sessions would outlive the tree's, dead
-                    await trio.to_thread.run_sync(singles.unmount, None, True, False)
                     others.stopping = True
                     await trio.to_thread.run_sync(others.end_all, True)
                 except Exception:

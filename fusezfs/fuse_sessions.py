@@ -278,12 +278,9 @@ def _depth(view) -> int:
 
 def _device(path: str) -> str | None:
     """The device ("MAJOR:MINOR") of the fusezfs mount on top at `path`, or None."""
-    from .daemon import FSTYPE, mounts
-    found = None
-    for m in mounts():
-        if m.mountpoint == path:
-            found = m.dev if m.fstype == FSTYPE else None
-    return found
+    from .daemon import FSTYPE, mount_at
+    m = mount_at(path)
+    return m.dev if m is not None and m.fstype == FSTYPE else None
 
 
 class Sessions:
