@@ -106,7 +106,7 @@ def _decode(job: tuple) -> bytes | ValueError:
     stream is returned, not raised, so the caller reports it for the right block."""
     phys, comp, lsize = job
     try:
-        return compression.decompress(bytes(phys) if comp == COMP_OFF else phys, comp, lsize)
+        return compression.decompress(phys, comp, lsize)
     except ValueError as e:
         return e
 
@@ -368,6 +368,8 @@ class BlockIO:
         streaming reader would only wash the cache out; the caller copies what it keeps).
         Anything unusual (a mismatch, an I/O error, a block outside its vdev) goes through
         `read` alone, so verification, self-healing and error counting stay in one place."""
+        if len(bps) == 1:                           # no run to find: read's own cache check
+            return [self.read(bps[0])]
         out: list = [None] * len(bps)
         runs: list[list] = []                       # [vdev, start, end, [indexes]]
         for i, bp in enumerate(bps):
@@ -411,14 +413,13 @@ class BlockIO:
                 phys = raw[off:off + bp.psize] if raw is not None else None
                 if phys is None or checksum(phys, bp.cksum) != bp.checksum:
                     out[i] = self.read(bp)
-                elif bp.comp == COMP_OFF and bp.psize == bp.lsize:
-                    out[i] = phys       # a view of the run's buffer: no copy, not cached
-                else:
-                    out[i] = phys
+                    continue
+                out[i] = phys           # uncompressed: a view of the run's buffer, not cached
+                if bp.comp != COMP_OFF or bp.psize != bp.lsize:
                     decode.append(i)
         if not decode:
             return out
-        many = sum(1 for i in decode if bps[i].comp != COMP_OFF) > 1
+        many = len(decode) > 1
         jobs = [(out[i], bps[i].comp, bps[i].lsize) for i in decode]
         results = self.executor.map(_decode, jobs) if many else map(_decode, jobs)
         for i, data in zip(decode, results):

@@ -161,9 +161,8 @@ class FileData:
                 old = self._stored_record(ino, blkid)
                 buf = recs[blkid] = bytearray(old) if old else bytearray()
                 grown += len(buf)
-            elif type(buf) is bytes:        # a full record given to prepare_ahead: thaw it
-                self._unfreeze(buf)
-                buf = recs[blkid] = bytearray(buf)
+            else:
+                buf = self._thaw(recs, blkid, buf)
             before = len(buf)
             if roff > before:
                 buf += bytes(roff - before)
@@ -197,8 +196,8 @@ class FileData:
                 if buf is not None:
                     if len(buf) > keep:
                         self._dirty_data -= len(buf) - keep
-                        self._unfreeze(buf)
-                        recs[blkid] = buf[:keep]
+                        buf = self._thaw(recs, blkid, buf)
+                        del buf[keep:]
                 else:
                     raw = self.tree.get(data_key(ino, blkid))
                     bp = None if raw is None else decode_bp(raw)
@@ -235,6 +234,14 @@ class FileData:
             self._dirty_data -= sum(len(b) for b in recs.values())
             for buf in recs.values():
                 self._unfreeze(buf)
+
+    def _thaw(self, recs: dict, blkid: int, buf):
+        """The record as a bytearray to change in place: a frozen one (bytes, given to
+        prepare_ahead whole) is copied and its early write undone."""
+        if type(buf) is bytes:
+            self._unfreeze(buf)
+            buf = recs[blkid] = bytearray(buf)
+        return buf
 
     def _unfreeze(self, buf) -> None:
         """A record buffer leaves without being written: an early write of it is undone."""

@@ -140,7 +140,7 @@ def check_space(dsl: Datasets, rec: Record, nbytes: int) -> None:
     """Raise EDQUOT (a quota or refquota would be exceeded) or ENOSPC before anything is
     written, so a write either fits whole or changes nothing."""
     if only_pool_limits(dsl, rec):      # what the general case below comes to then
-        if nbytes > max(0, dsl.pool.free - (dsl.pool.size >> SLOP_SHIFT)):
+        if nbytes > pool_available(dsl):
             raise OSError(errno.ENOSPC, "No space left on device")
         return
     refquota = as_int(rec.props.get("refquota"))
