@@ -1,10 +1,19 @@
 """Power-cut simulation: run a scripted workload on fault-injecting devices, cut the power at a
 chosen write, and check what import finds.
 
-Used by tests/test_crash.py and tools/crashtest. A cut is *clean* when the pool imports, `verify`
-finds nothing wrong, the imported txg is one the workload committed or was committing, the
-content equals the state that txg committed, and the pool keeps working (more writes, another
-sync, another clean verify) after the recovery.
+Used by tests/test_crash.py and tools/crashtest. A cut is *clean* when:
+
+* the pool imports and `verify` finds nothing wrong;
+* the imported txg is exactly the last one whose commit had returned (its uberblock flushed),
+  or the one whose uberblock was being written at the cut: never older (a lost commit) and
+  never one that was not committed;
+* its content equals what an oracle kept outside fusezfs says that txg must hold: a plain
+  dictionary for the objects workload, a model of every filesystem, snapshot and clone for the
+  datasets workloads (`DatasetModel`), never fusezfs's own view of itself;
+* and the pool keeps working after the recovery: more writes, another sync, the content the
+  model expects, and another clean verify.
+
+The write the power fails in is torn (devices.Power.tear): a prefix of its sectors lands.
 """
 from __future__ import annotations
 
@@ -49,12 +58,14 @@ def topology(kind: str, power: Power) -> tuple[list[tuple[str, list]], list[Faul
     raise ValueError(kind)
 
 
-def workload(pool: Pool, seed: int, steps: int, committing: dict[int, State]) -> None:
+def workload(pool: Pool, seed: int, steps: int, committing: dict[int, "Expect"],
+             model: State | None = None) -> None:
     """Random puts, block writes and deletes in one object tree, syncing every few steps.
-    Before each sync, records the state that sync commits under the txg it will have."""
+    Before each sync, records the state that sync commits under the txg it will have (a plain
+    dictionary of what was put: the oracle)."""
     rng = random.Random(seed)
     tree = pool.objset(b"work")
-    model: State = {}
+    model = dict(model or {})        # a recovered pool goes on from its checked content
     policies = [Policy(COMP_OFF, 0, CKSUM_XXH3_128, 1), Policy(COMP_ZSTD, 3, CKSUM_XXH3_128, 1),
                 Policy(COMP_GZIP, 6, CKSUM_SHA256, 2)]
     for step in range(steps):
@@ -74,7 +85,7 @@ def workload(pool: Pool, seed: int, steps: int, committing: dict[int, State]) ->
                 tree.delete(key)
                 model.pop(key, None)
         if step % 3 == 2 or step == steps - 1:
-            committing[pool.txg] = dict(model)
+            committing[pool.txg] = Expect.exactly(model, dict(model))
             pool.sync()
 
 
@@ -84,6 +95,64 @@ def content(pool: Pool) -> State:
     for key, value, ref in tree.scan_items():
         out[key] = b"BLOCK:" + pool.blocks.read(decode_bp(value)) if ref == REF_BLOCK else value
     return out
+
+
+@dataclass
+class Expect:
+    """What a txg committed while one step of a workload ran may hold: the state before the
+    step or the state after it; with `partial` = (key, new content), that key (a file being
+    written when a full dirty budget forced a commit) may also hold any prefix of its new
+    content."""
+    before: State
+    after: State
+    partial: tuple[bytes, bytes] | None = None
+    models: tuple = (None, None)    # the workload's oracle objects behind `before` and `after`
+
+    def model_for(self, got: State):
+        """The oracle object to go on from, once `got` matched (a partial write matches the
+        before-state in everything but the file's bytes)."""
+        return self.models[1] if got == self.after else self.models[0]
+
+    @classmethod
+    def exactly(cls, state: State, model=None) -> "Expect":
+        return cls(dict(state), dict(state), None, (model, model))
+
+    def matches(self, got: State) -> bool:
+        if got == self.after or got == self.before:
+            return True
+        if self.partial is None:
+            return False
+        key, new = self.partial
+        if {k: v for k, v in got.items() if k != key} != \
+                {k: v for k, v in self.after.items() if k != key}:
+            return False
+        value = got.get(key)
+        return value == self.before.get(key) or (value is not None and new.startswith(value))
+
+    def differences(self, got: State) -> list[bytes]:
+        """Keys where `got` differs from the after-state (for the report)."""
+        return sorted({k for k in set(got) | set(self.after) if got.get(k) != self.after.get(k)})
+
+
+class Commits:
+    """The oracle of durability: which txg the pool has made durable, seen from outside. The
+    pool's uberblock write (steps 4-6 of a sync: flush, uberblocks, flush) is wrapped, so the
+    last txg whose commit returned and the one being committed at the cut are known without
+    asking the pool what it believes."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.durable = pool.synced_txg
+        self.in_flight: int | None = None
+        write = pool._write_uberblock
+
+        def tracked(ub) -> None:
+            self.in_flight = ub.txg
+            write(ub)
+            self.durable, self.in_flight = ub.txg, None
+        pool._write_uberblock = tracked
+
+    def acceptable(self) -> list[int]:
+        return [self.durable] + ([self.in_flight] if self.in_flight is not None else [])
 
 
 @dataclass
@@ -105,10 +174,84 @@ class Summary:
 
 
 # ---- the datasets workload: filesystems, files, snapshots, clones, destroys, rollbacks ------
-def dataset_workload(pool: Pool, seed: int, steps: int, committing: dict[int, State]) -> None:
+class DatasetModel:
+    """What every filesystem and snapshot must contain, kept apart from fusezfs: full name ->
+    {file name: bytes}; snapshots in creation order per filesystem; each clone's origin. It is
+    the oracle the datasets workload is checked against, in the shape `dataset_content` reads
+    from a pool."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, dict[bytes, bytes]] = {}
+        self.snaps: dict[str, list[str]] = {}       # filesystem -> its snapshots, oldest first
+        self.origin: dict[str, str] = {}            # clone -> snapshot
+
+    def copy(self) -> "DatasetModel":
+        other = DatasetModel()
+        other.files = {name: dict(files) for name, files in self.files.items()}
+        other.snaps = {name: list(snaps) for name, snaps in self.snaps.items()}
+        other.origin = dict(self.origin)
+        return other
+
+    def with_content(self, state: State) -> "DatasetModel":
+        """This model with the file contents of `state` (a recovered pool's content, already
+        checked against the model, where a write in progress may have left a prefix)."""
+        other = self.copy()
+        for name, files in other.files.items():
+            prefix = name.encode() + b":/"
+            files.clear()
+            files.update((k[len(prefix):], v) for k, v in state.items() if k.startswith(prefix))
+        return other
+
+    def heads(self) -> list[str]:
+        return sorted(self.snaps)
+
+    def state(self) -> State:
+        out: State = {}
+        for name, files in self.files.items():
+            out[name.encode()] = b"dataset"
+            for path, data in files.items():
+                out[name.encode() + b":/" + path] = data
+        return out
+
+    def all_snapshots(self) -> list[str]:
+        return [s for head in self.heads() for s in self.snaps[head]]
+
+    # operations, each as ZFS defines it
+    def write(self, head: str, path: bytes, data: bytes) -> None:
+        self.files[head][path] = data
+
+    def unlink(self, head: str, path: bytes) -> None:
+        del self.files[head][path]
+
+    def create(self, name: str) -> None:
+        self.files[name], self.snaps[name] = {}, []
+
+    def snapshot(self, name: str) -> None:
+        head = name.partition("@")[0]
+        self.files[name] = dict(self.files[head])
+        self.snaps[head].append(name)
+
+    def clone(self, snap: str, name: str) -> None:
+        self.create(name)
+        self.files[name] = dict(self.files[snap])
+        self.origin[name] = snap
+
+    def destroy_snapshot(self, name: str) -> None:
+        assert name not in self.origin.values(), "a snapshot with clones is not destroyed"
+        del self.files[name]
+        self.snaps[name.partition("@")[0]].remove(name)
+
+    def rollback(self, head: str) -> None:
+        self.files[head] = dict(self.files[self.snaps[head][-1]])
+
+
+def dataset_workload(pool: Pool, seed: int, steps: int, committing: dict[int, Expect],
+                     model: DatasetModel | None = None) -> None:
     """Files written and removed through the POSIX layer in several filesystems, with
-    snapshots, clones, snapshot destruction and rollbacks between them. Every sync (including
-    the ones dataset operations make inside) records the content it commits."""
+    snapshots, clones, snapshot destruction and rollbacks between them, each step applied to
+    the pool and to a DatasetModel. Every txg committed during a step (dataset operations sync
+    inside; a full dirty budget syncs in the middle of a write) is recorded with the model's
+    state before and after that step."""
     from .api import Handle          # the workload sits on top of every layer
     from .datasets import ROOT_ID
 
@@ -119,53 +262,70 @@ def dataset_workload(pool: Pool, seed: int, steps: int, committing: dict[int, St
     if root.props.get("atime") != "off":     # reads must not change what they read
         root.props["atime"] = "off"
         dsl.touch(root)
-    pool.sync_hooks.append(lambda p: committing.__setitem__(p.txg, dataset_content(h)))
-    heads = [r for r in (dsl.lookup("crash/fs"),) if r is not None]
-    if not heads:
+    # a recovered pool goes on from the oracle's model of the txg it came back at
+    model = model.copy() if model is not None else DatasetModel()
+    step_expect = [Expect.exactly(model.state(), model.copy())]
+    pool.sync_hooks.append(lambda p: committing.__setitem__(p.txg, step_expect[0]))
+
+    def step(apply_pool, apply_model, partial: tuple[bytes, bytes] | None = None) -> None:
+        before, before_model = model.state(), model.copy()
+        apply_model()
+        step_expect[0] = Expect(before, model.state(), partial, (before_model, model.copy()))
+        apply_pool()
+
+    if not model.heads():
         # small records, so files fill whole records: full uncompressed records are written
         # early, on worker threads (BlockIO.prepare_ahead), and compressed ones in "crash/z"
-        heads = [dsl.create("crash/fs", {"recordsize": "4096", "compression": "off"}),
-                 dsl.create("crash/z", {"recordsize": "8192", "compression": "zstd"})]
-    heads = [dsl.name(r.id) for r in dsl.descendants(ROOT_ID)]
-    for step in range(steps):
+        step(lambda: dsl.create("crash/fs", {"recordsize": "4096", "compression": "off"}),
+             lambda: model.create("crash/fs"))
+        step(lambda: dsl.create("crash/z", {"recordsize": "8192", "compression": "zstd"}),
+             lambda: model.create("crash/z"))
+    for n in range(steps):
+        heads = model.heads()
         head = rng.choice(heads)
         fs = h.filesystem(head)
-        snaps = [s for r in heads for s in dsl.snapshots(dsl.get(r).id)]
+        snaps = model.all_snapshots()
         r = rng.random()
         if r < 0.45:
-            fs.write_file(f"/f{rng.randrange(5)}", _text(rng, rng.randrange(1, 30000)))
+            path, data = f"f{rng.randrange(5)}".encode(), _text(rng, rng.randrange(1, 30000))
+            step(lambda: fs.write_file(b"/" + path, data), lambda: model.write(head, path, data),
+                 (head.encode() + b":/" + path, data))
         elif r < 0.55:
-            name = f"f{rng.randrange(5)}"
-            if name.encode() in fs.listdir("/"):
-                fs.unlink(1, name)
+            path = f"f{rng.randrange(5)}".encode()
+            if path in model.files[head]:
+                step(lambda: fs.unlink(1, path), lambda: model.unlink(head, path))
         elif r < 0.67:
-            dsl.snapshot([f"{head}@s{seed}_{step}"])
+            name = f"{head}@s{seed}_{n}"
+            step(lambda: dsl.snapshot([name]), lambda: model.snapshot(name))
         elif r < 0.75 and snaps and len(heads) < 4:
-            dsl.clone(dsl.name(rng.choice(snaps).id), f"crash/c{seed}_{step}")
-            heads.append(f"crash/c{seed}_{step}")
+            snap, name = rng.choice(snaps), f"crash/c{seed}_{n}"
+            step(lambda: dsl.clone(snap, name), lambda: model.clone(snap, name))
         elif r < 0.85 and snaps:
             victim = rng.choice(snaps)
-            if not victim.clones:
-                dsl.destroy_snapshot(victim)
+            if victim not in model.origin.values():
+                step(lambda: dsl.destroy_snapshot(dsl.get(victim)),
+                     lambda: model.destroy_snapshot(victim))
         elif r < 0.93:
-            rec = dsl.get(head)
-            if rec.prev_snap:
-                h.forget(head)
-                dsl.rollback(rec)
+            if model.snaps[head]:
+                def rollback() -> None:
+                    h.forget(head)
+                    dsl.rollback(dsl.get(head))
+                step(rollback, lambda: model.rollback(head))
         else:
-            pool.sync()
-        if step % 4 == 3:
-            pool.sync()
-    pool.sync()
+            step(pool.sync, lambda: None)
+        if n % 4 == 3:
+            step(pool.sync, lambda: None)
+    step(pool.sync, lambda: None)
 
 
-def pipelined_workload(pool: Pool, seed: int, steps: int, committing: dict[int, State]) -> None:
+def pipelined_workload(pool: Pool, seed: int, steps: int, committing: dict[int, Expect],
+                       model: DatasetModel | None = None) -> None:
     """The datasets workload with the FUSE daemon's pipelined commits and a tiny dirty budget:
     most txgs are committed by a writer filling the budget, their flushes and uberblock on the
     commit thread while the next txg fills (a cut may land on either thread)."""
     pool.pipeline = True
     pool.dirty_max = 24 << 10
-    dataset_workload(pool, seed, steps, committing)
+    dataset_workload(pool, seed, steps, committing, model)
 
 
 def dataset_content(h) -> State:
@@ -213,13 +373,15 @@ def run_cut(kind: str, seed: int, steps: int, cut: int, mode: str,
     power = Power()
     topo, devs = topology(kind, power)
     pool = Pool.create("crash", topo)
-    created_txg = pool.synced_txg
-    committing: dict[int, State] = {created_txg: {}}
+    commits = Commits(pool)
+    committing: dict[int, Expect] = {pool.synced_txg: Expect.exactly({})}
     power.cut_after(cut)
     try:
         run_workload(pool, seed, steps, committing)
     except PowerCut:
         pass
+    pool._stop_committer()          # a commit thread still running meets the dead power too
+    acceptable = commits.acceptable()
     rng = random.Random(cut * 7919 + seed)
     images = [d.crash_image(mode, rng) for d in devs]
     try:
@@ -228,22 +390,37 @@ def run_cut(kind: str, seed: int, steps: int, cut: int, mode: str,
         return Outcome(cut, mode, False, f"import failed: {e!r}")
     try:
         txg = recovered.synced_txg
-        if txg not in committing:
+        if txg not in acceptable:
+            return Outcome(cut, mode, False,
+                           f"imported txg {txg}, but txg {commits.durable} was durable"
+                           + (f" and txg {commits.in_flight} in flight" if len(acceptable) > 1
+                              else "") + (" (a lost commit)" if txg < commits.durable else ""))
+        expect = committing.get(txg)
+        if expect is None:
             return Outcome(cut, mode, False, f"imported txg {txg} was never committed")
         got, faults = inspect(recovered)
         report = verify(recovered)
         if not report.ok or faults:
             return Outcome(cut, mode, False, "verify: " + "; ".join((report.faults + faults)[:3]))
-        if got != committing[txg]:
-            diff = sorted(set(got.items()) ^ set(committing[txg].items()))[:2]
-            return Outcome(cut, mode, False, f"content of txg {txg} differs from what it "
-                                             f"committed: {[k for k, _v in diff]}")
-        # the recovered pool must keep working: its allocator must not hand out live blocks
-        more: dict[int, State] = {}
-        run_workload(recovered, seed + 1, 4, more)
+        if not expect.matches(got):
+            return Outcome(cut, mode, False, f"content of txg {txg} differs from the oracle's: "
+                                             f"{expect.differences(got)[:3]}")
+        # the recovered pool must keep working: its allocator must not hand out live blocks,
+        # and what it commits next must again be what the oracle says
+        resume = expect.model_for(got)
+        if isinstance(resume, DatasetModel):
+            resume = resume.with_content(got)
+        more: dict[int, Expect] = {}
+        run_workload(recovered, seed + 1, 4, more, resume)
+        got, faults = inspect(recovered)
         report = verify(recovered)
-        if not report.ok:
-            return Outcome(cut, mode, False, "after recovery: " + "; ".join(report.faults[:3]))
+        if not report.ok or faults:
+            return Outcome(cut, mode, False, "after recovery: "
+                           + "; ".join((report.faults + faults)[:3]))
+        last = more[max(more)]
+        if got != last.after:
+            return Outcome(cut, mode, False, f"after recovery the content differs from the "
+                                             f"oracle's: {last.differences(got)[:3]}")
         return Outcome(cut, mode, True)
     except Exception as e:  # noqa: BLE001
         return Outcome(cut, mode, False, f"after import: {e!r}")
@@ -251,13 +428,14 @@ def run_cut(kind: str, seed: int, steps: int, cut: int, mode: str,
         recovered.close()
 
 
-def run(kinds: list[str], modes: list[str], seed: int, steps: int, stride: int = 1,
-        progress=None, load: str = "objects") -> Summary:
+def run(kinds: list[str], modes: list[str], seed: int, steps: int, progress=None,
+        load: str = "objects") -> Summary:
+    """Cut at every write of the workload (and once after the last), in every crash mode."""
     summary = Summary()
     for kind in kinds:
         total = count_writes(kind, seed, steps, load)
         for mode in modes:
-            for cut in range(0, total + 1, stride):
+            for cut in range(total + 1):
                 outcome = run_cut(kind, seed, steps, cut, mode, load)
                 summary.cuts += 1
                 if outcome.clean:

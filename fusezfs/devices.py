@@ -6,8 +6,10 @@ Theory of operation. A device is a flat byte range with positional reads and wri
 `FileDevice` keeps that promise with fsync. `FaultyDevice` breaks everything else on purpose,
 so the crash tests can show the pool needs nothing more:
 
-* `cut_after(n)`: power fails at the n-th write from now. That write and every later one are
-  lost and the device raises `PowerCut` so the workload stops where it was.
+* `cut_after(n)`: power fails at the n-th write from now. That write is torn: only a prefix of
+  whole sectors (possibly none) reaches the volatile cache, as when power fails part-way
+  through a write; every later write is lost, and the device raises `PowerCut` so the workload
+  stops where it was. (`Power(tear=False)` loses the triggering write whole.)
 * `crash_image(mode)`: the bytes that would be on the platter after the cut. Writes not yet
   flushed survive whole ("keep"), vanish ("drop"), or an arbitrary subset survives in any order,
   some of them torn at a sector boundary ("reorder").
@@ -134,11 +136,21 @@ class MemoryDevice:
 class Power:
     """The power supply several FaultyDevices share: one write counter, one cut."""
 
-    def __init__(self) -> None:
+    def __init__(self, tear: bool = True) -> None:
         self.writes = 0          # writes issued so far, on all devices
         self.cut_at: int | None = None
         self.dead = False
+        self.tear = tear         # the write the power fails in lands as a prefix of sectors
         self.lock = threading.Lock()     # worker threads write too (early writes)
+
+    def torn_length(self, length: int) -> int:
+        """How much of the write that meets the cut reaches the cache: a whole number of
+        sectors short of the full write, chosen by the cut's position so that a sweep over
+        every write sees tears of every size, none included."""
+        sectors = (length - 1) // SECTOR if self.tear else 0
+        if sectors <= 0:
+            return 0
+        return (self.cut_at * 2654435761 % (sectors + 1)) * SECTOR
 
     def cut_after(self, n: int) -> None:
         """Fail power at the n-th write from now (n=0: the very next write is lost)."""
@@ -182,11 +194,15 @@ class FaultyDevice:
             if self.dead:
                 raise PowerCut("device lost power")
             power = self.power
-            if power.cut_at is not None and power.writes >= power.cut_at:
-                power.dead = True
-                raise PowerCut(f"power cut at write {power.writes}")
             if offset < 0 or offset + len(data) > self.size:
                 raise OSError(f"write beyond end of device {self.path}")
+            if power.cut_at is not None and power.writes >= power.cut_at:
+                power.dead = True
+                torn = power.torn_length(len(data))
+                if torn:
+                    self.pending.append((offset, bytes(data[:torn])))
+                raise PowerCut(f"power cut at write {power.writes}"
+                               + (f" ({torn} of {len(data)} bytes written)" if torn else ""))
             power.writes += 1
             self.pending.append((offset, bytes(data)))
 
