@@ -524,16 +524,23 @@ class Datasets(OnePerPool):
         snap = self.record(head.prev_snap)
         self.pool.sync()
         tree = self.tree(head)
-        for _kind, bp in list(tree.walk()):
+        kept = 0                             # the head's blocks the snapshot has, born after origin
+        for kind, bp in list(tree.walk()):
             if bp.birth > snap.createtxg:
                 self.pool.blocks.free(bp)
+            elif kind in ("node", "block") and bp.birth > head.origin_txg:
+                kept += bp.asize
         back = sum(bp.asize for _k, bp in self.dead_entries(head.deadlist, head.origin_txg))
         head.used_snap -= back
         if self.pool.has_objset(deadlist_name(head.deadlist)):
             self.pool.destroy_objset(deadlist_name(head.deadlist))
         head.deadlist = self._new_id()
         head.refer, head.refer_lsize, head.refer_psize = snap.refer, snap.refer_lsize, snap.refer_psize
-        head.used_head = snap.used_head
+        # The snapshot's blocks born after the head's origin: those the head still has, and
+        # those it dropped since (its deadlist). Not `snap.used_head`: that was counted from the
+        # origin the head had when the snapshot was taken, which a promote moves (the promoted
+        # clone's origin goes back, the demoted head's forward).
+        head.used_head = kept + back
         head.written = 0
         self.pool.forget_objset(tree_name(head.id))
         self.pool.objset(tree_name(head.id), store=HeadStore(self, head.id),
