@@ -3,7 +3,7 @@ mount shows their effect at once (the kernel's caches are invalidated before the
 
 Every check that a name appears or vanishes first makes the kernel cache the old answer (a
 negative or positive dentry, attributes, page cache) so that a missing invalidation shows.
-Skipped where FUSE is unusable, as test_mount.py.
+Skipped where FUSE is unusable, or failed under FUSEZFS_TEST_STRICT=1, as test_mount.py.
 """
 from __future__ import annotations
 
@@ -13,13 +13,14 @@ import os
 import socket
 import stat
 import struct
+import threading
 import time
 
 import pytest
 
-from test_mount import REASON, Env, is_fuse_mount, read, write  # noqa: F401
+from test_mount import Env, _alive, is_fuse_mount, read, write
 
-pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
+pytestmark = pytest.mark.usefixtures("needs_fuse")       # tests/conftest.py
 
 
 @pytest.fixture
@@ -256,9 +257,10 @@ def test_export_stops_the_daemon(env):
     pid = env.daemon_pid()
     env.run("pool", "export", "tank")
     assert not is_fuse_mount(env.mnt)
-    deadline = time.monotonic() + 10
-    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+    deadline = time.monotonic() + 60        # only a guard against hanging
+    while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert not _alive(pid), env.log()
     assert not os.path.exists(os.path.join(env.state, "tank.sock"))
     r = env.run("list", check=False)
     assert "tank" not in r.stdout
@@ -268,37 +270,58 @@ def test_export_stops_the_daemon(env):
     assert read(f"{env.mnt}/f") == b"kept"
 
 
+def record(i: int) -> bytes:
+    """The writer's i-th append in test_commands_during_writes: 4 KiB naming its number."""
+    return b"%08d" % i * 512
+
+
 def test_commands_during_writes(env):
-    """Commands run while the mount is busy writing: no deadlock, snapshots consistent."""
-    import threading
+    """Commands run while the mount is busy writing: no deadlock, and snapshots consistent.
+    A writer appends numbered 4 KiB records to one file; each snapshot must hold exactly
+    records 0..k-1, byte for byte (nothing torn, reordered or lost inside), with every append
+    that had finished before the snapshot command started (the daemon writes the kernel's
+    dirty pages before a command) and none that had not begun when it returned."""
     m = env.mnt
     stop = threading.Event()
     errors: list[BaseException] = []
+    begun = finished = 0                # appends begun / finished (file closed)
 
     def writer() -> None:
+        nonlocal begun, finished
         try:
-            i = 0
             while not stop.is_set():
+                begun += 1
                 with open(f"{m}/busy", "ab") as f:
-                    f.write(b"%08d" % i * 512)
+                    f.write(record(begun - 1))
                     f.flush()
-                i += 1
+                finished += 1
         except BaseException as e:      # noqa: BLE001
             errors.append(e)
 
     t = threading.Thread(target=writer)
     t.start()
+    bounds = []
     try:
         for n in range(3):
+            before = finished
             env.run("snapshot", f"tank@w{n}", timeout=60)
+            bounds.append((before, begun))
             env.run("list", "-t", "all", timeout=60)
         env.run("create", "tank/during", timeout=60)
     finally:
         stop.set()
         t.join(60)
     assert not errors and not t.is_alive()
-    sizes = [os.path.getsize(f"{m}/.zfs/snapshot/w{n}/busy") for n in range(3)]
-    assert sizes == sorted(sizes) and all(s % 4096 == 0 for s in sizes)
+    counts = []
+    for n, (lo, hi) in enumerate(bounds):
+        path = f"{m}/.zfs/snapshot/w{n}/busy"
+        data = read(path) if os.path.exists(path) else b""
+        k = len(data) // 4096
+        assert data == b"".join(record(i) for i in range(k)), f"w{n}: not records 0..{k - 1}"
+        assert lo <= k <= hi, (n, lo, k, hi)
+        counts.append(k)
+    assert counts == sorted(counts)
+    assert read(f"{m}/busy") == b"".join(record(i) for i in range(finished))
     assert os.path.isdir(f"{m}/during")
     env.unmount()
     env.run("pool", "verify", "tank")

@@ -6,9 +6,13 @@ test replays the agreeing cases against a private zfs-fuse daemon when one can r
 """
 from __future__ import annotations
 
+import re
 import time
+from fractions import Fraction
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from fusezfs import dsprops as dp
 from fusezfs.dsprops import FILESYSTEM, SNAPSHOT, VOLUME, Level, PropError
@@ -69,12 +73,51 @@ def test_size_round_trip(text):
     assert dp.parse_size(dp.nicenum(n)) == n
 
 
-def test_size_round_trip_many():
-    for n in [0, 1, 511, 512, 4096, 10 * K, 100 * M, 5 * G + 12345]:
-        shown = dp.nicebytes(n)
-        back = dp.parse_size(shown)
-        # what zfs shows is within the display precision of the exact value
-        assert abs(back - n) <= max(n // 100, 1) or shown.endswith("B")
+@settings(max_examples=500)
+@given(st.integers(0, (1 << 64) - 1))
+@example(0).via("edge")
+@example(1).via("edge")
+@example(1023).via("edge")
+@example(1536).via("two decimals")
+@example(10239).via("9.999K rounds up: one decimal")
+@example(10 * M + 1).via("one decimal")
+@example(123456789).via("no decimal")
+@example(1048575).via("1023.999K: five characters with no decimal")
+@example(5 * G + 12345).via("two decimals")
+@example((1 << 64) - 1).via("largest")
+def test_nicebytes_format(n):
+    """nicebytes(n) is zfs_nicebytes' exact text, checked digit by digit rather than against
+    a copy of the function: the largest 1024-power unit not above n; bytes and exact multiples
+    of the unit as a whole number ("512B", "128K"); anything else n in that unit, rounded
+    correctly to as many decimals (2, then 1, then 0) as fit in five characters ("1.50K",
+    "10.0M", "123M"). parse_size reads the text back to within that rounding (or says it is
+    too large, for the "16.0E" of the last 0.05E below 2**64)."""
+    shown = dp.nicebytes(n)
+    m = re.fullmatch(r"([1-9][0-9]*|0)(?:\.([0-9]+))?([BKMGTPE])", shown)
+    assert m, shown
+    whole, frac, unit = m.group(1), m.group(2) or "", m.group(3)
+    i = "BKMGTPE".index(unit)
+    scale = 1 << (10 * i)
+    assert n >= scale or i == 0, f"{shown}: unit too large"
+    assert n < scale << 10 or i == 6, f"{shown}: unit too small"
+    if i == 0 or n % scale == 0:
+        assert shown == f"{n // scale}{unit}"
+        assert dp.parse_size(shown) == n
+        return
+    d = len(frac)
+    assert len(shown) <= 5 and d <= 2, shown
+    if d < 2:   # one more decimal would not have fitted
+        assert len(f"{n / scale:.{d + 1}f}{unit}") > 5, shown
+    # zfs divides and parses in double precision: allow its rounding error (2**-52 relative)
+    # beside the display's
+    shown_value = Fraction(f"{whole}.{frac or 0}") * scale
+    slack = Fraction(n, 1 << 52)
+    assert abs(shown_value - n) <= Fraction(scale, 2 * 10 ** d) + slack, f"{shown} is not {n}"
+    if shown_value >= 1 << 64:
+        with pytest.raises(PropError, match="too large"):
+            dp.parse_size(shown)
+    else:
+        assert abs(dp.parse_size(shown) - shown_value) <= 1 + slack
 
 
 def test_ratio_and_time():

@@ -6,9 +6,14 @@ import uuid
 
 import pytest
 
-from zfsfuse import ZfsFuse, available
+from zfsfuse import ZfsFuse, require
 
-pytestmark = pytest.mark.skipif(available() is not None, reason=str(available()))
+
+@pytest.fixture(autouse=True)
+def _zfs_fuse_runs_here():
+    """Every test here runs a private zfs-fuse: skipped where it cannot run, failed instead
+    under FUSEZFS_TEST_STRICT=1 (zfsfuse.require)."""
+    require()
 
 
 def _host_zpool_list():

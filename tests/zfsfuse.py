@@ -65,7 +65,7 @@ def _which_all() -> dict[str, str | None]:
 
 
 def available() -> str | None:
-    """Return None when a private zfs-fuse can run here, else the reason to skip."""
+    """Return None when a private zfs-fuse can run here, else the reason why not."""
     if _available_cache:
         return _available_cache[0]
     reason = _probe()
@@ -74,17 +74,28 @@ def available() -> str | None:
 
 
 def require() -> None:
-    """pytest helper: skip the calling test when zfs-fuse cannot run here."""
-    reason = available()
-    if reason is not None:
-        import pytest
+    """pytest helper: the calling test needs a private zfs-fuse. Without root it is skipped
+    (how the suite is run, not what the machine lacks); with root, a missing zfs-fuse, tool,
+    /dev/fuse or namespace support skips it, or fails it under FUSEZFS_TEST_STRICT=1
+    (tests/prerequisites.py's skip_or_fail decides)."""
+    import pytest
+    from prerequisites import skip_or_fail
 
-        pytest.skip(reason)
+    if not _is_root():
+        pytest.skip(NEEDS_ROOT)
+    skip_or_fail(available())
+
+
+NEEDS_ROOT = "zfs-fuse harness needs root (mount namespaces, FUSE, tmpfs mounts)"
+
+
+def _is_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
 
 
 def _probe() -> str | None:
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        return "zfs-fuse harness needs root (mount namespaces, FUSE, tmpfs mounts)"
+    if not _is_root():
+        return NEEDS_ROOT
     missing = [t for t, p in _which_all().items() if p is None]
     if missing:
         return "zfs-fuse harness: missing " + ", ".join(missing) + " (apt-get install zfs-fuse util-linux)"
