@@ -24,11 +24,18 @@ from .blocks import Policy
 from .devices import FaultyDevice, MemoryDevice, Power, PowerCut
 from .formats.bp import BT_DATA, CKSUM_SHA256, CKSUM_XXH3_128, COMP_GZIP, COMP_OFF, COMP_ZSTD
 from .formats.bp import decode_bp, encode_bp
+from .allocator import NoSpace
 from .pool import Pool
+from .properties import SLOP_SHIFT
 from .tree import REF_BLOCK
 from .verify import verify
 
-DEVICE_SIZE = 8 << 20
+# Small devices, nearly filled before the workload starts (`fill`): with little free space the
+# next-fit allocator comes back around within a short workload, so blocks freed by the workload
+# are soon allocated again. Only then can a sweep see a free that was reused too early. (Each
+# workload leaves what it needs at its peak: datasets also keep ZFS's slop space free.)
+DEVICE_SIZE = 2 << 20
+BALLAST = b"ballast"
 WORDS = b"alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi".split()
 
 State = dict[bytes, bytes]
@@ -58,6 +65,25 @@ def topology(kind: str, power: Power) -> tuple[list[tuple[str, list]], list[Faul
     raise ValueError(kind)
 
 
+def fill(pool: Pool, leave: int) -> None:
+    """Take all but about `leave` bytes of the pool's free space with live ballast blocks (an
+    object tree of their own, committed before the workload starts)."""
+    tree = pool.objset(BALLAST)
+    policy = Policy(COMP_OFF, 0, CKSUM_XXH3_128, 1)
+    rng = random.Random(0)
+    size, n = 128 << 10, 0
+    while size >= 4096 and pool.free - leave >= 4096:
+        size = min(size, (pool.free - leave) // 4096 * 4096)
+        try:
+            bp = pool.blocks.write(rng.randbytes(size), BT_DATA, policy)
+        except NoSpace:         # no extent that large left on any vdev
+            size //= 2
+            continue
+        tree.put(b"b%04d" % n, encode_bp(bp), REF_BLOCK)
+        n += 1
+    pool.sync()
+
+
 def workload(pool: Pool, seed: int, steps: int, committing: dict[int, "Expect"],
              model: State | None = None) -> None:
     """Random puts, block writes and deletes in one object tree, syncing every few steps.
@@ -84,17 +110,30 @@ def workload(pool: Pool, seed: int, steps: int, committing: dict[int, "Expect"],
             else:
                 tree.delete(key)
                 model.pop(key, None)
+        if model:       # a read in the running pool (its caches warm) must see what was put
+            key = rng.choice(sorted(model))
+            check_read(key, item(pool, *tree.get_item(key)), model[key])
         if step % 3 == 2 or step == steps - 1:
             committing[pool.txg] = Expect.exactly(model, dict(model))
             pool.sync()
 
 
+class WrongData(Exception):
+    """A read in the running workload returned what the oracle says is not there."""
+
+
+def check_read(what, got: bytes, want: bytes) -> None:
+    if got != want:
+        raise WrongData(f"{what!r}: read {len(got)} bytes that differ from the {len(want)} "
+                        f"written")
+
+
+def item(pool: Pool, value: bytes, ref: int) -> bytes:
+    return b"BLOCK:" + pool.blocks.read(decode_bp(value)) if ref == REF_BLOCK else value
+
+
 def content(pool: Pool) -> State:
-    tree = pool.objset(b"work")
-    out: State = {}
-    for key, value, ref in tree.scan_items():
-        out[key] = b"BLOCK:" + pool.blocks.read(decode_bp(value)) if ref == REF_BLOCK else value
-    return out
+    return {key: item(pool, value, ref) for key, value, ref in pool.objset(b"work").scan_items()}
 
 
 @dataclass
@@ -313,6 +352,12 @@ def dataset_workload(pool: Pool, seed: int, steps: int, committing: dict[int, Ex
                 step(rollback, lambda: model.rollback(head))
         else:
             step(pool.sync, lambda: None)
+        if n % 2:       # a read in the running pool (its caches warm) must see the model
+            name = rng.choice(sorted(model.files))
+            if model.files[name]:
+                path = rng.choice(sorted(model.files[name]))
+                check_read(f"{name}:/{path.decode()}",
+                           h.filesystem(name).read_file(b"/" + path), model.files[name][path])
         if n % 4 == 3:
             step(pool.sync, lambda: None)
     step(pool.sync, lambda: None)
@@ -350,10 +395,21 @@ def dataset_check(pool: Pool) -> tuple[State, list[str]]:
     return dataset_content(h), h.dsl.check()
 
 
+@dataclass(frozen=True)
+class Workload:
+    run: object                 # (pool, seed, steps, committing, model=None) -> None
+    inspect: object             # pool -> (content, faults found by the layer's own check)
+    free_after_fill: int        # bytes `fill` leaves free before the workload starts
+    slop: bool = False          # and the slop space datasets may not use, on top
+
+    def fill(self, pool: Pool) -> None:
+        fill(pool, self.free_after_fill + (pool.size >> SLOP_SHIFT if self.slop else 0))
+
+
 WORKLOADS = {
-    "objects": (workload, lambda pool: (content(pool), [])),
-    "datasets": (dataset_workload, dataset_check),
-    "pipelined": (pipelined_workload, dataset_check),
+    "objects": Workload(workload, lambda pool: (content(pool), []), 96 << 10),
+    "datasets": Workload(dataset_workload, dataset_check, 192 << 10, slop=True),
+    "pipelined": Workload(pipelined_workload, dataset_check, 192 << 10, slop=True),
 }
 
 
@@ -362,17 +418,19 @@ def count_writes(kind: str, seed: int, steps: int, load: str = "objects") -> int
     power = Power()
     topo, _devs = topology(kind, power)
     pool = Pool.create("crash", topo)
+    WORKLOADS[load].fill(pool)
     start = power.writes
-    WORKLOADS[load][0](pool, seed, steps, {})
+    WORKLOADS[load].run(pool, seed, steps, {})
     return power.writes - start
 
 
 def run_cut(kind: str, seed: int, steps: int, cut: int, mode: str,
             load: str = "objects") -> Outcome:
-    run_workload, inspect = WORKLOADS[load]
+    run_workload, inspect = WORKLOADS[load].run, WORKLOADS[load].inspect
     power = Power()
     topo, devs = topology(kind, power)
     pool = Pool.create("crash", topo)
+    WORKLOADS[load].fill(pool)
     commits = Commits(pool)
     committing: dict[int, Expect] = {pool.synced_txg: Expect.exactly({})}
     power.cut_after(cut)
@@ -380,6 +438,8 @@ def run_cut(kind: str, seed: int, steps: int, cut: int, mode: str,
         run_workload(pool, seed, steps, committing)
     except PowerCut:
         pass
+    except WrongData as e:
+        return Outcome(cut, mode, False, f"before the cut: {e}")
     pool._stop_committer()          # a commit thread still running meets the dead power too
     acceptable = commits.acceptable()
     rng = random.Random(cut * 7919 + seed)

@@ -76,19 +76,30 @@ def test_empty_txg_writes_nothing():
 
 
 def test_frees_are_deferred_until_the_txg_is_durable():
+    """A block the committed txg holds, replaced in the open one, is freed by that txg's sync;
+    it must stay allocated until the sync's uberblock is durable (the committed txg is what a
+    crash before then imports), and be free once it is."""
     devs = mem()
     pool = Pool.create("tank", [("file", devs)])
     tree = pool.objset(b"t")
     put_block(pool, tree, b"x", b"old" * 1000)
     pool.sync()
-    old = decode_bp(tree.get(b"x"))
-    put_block(pool, tree, b"x", b"new" * 1000)      # frees the old block, born in a committed txg
-    space = pool.allocator.spaces[old.dvas[0].vdev]
-    assert not space.is_free(old.dvas[0].offset, old.dvas[0].asize)
-    # a block born and freed in the open txg is reusable at once
-    put_block(pool, tree, b"x", b"newer" * 1000)
+    old = decode_bp(tree.get(b"x")).dvas[0]
+    space = pool.allocator.spaces[old.vdev]
+    put_block(pool, tree, b"x", b"new" * 1000)      # frees the old block at the next sync
+    put_block(pool, tree, b"x", b"newer" * 1000)    # frees "new", born in the open txg
+    new = decode_bp(tree.get(b"x")).dvas[0]
+    seen = []
+    write_uberblock = pool._write_uberblock
+
+    def check_then_write(ub):
+        seen.append(space.is_free(old.offset, old.asize))
+        write_uberblock(ub)
+    pool._write_uberblock = check_then_write
     pool.sync()
-    assert space.is_free(old.dvas[0].offset, old.dvas[0].asize)
+    assert seen == [False]                          # freed by this txg, not yet durable
+    assert space.is_free(old.offset, old.asize)     # durable now: reusable
+    assert not space.is_free(new.offset, new.asize)
     assert verify(pool).ok
 
 
