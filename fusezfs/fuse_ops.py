@@ -533,9 +533,15 @@ class Operations(pyfuse3.Operations):
                 log.exception("invalidating %r", item)
 
     def _snap_view(self, head: View, rec: Record) -> View:
+        """The view of snapshot `rec` under `head`'s .zfs/snapshot. A view belongs to the head
+        it was found under (its inodes are that head's session's): once a promote has moved
+        the snapshot to another head, the old view ends and the new head gets its own."""
         idx = self.snap_views.get(rec.id)
         if idx is not None:
-            return self.views[idx]
+            old = self.views[idx]
+            if old.head is head and not old.dead:
+                return old
+            old.dead = True
         view = self._open_view(rec)
         view.head = head
         view.mod = head.mod

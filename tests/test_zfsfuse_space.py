@@ -49,10 +49,9 @@ without zfs-fuse by test_rollback_after_promote_counts_usedbydataset).
 File contents are checked against the model after every step: every file of every filesystem
 through both mounts, every snapshot through fusezfs's `.zfs/snapshot/NAME/` (zfs-fuse has no
 `.zfs` directory, even with snapdir=visible; it would be checked there too if it had one). The
-listings must match exactly. After the promote fusezfs's pool is unmounted and mounted again:
-the mount daemon keeps a snapshot's `.zfs` view bound to the FUSE session of the head it was
-first seen under, and a lookup of a promoted snapshot then ends the clone's session
-(test_snapdir_after_promote, strict xfail, says where).
+listings must match exactly, before and after the promote moves snapshots to the clone (the
+mount daemon once kept a promoted snapshot's `.zfs` view bound to the FUSE session of its old
+head, and a lookup under the clone ended the clone's session: test_snapdir_after_promote).
 
 Skips only through the shared mechanisms, which fail instead under FUSEZFS_TEST_STRICT=1:
 `zfsfuse.require()` where zfs-fuse cannot run, tests/conftest.py's `needs_fuse` where FUSE is
@@ -454,12 +453,6 @@ def test_space_and_contents_match_zfs_fuse(tmp_path):
                     now[side.name] = reading(side, names)
                 compare(i, step, prev, now, model_prev, m.written, table, failures)
                 prev, model_prev = now, dict(m.written)
-                if step.zfs[:1] == ("promote",):
-                    # The daemon keeps a snapshot's .zfs view bound to the FUSE session of the
-                    # head it was first seen under; after the promote that is the wrong one
-                    # (test_snapdir_after_promote, xfail). A fresh mount has no stale views.
-                    fz.cmd("unmount", POOL)
-                    fz.cmd("mount", POOL, fz.mnt)
                 check_contents(i, sides, m)
         finally:
             fz.teardown()
@@ -513,13 +506,6 @@ def test_rollback_after_promote_counts_usedbydataset(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fusezfs/fuse_ops.py: FuseOps.snap_views caches a snapshot's view, with its head and that "
-    "head's pyfuse3 module (view.mod), by snapshot id; after a promote moves the snapshot to "
-    "the clone, a lookup in the clone's .zfs/snapshot returns EntryAttributes of the other "
-    "session's pyfuse3 ('Cannot convert pyfuse3.__init__.EntryAttributes to "
-    "pyfuse3.__init__.EntryAttributes'), which ends the clone's FUSE session "
-    "(ECONNABORTED, the clone is unmounted)"), raises=(OSError, AssertionError))
 @pytest.mark.usefixtures("needs_fuse")
 def test_snapdir_after_promote(tmp_path):
     """A snapshot seen under .zfs/snapshot of its head, then moved by a promote, is readable
