@@ -255,9 +255,11 @@ class Pool:
         self._synced_changes = self.allocator.changes
         raw = self.mos.get(b"errors")
         self._saved_errors = json.loads(raw) if raw else {}
-        for leaf in self.leaves():
-            leaf.read_errors, leaf.write_errors, leaf.cksum_errors = \
-                self._saved_errors.get("devices", {}).get(str(leaf.guid), (0, 0, 0))
+        for leaf in self.leaves():     # added to what this import's own reads have counted
+            r, w, c = self._saved_errors.get("devices", {}).get(str(leaf.guid), (0, 0, 0))
+            leaf.read_errors += r
+            leaf.write_errors += w
+            leaf.cksum_errors += c
         self.blocks.permanent_errors.update(self._saved_errors.get("blocks", {}))
 
     def error_counts(self) -> dict:
