@@ -92,14 +92,53 @@ def main(argv: list[str] | None = None) -> int:
     return dispatch(argv)
 
 
+def zfs_main(argv: list[str] | None = None) -> int:
+    """The `zfs` program: `zfs VERB ...` is `fusezfs VERB ...`."""
+    return _program("zfs", sys.argv[1:] if argv is None else argv, [])
+
+
+def zpool_main(argv: list[str] | None = None) -> int:
+    """The `zpool` program: `zpool VERB ...` is `fusezfs pool VERB ...`."""
+    return _program("zpool", sys.argv[1:] if argv is None else argv, ["pool"])
+
+
+def _program(name: str, argv: list[str], prefix: list[str]) -> int:
+    from . import cli_help
+    real = cli_help.real_zfs_loaded()
+    if real is not None:
+        error(f"{name}: a ZFS kernel module is loaded on this host; fusezfs's {name} does not "
+              f"stand in for it: run the real command ({real})")
+        return 1
+    if not argv or argv[0] in ("-?", "-h", "--help"):
+        usage = cli_help.zfs_usage() if name == "zfs" else cli_help.zpool_usage()
+        print(usage, file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    if argv[0] in ("version", "-V", "--version"):
+        return _version(argv[1:])
+    return main(prefix + argv)
+
+
+def _version(args: list[str]) -> int:
+    if args:
+        error(f"invalid option '{args[0]}'" if args[0].startswith("-") else "too many arguments")
+        return 2
+    from . import cli_help
+    print("\n".join(cli_help.version_lines()))
+    return 0
+
+
 def dispatch(argv: list[str]) -> int:
     """Run a command in this process. Only the module of the verb is imported: a command's
     start-up time is mostly imports."""
     from importlib import import_module
     if not argv or argv[0] in ("-h", "--help", "-?"):
-        print("usage: fusezfs <command> [args]\n\nzpool commands: fusezfs pool <verb> ...\n"
-              "zfs commands: fusezfs <verb> ...", file=sys.stderr if not argv else sys.stdout)
+        from . import cli_help
+        print(cli_help.fusezfs_usage(), file=sys.stderr if not argv else sys.stdout)
         return 2 if not argv else 0
+    if argv[0] in ("version", "-V", "--version"):
+        return _version(argv[1:])
+    if argv[:1] == ["pool"] and argv[1:2] in (["version"], ["-V"], ["--version"]):
+        return _version(argv[2:])
     module = VERB_MODULES.get(argv[0])
     if module is None:
         error(f"unrecognized command '{argv[0]}'")

@@ -48,6 +48,7 @@ ZFS_RUN_DIR = "/var/run/zfs"      # holds zfs_socket
 ZFS_LOCK_DIR = "/var/lock/zfs"    # holds zfs_lock
 ZFS_LIB_DIR = "/var/lib/zfs"      # holds zpool.cache
 TOOLS = ("zfs-fuse", "zpool", "zfs", "unshare", "nsenter", "mount")
+SBIN = "/usr/sbin:/sbin:"
 
 DEFAULT_TIMEOUT = 60.0
 BUSY_RE = re.compile(r"busy", re.IGNORECASE)
@@ -60,7 +61,7 @@ class ZfsFuseError(RuntimeError):
 
 
 def _which_all() -> dict[str, str | None]:
-    path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
+    path = SBIN + os.environ.get("PATH", "")
     return {t: shutil.which(t, path=path) for t in TOOLS}
 
 
@@ -163,7 +164,9 @@ class ZfsFuse:
         self.created: list[str] = []      # pools created by this harness (ours to destroy)
         self.imported: list[str] = []     # pools imported by this harness (exported on cleanup)
         self._host_dirs_before: dict[str, bool] = {}
-        self.env = dict(os.environ, LC_ALL="C", LANG="C")
+        # zfs-fuse's zfs and zpool (in /sbin) come before fusezfs's own zfs and zpool programs,
+        # which an activated virtualenv puts first on PATH
+        self.env = dict(os.environ, LC_ALL="C", LANG="C", PATH=SBIN + os.environ.get("PATH", ""))
         self.env.pop("LANGUAGE", None)
         if env:
             self.env.update(env)
