@@ -422,6 +422,11 @@ class Datasets(OnePerPool):
         self.pool.sync()
         return out
 
+    def destroyed(self, rec: Record) -> bool:
+        """`rec` was destroyed (its record is gone, or goes at the next sync)."""
+        return rec.id in self.deleted or (rec.id not in self.records and
+                                          self.mos.get(REC_PREFIX + _id_bytes(rec.id)) is None)
+
     def snapshot_used(self, snap: Record) -> int:
         """What destroying `snap` alone would free: entries of the next deadlist born after
         the previous snapshot."""
@@ -431,7 +436,12 @@ class Datasets(OnePerPool):
 
     def destroy_snapshot(self, snap: Record, *, defer: bool = False) -> int | None:
         """Destroy one snapshot; returns the bytes it freed (what it alone held), or None if it
-        was only marked for deferred destroy."""
+        was only marked for deferred destroy. One destroyed already (say by the deferred
+        destroy its last clone's destroy set off) is left alone and frees 0, as the kernel
+        ignores it (dsl_destroy_snapshot_check): destroying it again would free its blocks
+        twice."""
+        if self.destroyed(snap):
+            return 0
         if snap.clones or snap.holds:
             if defer:
                 snap.defer_destroy = True
