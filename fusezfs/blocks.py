@@ -316,6 +316,33 @@ class BlockIO:
         if hit is not None and not verify_only:
             self.cache.move_to_end(key)
             return hit
+        good, bad = self._copies(bp, every=False)
+        if good is None:
+            raise ChecksumError(self._lost(bp))
+        self._heal(bad, good)
+        if verify_only:
+            return good
+        try:
+            data = compression.decompress(good, bp.comp, bp.lsize)
+        except ValueError as e:
+            raise ChecksumError(f"{describe(bp)}: {e}") from None
+        if cache:
+            self._remember(key, data)
+        return data
+
+    def scrub(self, bp: BlockPointer) -> tuple[int, int, bool]:
+        """Read and verify every copy of `bp` (each DVA, each mirror side), rewrite the bad ones
+        from a good one: (bad copies found, copies repaired, lost: no good copy at all)."""
+        good, bad = self._copies(bp, every=True)
+        if good is None:
+            self._lost(bp)
+            return len(bad), 0, True
+        return len(bad), self._heal(bad, good), False
+
+    def _copies(self, bp: BlockPointer, every: bool) -> tuple[bytes | None, list]:
+        """The first copy whose checksum matches, and the (leaf, dva) of every copy read that
+        did not (an I/O error or a mismatch, counted on its device). Stops at the first good
+        copy unless `every`."""
         good: bytes | None = None
         bad = []
         for dva in bp.dvas:
@@ -330,31 +357,32 @@ class BlockIO:
                     bad.append((leaf, dva))
                     continue
                 if checksum(raw, bp.cksum) == bp.checksum:
-                    good = raw
-                    break
-                leaf.cksum_errors += 1
-                bad.append((leaf, dva))
-            if good is not None:
-                break
-        if good is None:
-            what = describe(bp)
-            self.permanent_errors[what] = self.permanent_errors.get(what, 0) + 1
-            raise ChecksumError(what)
+                    if good is None:
+                        good = raw
+                    if not every:
+                        return good, bad
+                else:
+                    leaf.cksum_errors += 1
+                    bad.append((leaf, dva))
+        return good, bad
+
+    def _heal(self, bad: list, good: bytes) -> int:
+        """Rewrite bad copies with the good bytes: exactly what the parent's checksum names, so
+        a repair never changes what the tree means (a torn one leaves a copy still bad)."""
+        repaired = 0
         for leaf, dva in bad:
             try:
                 leaf.device.write(dva.offset, good)
                 self.repairs += 1
+                repaired += 1
             except OSError:
                 leaf.write_errors += 1
-        if verify_only:
-            return good
-        try:
-            data = compression.decompress(good, bp.comp, bp.lsize)
-        except ValueError as e:
-            raise ChecksumError(f"{describe(bp)}: {e}") from None
-        if cache:
-            self._remember(key, data)
-        return data
+        return repaired
+
+    def _lost(self, bp: BlockPointer) -> str:
+        what = describe(bp)
+        self.permanent_errors[what] = self.permanent_errors.get(what, 0) + 1
+        return what
 
     READ_RUN = 4 << 20          # bytes of neighbouring blocks read with one system call
     READ_AHEAD = 8 << 20        # bytes after a streaming run asked of the disk early

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import Callable
 
 from . import dsprops, poolprops, registry, sessions
@@ -31,6 +32,7 @@ USAGE = {
     "set": "\tset <property=value> <pool>",
     "sync": "\tsync [pool] ...",
     "clear": "\tclear <pool>",
+    "scrub": "\tscrub [-s | -p] [-w] <pool> ...",
     "verify": "\tverify <pool>",
 }
 
@@ -384,6 +386,9 @@ def format_status(pool: Pool, verbose: bool) -> str:
                 "action: Determine if the device needs to be replaced, and clear the errors",
                 "\tusing 'zpool clear' or replace the device with 'zpool replace'.",
                 "   see: https://openzfs.github.io/openzfs-docs/msg/ZFS-8000-9P"]
+    scan = scan_line(pool)
+    if scan:
+        out.append(scan)
     out += ["config:", ""]
     rows = [(pool.name, 0, "ONLINE", None)]
     for top in pool.tops.values():
@@ -409,6 +414,49 @@ def format_status(pool: Pool, verbose: bool) -> str:
         out.append("")
         out += [f"        {what}" for what in sorted(permanent)]
     return "\n".join(out)
+
+
+def scan_line(pool: Pool) -> str | None:
+    """The `scan:` lines of zpool status (print_scan_scrub_resilver_status), or None if the
+    pool was never scrubbed."""
+    from . import scrub as scrubbing
+    from .dsprops import nicebytes
+    st = scrubbing.load(pool)
+    if st is None:
+        return None
+    if st.state == "finished":
+        return (f"  scan: scrub repaired {nicebytes(st.repaired)} in {dhms(st.end - st.start)} "
+                f"with {st.errors} errors on {time.ctime(st.end)}")
+    if st.state == "canceled":
+        return f"  scan: scrub canceled on {time.ctime(st.end)}"
+    if st.paused:
+        lines = [f"  scan: scrub paused since {time.ctime(st.paused)}",
+                 f"\tscrub started on {time.ctime(st.start)}",
+                 f"\t{nicebytes(st.examined)} scanned, {nicebytes(st.examined)} issued, "
+                 f"{nicebytes(st.to_examine)} total"]
+    else:
+        elapsed = max(1, int(time.time() - st.pass_start)) if st.pass_start else 1
+        rate = st.pass_examined // elapsed
+        lines = [f"  scan: scrub in progress since {time.ctime(st.start)}",
+                 f"\t{nicebytes(st.examined)} scanned at {nicebytes(rate)}/s, "
+                 f"{nicebytes(st.examined)} issued at {nicebytes(rate)}/s, "
+                 f"{nicebytes(st.to_examine)} total"]
+    done = 100 * st.examined / st.to_examine if st.to_examine else 0.0
+    tail = f"\t{nicebytes(st.repaired)} repaired, {min(done, 100.0):.2f}% done"
+    if not st.paused:
+        left = (st.to_examine - st.examined) // rate if rate and st.to_examine >= st.examined \
+            else None
+        tail += f", {dhms(left)} to go" if left is not None and rate >= 10 << 20 else \
+            ", no estimated completion time"
+    return "\n".join(lines + [tail])
+
+
+def dhms(secs: int) -> str:
+    """secs_to_dhms: 00:00:05, or 2 days 01:00:00."""
+    days, rest = divmod(int(secs), 86400)
+    h, rest = divmod(rest, 3600)
+    m, sec = divmod(rest, 60)
+    return (f"{days} days " if days else "") + f"{h:02d}:{m:02d}:{sec:02d}"
 
 
 def cmd_export(args: list[str]) -> int:
@@ -554,6 +602,53 @@ def cmd_clear(args: list[str]) -> int:
     return 0
 
 
+def cmd_scrub(args: list[str]) -> int:
+    """zpool scrub: start (or resume) a scrub, pause it (-p), cancel it (-s), wait (-w). The
+    owner of the pool runs it: the daemon serving it on a thread of its own, or, for a pool no
+    daemon serves, this command to the end before it returns."""
+    from . import scrub as scrubbing
+    opts, names = parse(args, "spw")
+    flags = {o for o, _ in opts}
+    if {"-s", "-p"} <= flags:
+        raise Usage("invalid option combination: -s and -p are mutually exclusive")
+    if "-w" in flags and flags & {"-s", "-p"}:
+        raise Usage("invalid option combination: -w cannot be used with -p or -s")
+    if not names:
+        raise Usage("missing pool name argument")
+    code = 0
+    for name in names:
+        pool = open_pool(name)
+        try:
+            scrubber = scrubbing.Scrubber(pool)
+            st = scrubbing.load(pool)
+            active = st is not None and st.state == "scanning"
+            if "-s" in flags or "-p" in flags:
+                verb = "cancel" if "-s" in flags else "pause"
+                if not active:
+                    error(f"cannot {verb} scrubbing {name}: there is no active scrub")
+                    code = 1
+                elif verb == "pause" and st.paused:
+                    error(f"cannot pause scrubbing {name}: scrub is paused; use 'zpool scrub' "
+                          f"to resume")
+                    code = 1
+                else:
+                    scrubber.cancel() if verb == "cancel" else scrubber.pause()
+                continue
+            if scrubber.running:
+                error(f"cannot scrub {name}: currently scrubbing; use 'zpool scrub -s' to "
+                      f"cancel current scrub")
+                code = 1
+                continue
+            scrubber.start()
+            if sessions.handle(name) is not None and "-w" not in flags:
+                scrubber.in_background()
+            else:
+                scrubber.run(commit_each=sessions.handle(name) is None)
+        finally:
+            pool.close()
+    return code
+
+
 def cmd_verify(args: list[str]) -> int:
     opts, names = parse(args, "")
     if len(names) != 1:
@@ -571,7 +666,8 @@ def cmd_verify(args: list[str]) -> int:
 
 VERBS = {"create": cmd_create, "list": cmd_list, "get": cmd_get, "set": cmd_set,
          "status": cmd_status, "export": cmd_export, "import": cmd_import,
-         "destroy": cmd_destroy, "sync": cmd_sync, "clear": cmd_clear, "verify": cmd_verify}
+         "destroy": cmd_destroy, "sync": cmd_sync, "clear": cmd_clear, "verify": cmd_verify,
+         "scrub": cmd_scrub}
 
 
 def main(argv: list[str]) -> int:

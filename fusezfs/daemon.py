@@ -556,6 +556,7 @@ def serve(pool_name: str, mountpoint: str | None, options: dict[str, str],
     import trio
 
     from . import properties
+    from . import scrub
     from .api import Handle
     from .cli import Failed
     from .cli_pool import open_pool
@@ -590,6 +591,7 @@ def serve(pool_name: str, mountpoint: str | None, options: dict[str, str],
     try:
         handle = Handle(pool)
         pool.pipeline = True        # budget and timer syncs commit on a thread (pool.py)
+        scrub.resume(pool)          # a scrub the pool was in when it was last closed
         with pool.lock:
             mp = mountpoint or options.get("mountpoint") or \
                 default_mountpoint(handle, private=for_dataset is not None)

@@ -660,15 +660,22 @@ class Tree:
         return bp
 
     # ---- whole-tree operations ---------------------------------------------------------------
-    def walk(self) -> Iterator[tuple[str, BlockPointer]]:
+    def walk(self, seen: set | None = None) -> Iterator[tuple[str, BlockPointer]]:
         """Every block pointer reachable from the synced root, depth first: ("node", bp) for each
         node (yielded before it is read), ("block", bp) for REF_BLOCK values and ("tree", bp)
-        for REF_TREE values (not descended into). Holes in reference values are skipped."""
+        for REF_TREE values (not descended into). Holes in reference values are skipped. With
+        `seen` (block identities), a node already in it is skipped with its whole subtree and
+        every node visited is added: snapshots and clones share subtrees, walked once."""
         if self._root is None:
             return
         stack = [self._root]
         while stack:
             bp = stack.pop()
+            if seen is not None:
+                ident = bp.identity()
+                if ident in seen:
+                    continue
+                seen.add(ident)
             yield "node", bp
             n = self._peek(bp)
             if n.level:

@@ -8,8 +8,9 @@ then compares the set of extents reached with the set the space map says is allo
 * reached but not allocated: the allocator could hand it out again (corruption waiting to happen);
 * allocated but not reached: a leak (space lost until the pool is recreated).
 
-It reads through the normal read path, so a bad copy is repaired on the way where another copy
-is good, and reported either way through the devices' error counters.
+Every copy of every block is read and checked (each DVA, each mirror side: `BlockIO.scrub`), so
+damage to a second copy or a mirror's other side is found, counted on its device and repaired
+from a good copy, not hidden behind the first good one; a block with no good copy is a fault.
 """
 from __future__ import annotations
 
@@ -79,12 +80,16 @@ def verify(pool) -> Report:
         report = Report()
         reached: dict[int, list[tuple[int, int, str]]] = {v: [] for v in pool.tops}
         seen: set[tuple] = set()   # a block shared by several trees is one block
+        walked: set[tuple] = set()     # nodes walked: subtrees snapshots share are walked once
 
         def note(bp: BlockPointer, what: str) -> None:
             if bp.identity() in seen:
                 return
             seen.add(bp.identity())
             report.blocks += 1
+            _bad, _repaired, lost = pool.blocks.scrub(bp)
+            if lost:
+                report.faults.append(f"{what}: checksum error: {describe(bp)}")
             for d in bp.dvas:
                 if d.vdev not in reached:
                     report.faults.append(f"{what} {describe(bp)}: DVA names unknown vdev {d.vdev}")
@@ -93,15 +98,11 @@ def verify(pool) -> Report:
 
         def walk_tree(tree: Tree, what: str) -> None:
             try:
-                for kind, bp in tree.walk():
+                for kind, bp in tree.walk(walked):
                     if kind == "node":
                         note(bp, f"{what} node")
                     elif kind == "block":
                         note(bp, f"{what} block")
-                        try:
-                            pool.blocks.read(bp, verify_only=True)
-                        except ChecksumError as e:
-                            report.faults.append(f"{what}: {e.strerror}")
                     elif kind == "tree":
                         if bp is not None:
                             walk_tree(Tree(tree.store, bp), f"{what}/tree")

@@ -1,0 +1,191 @@
+"""Scrub: read and verify every copy of every block the pool reaches; rewrite bad copies.
+
+Theory of operation. A scrub walks what the pool reaches: the MOS tree, then every object tree
+it names (datasets, snapshots, deadlists, ...) one at a time in MOS key order, with every node,
+every block the trees own and the space map. For each block pointer it reads every copy (each
+DVA, each mirror side: `BlockIO.scrub`), checks it against the checksum the parent holds, counts
+a bad copy on the device that returned it, and rewrites it from a good copy. A block with no
+good copy goes on the pool's permanent error list. Subtrees that snapshots and clones share are
+walked once (Tree.walk's `seen`).
+
+Guarantees. Repairs are the only writes in place a pool makes, and they write exactly the bytes
+the parent's checksum names, to a copy whose bytes are wrong: a torn repair leaves a copy that
+is still bad (found again by the next scrub), never a good one damaged. Each object tree is
+scanned with the pool lock held, so no block of it can be freed and reused while it is read and
+repaired; between trees the pool goes on (the next tree's root is taken from the MOS as it is
+then), so writers wait at most for one tree.
+
+Progress is one MOS item (`scan`, JSON): function, state (scanning, finished, canceled), times,
+bytes examined, repaired and to examine, errors, the last object tree done (the cursor) and
+whether it is paused. It is committed with the txgs, so a scrub interrupted by export, a kill
+or a power cut resumes after the last tree it had committed; `zpool status` reads it. Where a
+long-lived process owns the pool (the mount daemon) a scrub runs on a thread of its own; a
+command owning the pool for its own lifetime runs it to the end before it exits (`-w`).
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+
+from .formats.bp import decode_bp
+from .formats.node import REF_TREE
+from .pool import OnePerPool, Pool
+from .tree import Tree
+
+SCAN_KEY = b"scan"
+
+
+@dataclass
+class ScanState:
+    func: str = "scrub"
+    state: str = "scanning"             # scanning | finished | canceled
+    start: int = 0
+    end: int = 0
+    paused: int = 0                     # time it was paused, 0 when running
+    examined: int = 0                   # bytes of the copies read
+    to_examine: int = 0                 # what the pool had allocated when it started
+    repaired: int = 0                   # bytes rewritten
+    errors: int = 0                     # blocks with no good copy
+    cursor: str | None = None           # hex MOS key of the last object tree done; "" : the MOS
+    pass_start: float = 0.0             # this process's share: for the rates in status
+    pass_examined: int = field(default=0)
+
+    def save(self, pool: Pool) -> None:
+        pool.mos.put(SCAN_KEY, json.dumps(asdict(self), sort_keys=True).encode())
+
+
+def load(pool: Pool) -> ScanState | None:
+    raw = pool.mos.get(SCAN_KEY)
+    if raw is None:
+        return None
+    known = ScanState.__dataclass_fields__
+    return ScanState(**{k: v for k, v in json.loads(raw).items() if k in known})
+
+
+def _trees(pool: Pool, after: str | None) -> list[bytes]:
+    """MOS keys of the object trees still to scan, in key order, after the cursor."""
+    keys = [k for k, _v, ref in pool.mos.scan_items() if ref == REF_TREE]
+    return [k for k in keys if after is None or k.hex() > after]
+
+
+class Scrubber(OnePerPool):
+    """The pool's scrub: one per open pool, so a second `zpool scrub` finds the running one."""
+
+    def _setup(self, pool: Pool) -> None:
+        self.pool = pool
+        self.thread: threading.Thread | None = None
+        self.stop = threading.Event()       # a new one for each thread: an old thread that
+        self.seen: set = set()              # has not woken yet keeps its own, set
+
+    @property
+    def running(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    # ---- the commands ------------------------------------------------------------------------
+    def start(self) -> ScanState:
+        """Begin a new scrub, or resume a paused or interrupted one (the caller checked that
+        none is running here)."""
+        pool = self.pool
+        with pool.lock:
+            st = load(pool)
+            if st is None or st.state != "scanning":
+                st = ScanState(start=int(time.time()), to_examine=pool.allocated)
+                self.seen = set()
+            st.paused = 0
+            st.pass_start, st.pass_examined = time.time(), 0
+            st.save(pool)
+        return st
+
+    def pause(self) -> None:
+        self._halt()
+        with self.pool.lock:
+            st = load(self.pool)
+            st.paused = int(time.time())
+            st.save(self.pool)
+
+    def cancel(self) -> None:
+        self._halt()
+        with self.pool.lock:
+            st = load(self.pool)
+            st.state, st.end, st.paused = "canceled", int(time.time()), 0
+            st.save(self.pool)
+
+    def _halt(self) -> None:
+        """Stop the thread without waiting for it: the caller may hold the pool lock the
+        thread waits for; once it has the lock it finds the state paused or canceled."""
+        self.stop.set()
+        self.thread = None
+
+    def in_background(self) -> None:
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, args=(False, self.stop),
+                                       name=f"scrub-{self.pool.name}", daemon=True)
+        self.thread.start()
+
+    # ---- the work ----------------------------------------------------------------------------
+    def run(self, commit_each: bool = False, stop: threading.Event | None = None) -> ScanState:
+        """Scan tree after tree until done, paused or stopped; `commit_each` syncs after each
+        tree (a command's own process: a kill loses at most one tree's progress)."""
+        pool = self.pool
+        stop = stop or threading.Event()
+        while not stop.is_set():
+            with pool.lock:
+                if pool.closed or stop.is_set():
+                    break
+                st = load(pool)
+                if st is None or st.state != "scanning" or st.paused:
+                    return st
+                if st.cursor is None:           # the MOS tree and the space map come first
+                    self._scan(Tree(pool.mos.store, pool.mos.root), st, nested=False)
+                    self._scan_block(pool.spacemap_bp, st)
+                    st.cursor = ""
+                else:
+                    todo = _trees(pool, st.cursor)
+                    if not todo:
+                        st.state, st.end = "finished", int(time.time())
+                        st.save(pool)
+                        pool.sync()
+                        return st
+                    key = todo[0]
+                    raw = pool.mos.get(key)
+                    if raw is not None:
+                        root = decode_bp(raw)
+                        if root is not None:
+                            self._scan(Tree(pool.mos.store, root), st)
+                    st.cursor = key.hex()
+                st.save(pool)
+                if commit_each:
+                    pool.sync()
+        return load(pool)
+
+    def _scan(self, tree: Tree, st: ScanState, nested: bool = True) -> None:
+        for kind, bp in tree.walk(self.seen):
+            if kind == "tree":
+                if nested:
+                    self._scan(Tree(tree.store, bp), st)
+            elif kind == "block":
+                if bp.identity() not in self.seen:
+                    self.seen.add(bp.identity())
+                    self._scan_block(bp, st)
+            else:
+                self._scan_block(bp, st)
+
+    def _scan_block(self, bp, st: ScanState) -> None:
+        bad, repaired, lost = self.pool.blocks.scrub(bp)
+        size = sum(d.asize for d in bp.dvas)
+        st.examined += size
+        st.pass_examined += size
+        st.repaired += repaired * bp.psize
+        st.errors += lost
+
+
+def resume(pool: Pool) -> None:
+    """A long-lived owner opening the pool goes on with a scrub left running (not paused) when
+    the pool was last closed, in the background, as the kernel does after an import."""
+    st = load(pool)
+    if st is not None and st.state == "scanning" and not st.paused:
+        scrubber = Scrubber(pool)
+        scrubber.start()
+        scrubber.in_background()
