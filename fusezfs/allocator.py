@@ -2,7 +2,12 @@
 
 Theory of operation. Each top-level vdev keeps its free space as sorted, coalesced extents
 (two parallel lists searched with bisect). Allocation is next-fit from a per-vdev cursor, so a
-stream of writes lands sequentially. The one rule that makes copy-on-write crash safe lives
+stream of writes lands sequentially. The extra copies of a block (ditto blocks: metadata, and
+data under copies=2|3) go to other vdevs where there are any; on the same vdev they land at
+least an eighth of it away from the block's other copies (OpenZFS's ditto distance), from a
+cursor of their own so that they too are written sequentially: one damaged region of the
+device (up to an eighth of it) never holds every copy of a block. Where the device is too full
+for that, a copy goes wherever it fits. The one rule that makes copy-on-write crash safe lives
 here: a block freed in txg T may still be reachable from the uberblock of T-1, which is what
 import finds if power fails before T's uberblock is written, so it must not be overwritten
 before T is durable. Such frees go to `deferred`; when T's sync has written everything but its
@@ -24,6 +29,9 @@ from .formats.bp import DVA
 from .formats.spacemap import SECTOR, Extents
 
 
+DITTO_SHIFT = 3         # copies of a block on one vdev: at least 1/8 of it apart
+
+
 class NoSpace(OSError):
     def __init__(self) -> None:
         super().__init__(errno.ENOSPC, "out of space")
@@ -38,6 +46,7 @@ class FreeSpace:
         self.lens: list[int] = [end - start] if end > start else []
         self.free_bytes = end - start if end > start else 0
         self.cursor = start
+        self.ditto_cursor = start + (end - start) // 2     # where copies kept apart go next
 
     def set_allocated(self, allocated: Extents) -> None:
         """Rebuild from a space map's allocated extents (the complement within [start, end))."""
@@ -55,6 +64,7 @@ class FreeSpace:
             self.lens.append(self.end - pos)
         self.free_bytes = sum(self.lens)
         self.cursor = self.start
+        self.ditto_cursor = self.start + (self.end - self.start) // 2
 
     def allocate(self, size: int) -> int | None:
         n = len(self.starts)
@@ -75,6 +85,44 @@ class FreeSpace:
                 self.cursor = off + size
                 return off
         return None
+
+    def allocate_apart(self, size: int, taken: list[tuple[int, int]], distance: int) -> int | None:
+        """Allocate `size` bytes at least `distance` away from every (offset, length) in
+        `taken`, next-fit from the ditto cursor; None if no such place is free."""
+        n = len(self.starts)
+        if n == 0:
+            return None
+        first = max(bisect_right(self.starts, self.ditto_cursor) - 1, 0)
+        for i, j in enumerate((*range(first, n), *range(0, first + 1))):
+            lo, hi = self.starts[j], self.starts[j] + self.lens[j]
+            pos = max(lo, self.ditto_cursor) if i == 0 else lo     # the wrap: all of it
+            while pos + size <= hi:
+                clash = [o + length for o, length in taken
+                         if pos < o + length + distance and o < pos + size + distance]
+                if not clash:
+                    self._take(j, pos, size)
+                    self.ditto_cursor = pos + size
+                    return pos
+                pos = round_up(max(clash) + distance)
+        return None
+
+    def _take(self, j: int, pos: int, size: int) -> None:
+        """Remove [pos, pos + size) from free extent j, which holds it."""
+        lo, length = self.starts[j], self.lens[j]
+        before, after = pos - lo, lo + length - (pos + size)
+        assert before >= 0 and after >= 0
+        if before and after:
+            self.lens[j] = before
+            self.starts.insert(j + 1, pos + size)
+            self.lens.insert(j + 1, after)
+        elif before:
+            self.lens[j] = before
+        elif after:
+            self.starts[j], self.lens[j] = pos + size, after
+        else:
+            del self.starts[j]
+            del self.lens[j]
+        self.free_bytes -= size
 
     def free(self, off: int, size: int) -> None:
         if off < self.start or off + size > self.end:
@@ -157,18 +205,26 @@ class Allocator:
     def size(self) -> int:
         return sum(s.end - s.start for s in self.spaces.values())
 
-    def allocate(self, size: int, avoid: frozenset[int] | set[int] = frozenset()) -> DVA:
-        """Allocate `size` bytes (rounded to sectors), preferring vdevs not in `avoid` so that
-        copies of one block land on different devices where there are several."""
+    def allocate(self, size: int, others: list[DVA] | tuple = ()) -> DVA:
+        """Allocate `size` bytes (rounded to sectors) for a block whose other copies are
+        `others`: on a vdev none of them is on where there is one, else an eighth of the vdev
+        away from them where it fits (the module comment)."""
         size = round_up(size)
         self.changes += 1
         vdevs = sorted(self.spaces)
+        avoid = {d.vdev for d in others}
         # stripe: rotate the starting vdev, prefer the emptier ones
         order = vdevs[self._rotor % len(vdevs):] + vdevs[:self._rotor % len(vdevs)]
         self._rotor += 1
         order.sort(key=lambda v: (v in avoid, -self.spaces[v].free_bytes * 8 // max(1, self.spaces[v].end - self.spaces[v].start)))
         for v in order:
-            off = self.spaces[v].allocate(size)
+            space = self.spaces[v]
+            off = None
+            if v in avoid:
+                taken = [(d.offset, d.asize) for d in others if d.vdev == v]
+                off = space.allocate_apart(size, taken, (space.end - space.start) >> DITTO_SHIFT)
+            if off is None:
+                off = space.allocate(size)
             if off is not None:
                 return DVA(v, off, size)
         raise NoSpace()

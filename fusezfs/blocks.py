@@ -60,18 +60,20 @@ def describe(bp: BlockPointer) -> str:
 
 
 class _Runs:
-    """Coalesces writes to consecutive offsets of a vdev into vectored writes."""
+    """Coalesces writes to consecutive offsets of a vdev into vectored writes: one run per
+    (vdev, copy), since the copies of a block kept apart on one vdev advance side by side."""
 
     LIMIT = 8 << 20
 
     def __init__(self, io: "BlockIO") -> None:
         self.io = io
-        self.runs: dict[int, tuple[int, int, list]] = {}   # vdev -> (start, end, buffers)
+        self.runs: dict[tuple[int, int], tuple[int, int, list]] = {}  # -> (start, end, buffers)
 
-    def add(self, dva, phys) -> None:
-        run = self.runs.get(dva.vdev)
+    def add(self, copy: int, dva, phys) -> None:
+        key = (dva.vdev, copy)
+        run = self.runs.get(key)
         if run is not None and (run[1] != dva.offset or run[1] - run[0] >= self.LIMIT):
-            self._write(dva.vdev)
+            self._write(key)
             run = None
         if run is None:
             run = (dva.offset, dva.offset, [])
@@ -79,11 +81,11 @@ class _Runs:
         bufs.append(phys)
         if len(phys) < dva.asize:          # keep the run contiguous across sector padding
             bufs.append(bytes(dva.asize - len(phys)))
-        self.runs[dva.vdev] = (run[0], dva.offset + dva.asize, bufs)
+        self.runs[key] = (run[0], dva.offset + dva.asize, bufs)
 
-    def _write(self, vdev: int) -> None:
-        start, _end, bufs = self.runs.pop(vdev)
-        for leaf in self.io.vdevs[vdev].leaves:
+    def _write(self, key: tuple[int, int]) -> None:
+        start, _end, bufs = self.runs.pop(key)
+        for leaf in self.io.vdevs[key[0]].leaves:
             try:
                 leaf.device.writev(start, bufs)
             except OSError:
@@ -91,8 +93,8 @@ class _Runs:
                 raise
 
     def flush(self) -> None:
-        for vdev in list(self.runs):
-            self._write(vdev)
+        for key in list(self.runs):
+            self._write(key)
 
 
 CACHE_ENTRY = 256               # memory of a cache entry beyond its bytes (key, dict slot, header)
@@ -166,7 +168,7 @@ class BlockIO:
         dvas: list = []
         try:
             for _ in range(max(1, min(3, copies))):
-                dvas.append(self.allocator.allocate(max(size, 1), avoid={d.vdev for d in dvas}))
+                dvas.append(self.allocator.allocate(max(size, 1), dvas))
         except OSError:
             for d in dvas:
                 self.allocator.free(d, deferred=False)
@@ -302,8 +304,8 @@ class BlockIO:
         for buf, (comp, phys, digest, dvas) in zip(bufs, self._prepared(bufs, policy)):
             if dvas is None:
                 dvas = self._allocate(len(phys), policy.copies)
-                for dva in dvas:
-                    runs.add(dva, phys)
+                for copy, dva in enumerate(dvas):
+                    runs.add(copy, dva, phys)
             out.append(BlockPointer(tuple(dvas), len(buf), len(phys), self.txg, comp,
                                     policy.cksum, btype, digest, 0))
         runs.flush()

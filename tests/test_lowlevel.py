@@ -202,7 +202,7 @@ def test_deferred_frees_and_space_map_view():
     alloc = Allocator({0: (1024, 1024 + 8192), 1: (1024, 1024 + 8192)})
     a = alloc.allocate(1000)
     assert a.asize == 1024
-    b = alloc.allocate(512, avoid={a.vdev})
+    b = alloc.allocate(512, [a])
     assert b.vdev != a.vdev
     alloc.free(a, deferred=True)
     assert not alloc.spaces[a.vdev].is_free(a.offset, a.asize)      # not reusable yet
