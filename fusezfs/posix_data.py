@@ -27,7 +27,7 @@ import os
 
 from .formats.bp import decode_bp, encode_bp
 from .posix_layout import K_DATA, MAX_FILE_SIZE, Inode, blkid_of, data_key, kind_hi
-from .posix_types import err
+from .posix_types import err, locked
 from .tree import REF_BLOCK
 
 FLUSH_BATCH = 16 << 20      # bytes of records handed to write_blocks at once
@@ -282,6 +282,42 @@ class FileData:
         while b <= last and self._has_data(ino, b):
             b += 1
         return min(max(offset, b * bs), node.size)
+
+    @locked
+    def data_extents(self, ino: int, start: int = 0, end: int | None = None
+                     ) -> list[tuple[int, int]]:
+        """Where file `ino` has data between `start` and `end` (default: its size): sorted,
+        merged (first, past-last) byte ranges, everything else reads as zeros. For copying a
+        file without reading or writing its holes (`fusezfs cp`): one tree scan of the range's
+        record keys, where SEEK_DATA/SEEK_HOLE would take one per extent. Record granularity,
+        as lseek: a record that is stored or buffered counts whole (clipped to the file size),
+        even if it holds zeros (compression=off stores zero records a writer wrote). A caller
+        copying a huge file asks window by window, so the pool lock is never held for long.
+        Not a regular file: no extents."""
+        node = self._inode(ino)
+        if not node.is_reg:
+            return []
+        size = node.size
+        end = size if end is None else min(end, size)
+        if start < 0:
+            raise err(errno.EINVAL)
+        if start >= end:
+            return []
+        bs = node.blksz
+        first, last = start // bs, (end - 1) // bs
+        recs = self._records.get(ino)
+        ids = {b for b in recs if first <= b <= last} if recs else set()
+        for k, v in self.tree.scan(data_key(ino, first), data_key(ino, last + 1)):
+            if decode_bp(v) is not None:
+                ids.add(blkid_of(k))
+        out: list[tuple[int, int]] = []
+        for b in sorted(ids):
+            lo, hi = max(start, b * bs), min(end, (b + 1) * bs)
+            if out and out[-1][1] == lo:
+                out[-1] = (out[-1][0], hi)
+            else:
+                out.append((lo, hi))
+        return out
 
     # ---- flushing into blocks ------------------------------------------------------------
     def _flush_data(self) -> None:
