@@ -1,0 +1,129 @@
+"""Fletcher-4, the checksum of a send stream (ZFS's zio_checksum fletcher_4).
+
+Theory of operation
+-------------------
+Fletcher-4 runs four 64-bit accumulators over the data taken as little-endian 32-bit words:
+for every word w, a += w; b += a; c += b; d += c (all mod 2**64). A stream's checksum runs
+over the whole stream, record after record, so the state is kept between calls (`update`).
+
+A word-by-word loop in Python would cost a second per 10 MiB. Instead, for n words w_0..w_{n-1}
+and a starting state (a, b, c, d), the state after them is, with t = n - i:
+
+    a' = a + sum(w_i)
+    b' = b + n a + sum(t w_i)
+    c' = c + n b + C(n+1, 2) a + sum(C(t+1, 2) w_i)
+    d' = d + n c + C(n+1, 2) b + C(n+2, 3) a + sum(C(t+2, 3) w_i)
+
+and those weighted sums are polynomials in i, so they follow from the four moments
+M_k = sum(i**k w_i), k = 0..3. The moments are computed with big-integer arithmetic, which runs
+in C: the words are laid out as a matrix of ROWS x COLS (i = r COLS + j), each row becomes one
+integer with a 64-bit slot per column, and adding the rows multiplied by r**a gives, slot by
+slot, the column moments sum_r r**a w_rj for every column at once; a short dot product with
+j**b finishes. Python-level work is then O(ROWS + COLS) per chunk instead of O(n), about
+200 MB/s. Slots never overflow: sum_r r**3 w_rj < ROWS**4 2**32 <= 2**56.
+"""
+from __future__ import annotations
+
+import struct
+from math import comb
+from operator import mul
+
+MASK = (1 << 64) - 1
+COLS = 512                       # words per row
+ROWS = 64                        # rows per chunk: a chunk is 128 KiB
+_POW_J = [[j ** b for j in range(COLS)] for b in range(4)]
+
+
+def _moments(data: memoryview) -> tuple[int, int, int, int, int]:
+    """(n, M0, M1, M2, M3) of one chunk of at most ROWS*COLS words (len a multiple of 4)."""
+    n = len(data) // 4
+    if n == 0:
+        return 0, 0, 0, 0, 0
+    wide = bytearray(8 * n)          # every word in a 64-bit slot
+    for k in range(4):
+        wide[k::8] = data[k::4]
+    rowbytes = 8 * COLS
+    c0 = c1 = c2 = c3 = 0
+    nrows = -(-n // COLS)
+    for r in range(nrows):
+        x = int.from_bytes(wide[r * rowbytes:(r + 1) * rowbytes], "little")
+        c0 += x
+        if r:
+            x *= r
+            c1 += x
+            x *= r
+            c2 += x
+            x *= r
+            c3 += x
+    cols = []
+    for c in (c0, c1, c2, c3):
+        raw = c.to_bytes(rowbytes, "little")
+        cols.append(memoryview(raw).cast("Q").tolist())
+    # Q[a][b] = sum_j j**b colmoment_a[j]
+    q = [[sum(map(mul, cols[a], _POW_J[b])) if a + b <= 3 else 0 for b in range(4)]
+         for a in range(4)]
+    m = COLS
+    moments = []
+    for k in range(4):
+        total = 0
+        for a in range(k + 1):
+            total += comb(k, a) * m ** a * q[a][k - a]
+        moments.append(total)
+    return (n, *moments)
+
+
+class Fletcher4:
+    """A running fletcher-4 (native byte order: the words are little-endian)."""
+
+    __slots__ = ("a", "b", "c", "d")
+
+    def __init__(self, state: tuple[int, int, int, int] = (0, 0, 0, 0)) -> None:
+        self.a, self.b, self.c, self.d = state
+
+    def copy(self) -> "Fletcher4":
+        return Fletcher4(self.state)
+
+    @property
+    def state(self) -> tuple[int, int, int, int]:
+        return self.a, self.b, self.c, self.d
+
+    def update(self, data) -> None:
+        """Run over `data` (its length must be a multiple of 4, as every record's is)."""
+        mv = memoryview(data).cast("B")
+        if len(mv) % 4:
+            raise ValueError("fletcher-4 runs over whole 32-bit words")
+        step = 4 * ROWS * COLS
+        for off in range(0, len(mv), step):
+            self._chunk(mv[off:off + step])
+
+    def _chunk(self, chunk: memoryview) -> None:
+        n, m0, m1, m2, m3 = _moments(chunk)
+        if n == 0:
+            return
+        a, b, c, d = self.a, self.b, self.c, self.d
+        s1 = n * m0 - m1                                     # sum t w
+        s2 = n * n * m0 - 2 * n * m1 + m2                    # sum t^2 w
+        s3 = n ** 3 * m0 - 3 * n * n * m1 + 3 * n * m2 - m3  # sum t^3 w
+        self.a = (a + m0) & MASK
+        self.b = (b + n * a + s1) & MASK
+        self.c = (c + n * b + comb(n + 1, 2) * a + (s2 + s1) // 2) & MASK
+        self.d = (d + n * c + comb(n + 1, 2) * b + comb(n + 2, 3) * a
+                  + (s3 + 3 * s2 + 2 * s1) // 6) & MASK
+
+
+def fletcher4(data, state: tuple[int, int, int, int] = (0, 0, 0, 0)) -> tuple[int, int, int, int]:
+    """Fletcher-4 of `data` from `state`."""
+    f = Fletcher4(state)
+    f.update(data)
+    return f.state
+
+
+def fletcher4_reference(data, state=(0, 0, 0, 0)) -> tuple[int, int, int, int]:
+    """Word by word, as ZFS writes it: the slow definition the fast one is tested against."""
+    a, b, c, d = state
+    for (w,) in struct.iter_unpack("<I", bytes(data)):
+        a = (a + w) & MASK
+        b = (b + a) & MASK
+        c = (c + b) & MASK
+        d = (d + c) & MASK
+    return a, b, c, d
