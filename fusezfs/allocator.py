@@ -12,8 +12,10 @@ here: a block freed in txg T may still be reachable from the uberblock of T-1, w
 import finds if power fails before T's uberblock is written, so it must not be overwritten
 before T is durable. Such frees go to `deferred`; when T's sync has written everything but its
 uberblock, `begin_release()` sets them apart (frees of T+1, now open, start a new list), and
-`finish_release()` returns them to the free lists once T's uberblock is durable (or, if T's
-commit failed, hands them on to the next txg's list). A block born in the open txg was never
+`finish_release()` holds them once T's uberblock is durable (or, if T's commit failed, hands
+them on to the next txg's list). Held frees return to the free lists only REWIND_TXGS txgs
+later: so the trees of the last REWIND_TXGS txgs before the newest stay whole on disk, and an
+import can rewind to one of them when the newest cannot be read (`zpool import -F`). A block born in the open txg was never
 referenced by a committed uberblock and is freed at once.
 
 The on-disk space map (formats/spacemap.py) records allocated = everything that is neither
@@ -24,12 +26,14 @@ from __future__ import annotations
 
 import errno
 from bisect import bisect_right
+from collections import deque
 
 from .formats.bp import DVA
 from .formats.spacemap import SECTOR, Extents
 
 
 DITTO_SHIFT = 3         # copies of a block on one vdev: at least 1/8 of it apart
+REWIND_TXGS = 2         # txgs before the newest whose blocks stay intact (zpool import -F)
 
 
 class NoSpace(OSError):
@@ -166,7 +170,8 @@ class Allocator:
         self.spaces = {v: FreeSpace(s, e) for v, (s, e) in ranges.items()}
         self.deferred: list[DVA] = []
         self.releasing: list[DVA] = []      # frees of the txg being committed
-        self.deferred_bytes = 0             # of both lists (every write's space check asks)
+        self.held: deque[list[DVA]] = deque()   # frees of the last REWIND_TXGS durable txgs
+        self.deferred_bytes = 0             # of all of these (every write's space check asks)
         self._rotor = 0
         self.changes = 0            # allocations and frees so far: tells sync a txg is not empty
 
@@ -176,6 +181,7 @@ class Allocator:
             space.set_allocated(allocated.get(v, []))
         self.deferred = []
         self.releasing = []
+        self.held = deque()
         self.deferred_bytes = 0
 
     def allocated_extents(self) -> dict[int, Extents]:
@@ -183,7 +189,7 @@ class Allocator:
         out: dict[int, Extents] = {}
         for v, space in self.spaces.items():
             holes = space.extents()
-            holes += [(d.offset, d.asize) for d in self.deferred + self.releasing if d.vdev == v]
+            holes += [(d.offset, d.asize) for d in self.pending() if d.vdev == v]
             holes.sort()
             alloc: Extents = []
             pos = space.start
@@ -243,13 +249,21 @@ class Allocator:
         self.releasing, self.deferred = self.deferred, []
 
     def finish_release(self, durable: bool) -> None:
-        """The committing txg is durable: its frees become allocatable. If its commit failed,
-        they wait for the next txg that commits (it does not reach them either)."""
+        """The committing txg is durable: its frees are held, and those of the txg
+        REWIND_TXGS before it become allocatable. If its commit failed, they wait for the next
+        txg that commits (it does not reach them either)."""
         if durable:
-            for d in self.releasing:
-                self.spaces[d.vdev].free(d.offset, d.asize)
-                self.deferred_bytes -= d.asize
+            self.held.append(self.releasing)
+            while len(self.held) > REWIND_TXGS:
+                for d in self.held.popleft():
+                    self.spaces[d.vdev].free(d.offset, d.asize)
+                    self.deferred_bytes -= d.asize
         else:
             self.deferred[:0] = self.releasing
         self.releasing = []
-        assert self.deferred_bytes == sum(d.asize for d in self.deferred), "deferred bytes drifted"
+        assert self.deferred_bytes == sum(d.asize for d in self.pending()), \
+            "deferred bytes drifted"
+
+    def pending(self) -> list[DVA]:
+        """Every free not yet allocatable: deferred, being committed, or held."""
+        return self.deferred + self.releasing + [d for frees in self.held for d in frees]

@@ -407,7 +407,7 @@ class Workload:
 
 
 WORKLOADS = {
-    "objects": Workload(workload, lambda pool: (content(pool), []), 96 << 10),
+    "objects": Workload(workload, lambda pool: (content(pool), []), 128 << 10),
     "datasets": Workload(dataset_workload, dataset_check, 192 << 10, slop=True),
     "pipelined": Workload(pipelined_workload, dataset_check, 192 << 10, slop=True),
 }

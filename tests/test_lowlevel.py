@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fusezfs import compress
-from fusezfs.allocator import Allocator, FreeSpace, NoSpace
+from fusezfs.allocator import REWIND_TXGS, Allocator, FreeSpace, NoSpace
 from fusezfs.devices import FaultyDevice, MemoryDevice, PowerCut
 from fusezfs.formats import label as fl
 from fusezfs.formats import spacemap
@@ -216,6 +216,14 @@ def test_deferred_frees_and_space_map_view():
     assert alloc.deferred == [a, c] and not alloc.releasing
     alloc.begin_release()
     alloc.finish_release(durable=True)
+    # durable, but held while REWIND_TXGS more txgs commit: the trees of the txgs before it
+    # must stay whole for a rewinding import
+    for _ in range(REWIND_TXGS):
+        assert not alloc.spaces[a.vdev].is_free(a.offset, a.asize)
+        assert alloc.deferred_bytes == 1024 + 512
+        assert alloc.allocated_extents() == {a.vdev: [], b.vdev: [(b.offset, 512)]}
+        alloc.begin_release()
+        alloc.finish_release(durable=True)
     assert alloc.spaces[a.vdev].is_free(a.offset, a.asize)
     assert alloc.spaces[c.vdev].is_free(c.offset, c.asize) and alloc.deferred_bytes == 0
     assert alloc.allocated_extents() == {a.vdev: [], b.vdev: [(b.offset, 512)]}

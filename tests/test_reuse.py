@@ -29,7 +29,7 @@ def test_reused_addresses_read_the_new_block():
     """Rewrite one key again and again, reading each block back while the previous ones sit in
     the cache."""
     pool = Pool.create("tank", [("file", [MemoryDevice(crashsim.DEVICE_SIZE)])])
-    crashsim.fill(pool, 64 << 10)
+    crashsim.fill(pool, 128 << 10)
     tree = pool.objset(b"t")
     rng = random.Random(5)
     seen: set = set()
