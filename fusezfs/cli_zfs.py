@@ -329,6 +329,10 @@ def _below(name: str, top: str) -> bool:
 
 
 def _destroy_one(dsl: Datasets, rec: Record, defer: bool = False) -> None:
+    """Destroy one record of a list worked out beforehand. A snapshot already gone (the
+    deferred destroy its last clone fired took it) is skipped, as the kernel ignores it."""
+    if rec.kind == "snapshot" and dsl.destroyed(rec):
+        return
     name = dsl.name(rec.id)
     try:
         if rec.kind == "snapshot":
