@@ -41,7 +41,7 @@ from typing import BinaryIO
 from ..datasets import Datasets, DatasetError, Record
 from ..formats.bp import decode_bp, encode_bp
 from ..posix_layout import (CD_BITS, CD_MAX, K_DATA, K_DIRENT, ROOT_INO, SUPER_KEY, Inode,
-                            Superblock, cookie_of, data_key, decode_dirent, dirent_key, dtype,
+                            Superblock, cookie_of, data_key, decode_dirent, dirent_key,
                             encode_dirent, ino_prefix, inode_key, kind_hi, kind_lo, name_hash)
 from ..tree import REF_BLOCK, Tree
 from . import records as R

@@ -52,9 +52,9 @@ from ..posix_layout import (FS_INO, K_DATA, K_DIRENT, Inode, blkid_of, data_key,
 from ..tree import REF_BLOCK, Tree
 from . import records as R
 from .zap import encode_zap, salt_for, uint64_items
-from .znode import (DMU_OT_DIRECTORY_CONTENTS, DMU_OT_MASTER_NODE, DMU_OT_PLAIN_FILE_CONTENTS,
+from .znode import (DMU_OT_MASTER_NODE, DMU_OT_PLAIN_FILE_CONTENTS,
                     DMU_OT_UNLINKED_SET, DMU_OT_ZNODE, DN_MAX_OBJECT, MAP_KEY, MASTER_NODE_OBJ,
-                    SYMLINK_INLINE_MAX, ZNODE_SIZE, ZPL_VERSION, ObjectMap, dirent_value,
+                    SYMLINK_INLINE_MAX, ZPL_VERSION, ObjectMap, dirent_value,
                     object_type, znode_of)
 
 MAX_ZFS_BLOCK = 128 << 10            # SPA_OLD_MAXBLOCKSIZE: no large-block feature needed
