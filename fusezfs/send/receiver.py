@@ -466,6 +466,10 @@ def receive_stream(dsl: Datasets, target: str, src: BinaryIO, *, force: bool = F
         raise ReceiveError(e.message) from None
     if begin is None:
         raise ReceiveError("invalid backup stream")
+    if reader.swap:
+        # the headers are read either way, but the znodes and ZAPs inside would need
+        # swapping object type by object type (zap_byteswap, zfs_znode_byteswap)
+        raise ReceiveError("stream has unsupported feature (from a big-endian sender)")
     if begin.hdrtype != R.DMU_SUBSTREAM:
         raise ReceiveError("stream has unsupported feature (a compound stream: -R)")
     if begin.features & ~SUPPORTED_FEATURES:
