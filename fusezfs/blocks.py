@@ -126,6 +126,7 @@ class BlockIO:
                                            thread_name_prefix="fusezfs-io")
         self.permanent_errors: dict[str, int] = {}   # block description -> times seen
         self.repairs = 0
+        self.healing = True     # off while an import weighs older txgs (pool._rewind_target)
         # id(data) -> (data, policy, future of (comp, phys, digest), DVAs written or None):
         # work started by prepare_ahead before write_many
         self._ahead: dict[int, tuple] = {}
@@ -321,7 +322,8 @@ class BlockIO:
         good, bad = self._copies(bp, every=False)
         if good is None:
             raise ChecksumError(self._lost(bp))
-        self._heal(bad, good)
+        if self.healing:
+            self._heal(bad, good)
         if verify_only:
             return good
         try:

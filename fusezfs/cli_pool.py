@@ -17,7 +17,9 @@ from .datasets import Datasets
 from .cli import Failed, Usage, error, nicenum, parse, print_table
 from .devices import FileDevice
 from .names import pool_name_error
-from .pool import MIN_DEVICE_SIZE, Pool, PoolError, open_files, read_label
+from .allocator import REWIND_TXGS
+from .formats.label import UB_SLOTS
+from .pool import MIN_DEVICE_SIZE, Pool, PoolError, open_files, read_label, rewind_exclaim
 from .verify import verify
 
 USAGE = {
@@ -25,7 +27,8 @@ USAGE = {
               "\t    [-O file-system-property=value] ... <pool> <vdev> ...",
     "destroy": "\tdestroy [-f] <pool>",
     "export": "\texport [-f] <pool> ...",
-    "import": "\timport [-d dir] [-f]\n\timport [-d dir] [-f] [-o property=value] ... <pool | id> [newpool]",
+    "import": "\timport [-d dir] [-f]\n\timport [-d dir] [-f] [-F [-n] [-X]] [-o property=value] ... "
+              "<pool | id> [newpool]",
     "list": "\tlist [-Hp] [-o property[,...]] [pool] ...",
     "status": "\tstatus [-vx] [pool] ...",
     "get": "\tget [-Hp] [-o \"all\" | field[,...]] <\"all\" | property[,...]> <pool> ...",
@@ -519,8 +522,13 @@ def _scan(dirs: list[str], states: tuple[str, ...] = ("exported",)) -> dict[int,
 
 
 def cmd_import(args: list[str]) -> int:
-    opts, rest = parse(args, "d:fo:aN")
+    opts, rest = parse(args, "d:fo:aNFnX")
     dirs = [v for o, v in opts if o == "-d"]
+    flags = {o for o, _ in opts}
+    if flags & {"-n", "-X"} and "-F" not in flags:
+        raise Usage("-n or -X only meaningful with -F")
+    if "-F" in flags and rest and _rewind_imported(rest[0], flags):
+        return 0
     found = _scan(dirs)
     if not rest and ("-a", "") not in opts:
         if not found:
@@ -575,12 +583,56 @@ def cmd_import(args: list[str]) -> int:
                          f"already created/imported,\nand no additional pools with that name "
                          f"were found")
         try:
-            pool = Pool.open(open_files(slot["paths"]), name=name)
+            pool = Pool.open(open_files(slot["paths"]), name=name, **_rewind_policy(flags))
         except PoolError as e:
             raise Failed(str(e)) from None
+        if "-n" in flags:
+            print(rewind_exclaim(name, pool, True), end="")
+            pool.abandon()
+            continue
         registry.add(name, pool.guid, [leaf.path for leaf in pool.leaves()])
+        print(rewind_exclaim(name, pool, False), end="")
         pool.close()
     return 0
+
+
+def _rewind_policy(flags: set[str]) -> dict:
+    """Pool.open's arguments for -F (the txgs frees never reused), -X (every uberblock the
+    ring holds) and -n (find out only)."""
+    if "-F" not in flags:
+        return {}
+    return {"rewind": UB_SLOTS if "-X" in flags else REWIND_TXGS, "dry_run": "-n" in flags}
+
+
+def _rewind_imported(name: str, flags: set[str]) -> bool:
+    """zpool import -F of a pool the registry holds as imported but that cannot be opened at
+    its newest txg (the state a damaged pool is found in): rewind it in place. False when the
+    name is no such pool (the ordinary import goes on and says what it says)."""
+    entry = registry.load().get(name)
+    if entry is None or entry.get("state") == "exported" or serving_pid(name) is not None:
+        return False
+    def attempt(**policy) -> Pool | PoolError:
+        try:
+            devices = open_files(entry["devices"])
+        except OSError as e:
+            raise Failed(f"cannot import '{name}': {e.strerror}") from None
+        try:
+            return Pool.open(devices, **policy)
+        except PoolError as e:
+            for d in devices:
+                d.close()
+            return e
+    pool = attempt()
+    if isinstance(pool, Pool):
+        pool.close()
+        raise Failed(f"cannot import '{name}': a pool with that name already exists\n"
+                     f"use the form 'zpool import <pool | id> <newpool>' to give it a new name")
+    pool = attempt(**_rewind_policy(flags))
+    if isinstance(pool, PoolError):
+        raise Failed(str(pool))
+    print(rewind_exclaim(name, pool, "-n" in flags), end="")
+    pool.abandon() if "-n" in flags else pool.close()
+    return True
 
 
 def cmd_sync(args: list[str]) -> int:

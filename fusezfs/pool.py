@@ -41,7 +41,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from . import poolprops
-from .allocator import Allocator
+from .allocator import REWIND_TXGS, Allocator
 from .blocks import BlockIO, ChecksumError, Policy
 from .devices import Device, FileDevice
 from .formats import label as fl
@@ -156,6 +156,7 @@ class Pool:
         self._closing = threading.Event()
         self.closed = False
         self.state = "active"
+        self.rewound: tuple[fl.Uberblock, fl.Uberblock] | None = None   # (loaded, given up)
 
     # ---- properties of the open txg --------------------------------------------------------
     @property
@@ -204,8 +205,14 @@ class Pool:
         return pool
 
     @classmethod
-    def open(cls, devices: list[Device], *, name: str | None = None) -> "Pool":
-        """Import the pool whose labels these devices carry."""
+    def open(cls, devices: list[Device], *, name: str | None = None, rewind: int = 0,
+             dry_run: bool = False) -> "Pool":
+        """Import the pool whose labels these devices carry, at its newest txg. If that one
+        cannot be loaded, `rewind` older txgs may be tried (zpool import -F: REWIND_TXGS, the
+        ones whose blocks frees never reused; -X: every uberblock the ring holds): the newest
+        whose whole tree verifies is loaded, `rewound` says from where to where, and the next
+        txg outranks the ones given up. `dry_run` only finds out (-n): nothing is written, and
+        the caller closes the pool without syncing."""
         configs = []
         for d in devices:
             got = Leaf(d, 0).read_configs()
@@ -230,19 +237,59 @@ class Pool:
         pool.created = newest.get("created", 0)
         for leaf in pool.leaves():
             lock_device(leaf.device, pool.name)
-        ubs = [ub for leaf in pool.leaves() for ub in leaf.read_uberblocks()
-               if ub.pool_guid == pool_guid]
-        if not ubs:
+        by_txg: dict[int, fl.Uberblock] = {}
+        for leaf in pool.leaves():
+            for ub in leaf.read_uberblocks():
+                if ub.pool_guid == pool_guid:
+                    by_txg[ub.txg] = ub
+        if not by_txg:
             raise PoolError(f"cannot import '{pool.name}': no valid uberblock found")
+        ubs = [by_txg[t] for t in sorted(by_txg, reverse=True)]
         try:
-            pool._load(max(ubs, key=lambda u: u.txg))
+            pool._load(ubs[0])
         except (ChecksumError, ValueError) as e:
-            pool.blocks.close()
-            raise PoolError(f"cannot import '{pool.name}': I/O error ({e})") from None
-        if pool.state != "active" or name:
+            older = pool._rewind_target(ubs[1:1 + max(rewind, REWIND_TXGS)])
+            if not rewind or older is None:
+                pool.blocks.close()
+                raise PoolError(f"cannot import '{pool.name}': I/O error ({e})"
+                                + explain_recover(pool.name, ubs[0], older)) from None
+            pool.rewound = (older, ubs[0])
+            if dry_run:
+                return pool
+            pool._load(older)
+            pool.blocks.txg = ubs[0].txg + 1    # new txgs outrank the ones given up
+        if dry_run:
+            return pool
+        if pool.state != "active" or name or pool.rewound:
             pool.state = "active"
             pool.write_labels()
+        if pool.rewound:
+            pool.sync(force=True)               # the rewind is durable before anything else
         return pool
+
+    def _rewind_target(self, candidates: list[fl.Uberblock]) -> fl.Uberblock | None:
+        """The newest of `candidates` (older uberblocks, newest first) whose whole tree reads
+        back with every checksum right, found without repairing anything: a copy that no
+        longer matches an older txg may be a block a newer txg wrote there."""
+        from .verify import intact
+        saved = [(leaf.read_errors, leaf.write_errors, leaf.cksum_errors) for leaf in self.leaves()]
+        self.blocks.healing = False
+        try:
+            for ub in candidates:
+                try:
+                    self._load(ub)
+                except (ChecksumError, ValueError, PoolError):
+                    continue
+                if intact(self):
+                    return ub
+            return None
+        finally:
+            self.blocks.healing = True
+            self.blocks.permanent_errors.clear()
+            self.blocks.drop_cache()
+            self.node_cache.clear()
+            for leaf, counts in zip(self.leaves(), saved):
+                leaf.read_errors, leaf.write_errors, leaf.cksum_errors = counts
 
     def _load(self, ub: fl.Uberblock) -> None:
         self.synced_txg = ub.txg
@@ -485,12 +532,16 @@ class Pool:
         if exc[0] is None:
             self.close()
         else:  # an exception (a power cut in tests): release files without writing
-            self.closed = True
-            self._closing.set()
-            self._stop_committer()
-            self.blocks.close()
-            for leaf in self.leaves():
-                leaf.device.close()
+            self.abandon()
+
+    def abandon(self) -> None:
+        """Release the devices without writing anything (a dry-run import, a failure)."""
+        self.closed = True
+        self._closing.set()
+        self._stop_committer()
+        self.blocks.close()
+        for leaf in self.leaves():
+            leaf.device.close()
 
     # ---- space ----------------------------------------------------------------------------
     @property
@@ -506,6 +557,39 @@ class Pool:
     @property
     def allocated(self) -> int:
         return self.size - self.free
+
+
+def explain_recover(name: str, newest: fl.Uberblock, older: fl.Uberblock | None) -> str:
+    """What zpool import says after a failed import (libzfs's zpool_explain_recover)."""
+    if older is None:
+        return "\n\tDestroy and re-create the pool from\n\ta backup source."
+    text = ("\n\tRecovery is possible, but will result in some data loss.\n"
+            f"\tReturning the pool to its state as of {time.strftime('%c', time.localtime(older.timestamp))}\n"
+            "\tshould correct the problem.  ")
+    loss = newest.timestamp - older.timestamp
+    if loss > 120:
+        text += f"Approximately {(loss + 30) // 60} minutes of data\n\tmust be discarded, irreversibly.  "
+    elif loss > 0:
+        text += f"Approximately {loss} seconds of data\n\tmust be discarded, irreversibly.  "
+    return text + (f"Recovery can be attempted\n\tby executing 'zpool import -F {name}'.  "
+                   "A scrub of the pool\n\tis strongly recommended after recovery.")
+
+
+def rewind_exclaim(name: str, pool: "Pool", dry_run: bool) -> str:
+    """What a rewinding import says (libzfs's zpool_rewind_exclaim); "" if it did not rewind."""
+    if pool.rewound is None:
+        return ""
+    older, newest = pool.rewound
+    when = time.strftime("%c", time.localtime(older.timestamp))
+    text = (f"Would be able to return {name} to its state as of {when}.\n" if dry_run else
+            f"Pool {name} returned to its state as of {when}.\n")
+    loss = newest.timestamp - older.timestamp
+    verb = "Would discard" if dry_run else "Discarded"
+    if loss > 120:
+        text += f"{verb} approximately {(loss + 30) // 60} minutes of transactions.\n"
+    elif loss > 0:
+        text += f"{verb} approximately {loss} seconds of transactions.\n"
+    return text
 
 
 def open_files(paths: list[str], *, readonly: bool = False) -> list[FileDevice]:

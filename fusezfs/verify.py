@@ -137,3 +137,23 @@ def verify(pool) -> Report:
                 report.faults.append(f"vdev {vdev}: the allocator in memory differs from the "
                                      f"space map on disk")
         return report
+
+
+def intact(pool) -> bool:
+    """Whether everything the loaded uberblock reaches reads back with a matching checksum
+    (some copy of each block): what a rewinding import asks of an older txg. Reads only; the
+    caller turns healing off, since a bad copy there may be a newer txg's block."""
+    walked: set = set()
+
+    def ok(tree: Tree) -> bool:
+        for kind, bp in tree.walk(walked):
+            if kind == "block":
+                pool.blocks.read(bp, verify_only=True)
+            elif kind == "tree" and not ok(Tree(tree.store, bp)):
+                return False
+        return True
+    try:
+        pool.blocks.read(pool.spacemap_bp, verify_only=True)
+        return ok(Tree(pool.mos.store, pool.mos.root))
+    except (ChecksumError, ValueError):
+        return False
