@@ -6,6 +6,7 @@ change in one go; a failed check leaves every pool file untouched.
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import time
 from typing import Callable
@@ -185,7 +186,32 @@ def cmd_create(args: list[str]) -> int:
     format_filesystem(dsl, dsl.get(name))   # the root filesystem's root directory, the creator's
     registry.add(name, pool.guid, paths)
     pool.close()
+    for path in paths:
+        private(path)
     return 0
+
+
+def private(path: str) -> None:
+    """A pool file holds every file of the pool, whatever their modes: only its owner may read
+    it. zpool create takes the files it is given as its own (group and other bits cleared)."""
+    try:
+        st = os.stat(path)
+        if stat.S_ISREG(st.st_mode) and st.st_mode & 0o077:
+            os.chmod(path, stat.S_IMODE(st.st_mode) & ~0o077)
+    except OSError as e:
+        error(f"warning: cannot make pool file '{path}' private: {e.strerror}")
+
+
+def warn_if_readable(paths: list[str]) -> None:
+    """zpool import leaves modes alone but says when others could read the pool's contents."""
+    for path in paths:
+        try:
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+        except OSError:
+            continue
+        if mode & 0o044:
+            error(f"warning: pool file '{path}' can be read by other users (mode {mode:04o}); "
+                  f"'chmod 600' it to keep the pool's files private")
 
 
 def parse_vdevs(name: str, specs: list[str]) -> list[tuple[str, list[str]]]:
@@ -592,6 +618,7 @@ def cmd_import(args: list[str]) -> int:
             continue
         registry.add(name, pool.guid, [leaf.path for leaf in pool.leaves()])
         print(rewind_exclaim(name, pool, False), end="")
+        warn_if_readable([leaf.path for leaf in pool.leaves()])
         pool.close()
     return 0
 

@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from . import dsprops
 from .blocks import Policy
 from .formats.bp import BT_DATA, BT_NODE, BlockPointer, decode_bp, encode_bp
+from .formats.spacemap import SECTOR
 from .names import dataset_name_error
 from .pool import META_POLICY, NodeStore, OnePerPool, Pool, new_guid
 from .tree import Tree
@@ -44,6 +45,14 @@ NAME_PREFIX = b"dsname\0"
 NEXT_ID_KEY = b"dsnextid"
 ROOT_ID = 1
 
+
+
+def sectors(size: int) -> int:
+    """A block size in whole sectors, as ZFS's sizes are: its logical sizes are multiples of
+    512 and psize is rounded to the pool's ashift. logicalreferenced and compressratio count
+    these (a few bytes of a compressible record still take a sector, so 20 MiB of one repeated
+    byte is 256x, not thousands; a tiny metadata node is 1.00x, not less)."""
+    return -(-size // SECTOR) * SECTOR
 
 class DatasetError(Exception):
     """A failed dataset operation; `message` is OpenZFS's text after "cannot VERB 'NAME': "."""
@@ -70,8 +79,9 @@ class Record:
     prev_txg: int = 0              # head: createtxg of the latest snapshot, else origin_txg
     deadlist: int = 0              # id of this record's deadlist tree (`dl<N>`)
     refer: int = 0                 # allocated bytes of every block the tree reaches
-    refer_lsize: int = 0           # the same, logical sizes
-    refer_psize: int = 0           # the same, physical sizes (before copies)
+    refer_lsize: int = 0           # the same, logical sizes in whole sectors
+    refer_psize: int = 0           # the same, physical sizes in whole sectors, before copies
+                                   # (ZFS's compressed bytes: what compressratio divides by)
     used_head: int = 0             # head: usedbydataset
     used_snap: int = 0             # head: usedbysnapshots
     written: int = 0               # bytes born after the previous snapshot
@@ -297,8 +307,8 @@ class Datasets(OnePerPool):
     def born(self, rec: Record, bp: BlockPointer) -> None:
         """`bp` was just written for head `rec`."""
         rec.refer += bp.asize
-        rec.refer_lsize += bp.lsize
-        rec.refer_psize += bp.psize
+        rec.refer_lsize += sectors(bp.lsize)
+        rec.refer_psize += sectors(bp.psize)
         rec.used_head += bp.asize
         rec.written += bp.asize
         self.touch(rec)
@@ -306,8 +316,8 @@ class Datasets(OnePerPool):
     def kill(self, rec: Record, bp: BlockPointer) -> None:
         """Head `rec`'s tree no longer references `bp`: free it, or keep it for a snapshot."""
         rec.refer -= bp.asize
-        rec.refer_lsize -= bp.lsize
-        rec.refer_psize -= bp.psize
+        rec.refer_lsize -= sectors(bp.lsize)
+        rec.refer_psize -= sectors(bp.psize)
         if bp.birth > rec.origin_txg:
             rec.used_head -= bp.asize
         if bp.birth > rec.prev_txg:
@@ -680,8 +690,8 @@ class Datasets(OnePerPool):
         for kind, bp in self.tree(head).walk():
             if kind in ("node", "block"):
                 refer += bp.asize
-                lsize += bp.lsize
-                psize += bp.psize
+                lsize += sectors(bp.lsize)
+                psize += sectors(bp.psize)
                 if bp.birth > head.origin_txg:
                     used_head += bp.asize
                 if bp.birth > head.prev_txg:

@@ -169,3 +169,18 @@ def test_console_script_runs(env):
     out = subprocess.run([sys.executable, "-m", "fusezfs.cli", "pool", "list", "-H", "-o", "name"],
                          capture_output=True, text=True, env=dict(os.environ))
     assert out.stdout == "tank\n"
+
+
+def test_pool_files_are_private(env, capsys):
+    """A pool file holds every file of the pool whatever their modes: zpool create clears its
+    group and other bits; import of a file made readable again warns (and changes nothing)."""
+    tmp, files = env
+    os.chmod(files[0], 0o644)
+    assert run(capsys, "pool", "create", "tank", files[0])[0] == 0
+    assert os.stat(files[0]).st_mode & 0o777 == 0o600
+    assert run(capsys, "pool", "export", "tank")[0] == 0
+    os.chmod(files[0], 0o644)
+    code, out, err = run(capsys, "pool", "import", "-d", str(tmp), "tank")
+    assert code == 0 and err == (f"warning: pool file '{files[0]}' can be read by other users "
+                                 f"(mode 0644); 'chmod 600' it to keep the pool's files private\n")
+    assert os.stat(files[0]).st_mode & 0o777 == 0o644

@@ -286,3 +286,20 @@ def test_every_verb_is_routed_to_its_module():
     from fusezfs import cli_mount, cli_zfs
     assert set(cli.ZFS_VERBS) == set(cli_zfs.VERBS)
     assert set(cli_mount.COMMANDS) <= set(cli.VERB_MODULES)
+
+
+def test_compressratio_is_logical_over_physical_in_sectors(env, capsys):
+    """20 MiB of one repeated byte under zstd: each 128 KiB record compresses to a few bytes,
+    which still take a 512-byte sector, as ZFS rounds psize: about 256x, not thousands; an
+    empty filesystem is 1.00x or close (only its root directory's metadata)."""
+    tmp = env
+    assert run(capsys, "create", "-o", "compression=zstd", "tank/z")[0] == 0
+    (tmp / "same").write_bytes(b"a" * (20 * MiB))
+    assert run(capsys, "cp", str(tmp / "same"), "tank/z:/same")[0] == 0
+    out = ok(capsys, "get", "-Hp", "-o", "value", "compressratio,refcompressratio,"
+             "logicalreferenced,referenced", "tank/z").split()
+    ratio, refratio, logical, referenced = float(out[0]), float(out[1]), int(out[2]), int(out[3])
+    assert ratio == refratio and 240 <= ratio <= 256, out
+    assert abs(ratio - logical / referenced) < 0.05 * ratio
+    assert run(capsys, "create", "-o", "compression=zstd", "tank/empty")[0] == 0
+    assert ok(capsys, "get", "-H", "-o", "value", "compressratio", "tank/empty") == "1.00x\n"
