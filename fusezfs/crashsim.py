@@ -363,6 +363,35 @@ def dataset_workload(pool: Pool, seed: int, steps: int, committing: dict[int, Ex
     step(pool.sync, lambda: None)
 
 
+def scrubbing_workload(pool: Pool, seed: int, steps: int, committing: dict[int, Expect],
+                       model: DatasetModel | None = None) -> None:
+    """The datasets workload with a scrub going on: one object tree scanned after each step
+    (its progress in the MOS commits with the txgs), restarted whenever it finishes."""
+    from .scrub import Scrubber
+    scrubber = Scrubber(pool)
+    scrubber.start()
+
+    def scrub_a_little(p: Pool) -> None:       # (a sync hook: step never syncs itself here)
+        if scrubber.step() is not None:     # finished: scrub again
+            scrubber.start()
+    pool.sync_hooks.append(scrub_a_little)
+    dataset_workload(pool, seed, steps, committing, model)
+
+
+def scrubbing_check(pool: Pool) -> tuple[State, list[str]]:
+    """The datasets check, then the interrupted scrub resumed to the end: it must find
+    nothing to repair and no error (a crash left every copy whole)."""
+    from .scrub import Scrubber
+    got, faults = dataset_check(pool)
+    scrubber = Scrubber(pool)
+    scrubber.start()
+    st = scrubber.run()
+    if st.state != "finished" or st.repaired or st.errors:
+        faults.append(f"the resumed scrub ended {st.state} with {st.repaired} bytes repaired "
+                      f"and {st.errors} errors")
+    return got, faults
+
+
 def pipelined_workload(pool: Pool, seed: int, steps: int, committing: dict[int, Expect],
                        model: DatasetModel | None = None) -> None:
     """The datasets workload with the FUSE daemon's pipelined commits and a tiny dirty budget:
@@ -410,6 +439,7 @@ WORKLOADS = {
     "objects": Workload(workload, lambda pool: (content(pool), []), 128 << 10),
     "datasets": Workload(dataset_workload, dataset_check, 192 << 10, slop=True),
     "pipelined": Workload(pipelined_workload, dataset_check, 192 << 10, slop=True),
+    "scrubbing": Workload(scrubbing_workload, scrubbing_check, 192 << 10, slop=True),
 }
 
 

@@ -128,37 +128,46 @@ class Scrubber(OnePerPool):
     def run(self, commit_each: bool = False, stop: threading.Event | None = None) -> ScanState:
         """Scan tree after tree until done, paused or stopped; `commit_each` syncs after each
         tree (a command's own process: a kill loses at most one tree's progress)."""
-        pool = self.pool
         stop = stop or threading.Event()
         while not stop.is_set():
-            with pool.lock:
-                if pool.closed or stop.is_set():
+            with self.pool.lock:
+                if self.pool.closed or stop.is_set():
                     break
-                st = load(pool)
-                if st is None or st.state != "scanning" or st.paused:
-                    return st
-                if st.cursor is None:           # the MOS tree and the space map come first
-                    self._scan(Tree(pool.mos.store, pool.mos.root), st, nested=False)
-                    self._scan_block(pool.spacemap_bp, st)
-                    st.cursor = ""
-                else:
-                    todo = _trees(pool, st.cursor)
-                    if not todo:
-                        st.state, st.end = "finished", int(time.time())
-                        st.save(pool)
-                        pool.sync()
-                        return st
-                    key = todo[0]
-                    raw = pool.mos.get(key)
-                    if raw is not None:
-                        root = decode_bp(raw)
-                        if root is not None:
-                            self._scan(Tree(pool.mos.store, root), st)
-                    st.cursor = key.hex()
+                done = self.step(commit_each)
+            if done is not None:
+                return done
+        return load(self.pool)
+
+    def step(self, commit: bool = False) -> ScanState | None:
+        """Scan the next object tree (the first step: the MOS and the space map); the state
+        when the scrub is over, paused or canceled, else None. The caller holds the lock."""
+        pool = self.pool
+        st = load(pool)
+        if st is None or st.state != "scanning" or st.paused:
+            return st
+        if st.cursor is None:           # the MOS tree and the space map come first
+            self._scan(Tree(pool.mos.store, pool.mos.root), st, nested=False)
+            self._scan_block(pool.spacemap_bp, st)
+            st.cursor = ""
+        else:
+            todo = _trees(pool, st.cursor)
+            if not todo:
+                st.state, st.end = "finished", int(time.time())
                 st.save(pool)
-                if commit_each:
+                if commit:
                     pool.sync()
-        return load(pool)
+                return st
+            key = todo[0]
+            raw = pool.mos.get(key)
+            if raw is not None:
+                root = decode_bp(raw)
+                if root is not None:
+                    self._scan(Tree(pool.mos.store, root), st)
+            st.cursor = key.hex()
+        st.save(pool)
+        if commit:
+            pool.sync()
+        return None
 
     def _scan(self, tree: Tree, st: ScanState, nested: bool = True) -> None:
         for kind, bp in tree.walk(self.seen):
