@@ -75,7 +75,7 @@ def print_table(headers: list[str], rows: list[list[str]], *, scripted: bool,
 
 
 ZFS_VERBS = ("create", "destroy", "snapshot", "snap", "rollback", "clone", "promote", "rename",
-             "list", "get", "set", "inherit", "hold", "release", "holds")
+             "list", "get", "set", "inherit", "hold", "release", "holds", "bookmark", "diff")
 VERB_MODULES = {"pool": "cli_pool", "cp": "cli_cp", "mount": "cli_mount", "unmount": "cli_mount",
                 "umount": "cli_mount", **{v: "cli_zfs" for v in ZFS_VERBS}}
 

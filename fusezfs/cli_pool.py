@@ -327,12 +327,15 @@ def cmd_get(args: list[str]) -> int:
                     raise Usage(f"invalid field '{f}'")
     if not rest:
         raise Usage("missing property argument")
+    from . import features
     if rest[0] == "all":
-        wanted = list(poolprops.PROPS)
+        wanted = list(poolprops.PROPS) + [f"feature@{f}" for f in features.ALL]
     else:
         wanted = []
         for p in rest[0].split(","):
             c = poolprops.canonical(p) if p != "name" else "name"
+            if c is None and p.startswith("feature@"):
+                c = p                       # any name: one OpenZFS lacks prints nothing
             if c is None:
                 raise Usage(f"bad property list: invalid property '{p}'")
             wanted.append(c)
@@ -340,7 +343,14 @@ def cmd_get(args: list[str]) -> int:
 
     def visit(pool: Pool) -> None:
         for prop in wanted:
-            value, source = prop_value(pool, prop, parsable)
+            if prop.startswith("feature@"):
+                from .datasets import Datasets
+                value = features.state(Datasets(pool), prop.partition("@")[2])
+                if value is None:
+                    continue
+                source = "local"
+            else:
+                value, source = prop_value(pool, prop, parsable)
             row = {"name": pool.name, "property": prop, "value": value, "source": source}
             rows.append([row[f] for f in fields])
     status = for_each_pool(rest[1:] or imported_names(), visit)

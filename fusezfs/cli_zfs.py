@@ -23,7 +23,8 @@ from .names import dataset_name_error
 USAGE = {
     "create": "\tcreate [-p] [-o property=value] ... <filesystem>",
     "destroy": "\tdestroy [-fnpRrv] <filesystem|volume>\n"
-               "\tdestroy [-dnpRrv] <filesystem|volume>@<snap>[%<snap>][,...]",
+               "\tdestroy [-dnpRrv] <filesystem|volume>@<snap>[%<snap>][,...]\n"
+               "\tdestroy <filesystem|volume>#<bookmark>",
     "snapshot": "\tsnapshot [-r] [-o property=value] ... <filesystem|volume>@<snap> ...",
     "rollback": "\trollback [-rRf] <snapshot>",
     "clone": "\tclone [-p] [-o property=value] ... <snapshot> <filesystem|volume>",
@@ -31,6 +32,7 @@ USAGE = {
     "rename": "\trename [-f] <filesystem|volume|snapshot> <filesystem|volume|snapshot>\n"
               "\trename -p [-f] <filesystem|volume> <filesystem|volume>\n"
               "\trename -r <snapshot> <snapshot>",
+    "bookmark": "\tbookmark <snapshot|bookmark> <newbookmark>",
     "list": "\tlist [-Hp] [-r|-d max] [-o property[,...]] [-s property]...\n"
             "\t    [-S property]... [-t type[,...]] [filesystem|volume|snapshot] ...",
     "get": "\tget [-rHp] [-d max] [-o \"all\" | field[,...]]\n"
@@ -41,6 +43,7 @@ USAGE = {
     "hold": "\thold [-r] <tag> <snapshot> ...",
     "holds": "\tholds [-rH] <snapshot> ...",
     "release": "\trelease [-r] <tag> <snapshot> ...",
+    "diff": "\tdiff [-FHt] <snapshot> [snapshot|filesystem]",
 }
 PROP_VERBS = {"list", "get", "set", "inherit"}
 
@@ -78,7 +81,7 @@ def session(pool_name: str, what: str) -> Iterator[Datasets]:
 
 
 def pool_of(name: str) -> str:
-    return name.split("/")[0].split("@")[0]
+    return name.split("/")[0].split("@")[0].split("#")[0]
 
 
 def need(dsl: Datasets, name: str, verb: str = "open") -> Record:
@@ -435,6 +438,9 @@ def cmd_destroy(args: list[str]) -> int:
     name = one_argument(rest)
     if "@" in name:
         return _destroy_snapshots(name, flags)
+    if "#" in name:
+        from .cli_bookmark import destroy_bookmark
+        return destroy_bookmark(name, flags)
     recursive, deps, dry = bool(flags & {"-r", "-R"}), "-R" in flags, "-n" in flags
     check_name(name, snapshot=True if "-d" in flags else False)
     with session(pool_of(name), name) as dsl:
@@ -483,9 +489,10 @@ def cmd_rollback(args: list[str]) -> int:
         head = dsl.record(snap.parent)
         chain = dsl.snapshots(head.id)
         later = chain[chain.index(snap) + 1:]
-        if later and not flags & {"-r", "-R"}:
-            shown = [dsl.name(s.id) for s in later[:ROLLBACK_SHOWN]]
-            if len(later) >= ROLLBACK_SHOWN:
+        marks = [b for b in dsl.bookmarks(head.id) if b.createtxg > snap.createtxg]
+        if (later or marks) and not flags & {"-r", "-R"}:
+            shown = [dsl.name(s.id) for s in (later + marks)[:ROLLBACK_SHOWN]]
+            if len(later) + len(marks) >= ROLLBACK_SHOWN:
                 shown.append(f"Output limited to {ROLLBACK_SHOWN} snapshots/bookmarks")
             raise Failed(f"cannot rollback to '{name}': more recent snapshots or bookmarks exist\n"
                          f"use '-r' to force deletion of the following snapshots and bookmarks:\n"
@@ -499,6 +506,8 @@ def cmd_rollback(args: list[str]) -> int:
         for s in reversed(later):
             for r in dependents(dsl, s) + [s]:
                 _destroy_one(dsl, r)
+        for b in marks:                         # zfs_rollback's rollback_destroy
+            dsl.destroy_bookmark(b)
         dsl.rollback(head)
     return 0
 
@@ -704,10 +713,12 @@ def _types(text: str) -> set[str]:
 def _collect(dsl: Datasets, rec: Record, depth: int, types: set[str]) -> list[Record]:
     """rec and what is below it down to `depth` (-1: unlimited), filtered by type."""
     out = [rec] if rec.kind in types else []
-    if rec.kind == "snapshot" or depth == 0:
+    if rec.kind != "filesystem" or depth == 0:
         return out
     if "snapshot" in types:
         out += dsl.snapshots(rec.id)
+    if "bookmark" in types:
+        out += dsl.bookmarks(rec.id)
     for child in dsl.children(rec.id):
         out += _collect(dsl, child, depth - 1, types)
     return out
@@ -715,7 +726,8 @@ def _collect(dsl: Datasets, rec: Record, depth: int, types: set[str]) -> list[Re
 
 def _sort_key(dsl: Datasets, rec: Record) -> tuple:
     """zfs's default order: by filesystem name, a filesystem before its snapshots, snapshots
-    by creation."""
+    by creation (zfs_compare). A bookmark's whole name is compared with the others'
+    filesystem part, so it comes after its filesystem's snapshots."""
     name = dsl.name(rec.id)
     fs = name.partition("@")[0]
     return (fs, rec.kind == "snapshot", rec.createtxg, rec.id)
@@ -733,9 +745,7 @@ def _gather(args_names: list[str], recursive: bool, depth: int, types: set[str],
     for name in args_names:
         try:
             with session(pool_of(name), name) as dsl:
-                rec = dsl.lookup(name)
-                if rec is None:
-                    raise Failed(f"cannot open '{name}': dataset does not exist")
+                rec = _open_named(dsl, name, types)
                 if recursive or depth >= 0:
                     found = _collect(dsl, rec, depth,
                                      types | ({rec.kind} if rec.kind == "snapshot" else set()))
@@ -747,9 +757,25 @@ def _gather(args_names: list[str], recursive: bool, depth: int, types: set[str],
             failed.append(name)
 
 
+def _open_named(dsl: Datasets, name: str, types: set[str]) -> Record:
+    """A dataset `list`/`get` names (zfs_open): a bookmark only where bookmarks are listed."""
+    if "#" not in name:
+        rec = dsl.lookup(name)
+    elif "bookmark" not in types:
+        raise Failed(f"cannot open '{name}': bookmark delimiter '#' is not expected here")
+    else:
+        rec = dsl.lookup_bookmark(name)
+        if rec is None and dsl.lookup(name.partition("#")[0]) is not None:
+            raise Failed(f"cannot open '{name}': no such pool or dataset")   # EZFS_NOENT
+    if rec is None:
+        raise Failed(f"cannot open '{name}': dataset does not exist")
+    return rec
+
+
 def _snapshots_of_named(types: set[str], names: list[str], recursive: bool, depth: int) -> bool:
-    """`zfs list|get -t snapshot FS`: the snapshots of FS (a recursion of depth 1)."""
-    return bool(names) and types <= {"snapshot", "bookmark"} and not recursive and depth < 0
+    """`zfs list|get -t snapshot FS` (or -t bookmark): the snapshots (bookmarks) of FS, a
+    recursion of depth 1."""
+    return bool(names) and types in ({"snapshot"}, {"bookmark"}) and not recursive and depth < 0
 
 
 def cmd_list(args: list[str]) -> int:
@@ -869,7 +895,7 @@ def cmd_get(args: list[str]) -> int:
     flags = {o for o, _ in opts}
     fields = ["name", "property", "value", "source"]
     sources = None
-    types = {"filesystem", "volume", "snapshot"}
+    types = {"filesystem", "volume", "snapshot", "bookmark"}
     depth = -1
     for opt, val in opts:
         if opt == "-o":
@@ -1015,7 +1041,15 @@ VERBS = {"create": cmd_create, "destroy": cmd_destroy, "snapshot": cmd_snapshot,
          "snap": cmd_snapshot, "rollback": cmd_rollback, "clone": cmd_clone,
          "promote": cmd_promote, "rename": cmd_rename, "list": cmd_list, "get": cmd_get,
          "set": cmd_set, "inherit": cmd_inherit, "hold": cmd_hold,
-         "release": lambda a: cmd_hold(a, release=True), "holds": cmd_holds}
+         "release": lambda a: cmd_hold(a, release=True), "holds": cmd_holds,
+         "bookmark": lambda a: _verb("cli_bookmark", "cmd_bookmark", a),
+         "diff": lambda a: _verb("cli_diff", "cmd_diff", a)}
+
+
+def _verb(module: str, function: str, args: list[str]) -> int:
+    """A verb of a module of its own, imported only when it runs."""
+    from importlib import import_module
+    return getattr(import_module(f".{module}", __package__), function)(args)
 
 
 def run(verb: str, argv: list[str]) -> int:

@@ -15,6 +15,11 @@ pointer and hands over the deadlist: O(1) whatever the dataset holds. Destroying
 S's deadlist into N's. A clone is a head whose root starts as a snapshot's and whose `prev_txg`
 starts at the origin's txg, so blocks it inherits are never freed by it.
 
+A bookmark (`dsname\\0<HEAD>#<NAME>`, a record of kind "bookmark" whose parent is its head) keeps
+only what it copied from its snapshot: guid, createtxg, creation and the referenced sizes. It
+owns no blocks, so it outlives the snapshot, and (guid, createtxg) is all an incremental send
+from it needs: every block born after createtxg is new to a receiver that has the snapshot.
+
 Space, per head (bytes allocated, all copies): `refer` = every block its tree reaches;
 `used_head` (usedbydataset) = those born after its origin; `used_snap` (usedbysnapshots) = deadlist
 entries (its own and its snapshots') born after its origin. Both change only in `born`, `kill`
@@ -44,6 +49,7 @@ REC_PREFIX = b"ds\0"
 NAME_PREFIX = b"dsname\0"
 NEXT_ID_KEY = b"dsnextid"
 ROOT_ID = 1
+DELIMITER = {"snapshot": "@", "bookmark": "#"}    # between a head's name and theirs
 
 
 
@@ -67,9 +73,9 @@ class DatasetError(Exception):
 @dataclass
 class Record:
     id: int
-    kind: str                      # "filesystem" or "snapshot"
+    kind: str                      # "filesystem", "snapshot" or "bookmark"
     component: str                 # last name component ("" for the pool's root dataset)
-    parent: int = 0                # filesystem: parent's id; snapshot: its head's id
+    parent: int = 0                # filesystem: parent's id; snapshot, bookmark: its head's id
     guid: int = 0
     createtxg: int = 0
     creation: int = 0
@@ -218,8 +224,8 @@ class Datasets(OnePerPool):
     # ---- names ----------------------------------------------------------------------------
     def name(self, ds_id: int) -> str:
         rec = self.record(ds_id)
-        if rec.kind == "snapshot":
-            return f"{self.name(rec.parent)}@{rec.component}"
+        if rec.kind != "filesystem":
+            return f"{self.name(rec.parent)}{DELIMITER[rec.kind]}{rec.component}"
         parts = []
         while rec.id != ROOT_ID:
             parts.append(rec.component)
@@ -259,7 +265,7 @@ class Datasets(OnePerPool):
         prefix = NAME_PREFIX + _id_bytes(ds_id)
         out = []
         for key, value in self.mos.scan(prefix, prefix + b"\xff"):
-            if key[len(prefix):len(prefix) + 1] != b"@":
+            if key[len(prefix):len(prefix) + 1] not in (b"@", b"#"):
                 out.append(self.record(int.from_bytes(value, "big")))
         return out
 
@@ -385,12 +391,12 @@ class Datasets(OnePerPool):
         self.records_changed += 1
         self.records[rec.id] = rec
         self.touch(rec)
-        key = "@" + rec.component if rec.kind == "snapshot" else rec.component
+        key = DELIMITER.get(rec.kind, "") + rec.component
         self.mos.put(self._child_key(rec.parent, key), _id_bytes(rec.id))
 
     def _unlink(self, rec: Record) -> None:
         self.records_changed += 1
-        key = "@" + rec.component if rec.kind == "snapshot" else rec.component
+        key = DELIMITER.get(rec.kind, "") + rec.component
         self.mos.delete(self._child_key(rec.parent, key))
         self.deleted.add(rec.id)
 
@@ -518,10 +524,13 @@ class Datasets(OnePerPool):
 
     # ---- destroy a filesystem ---------------------------------------------------------------
     def destroy_filesystem(self, rec: Record) -> None:
-        """Destroy a head with no snapshots and no children: free what it alone owns."""
+        """Destroy a head with no snapshots and no children: free what it alone owns. Its
+        bookmarks go with it, as OpenZFS destroys a head's bookmark ZAP."""
         assert rec.kind == "filesystem" and rec.id != ROOT_ID
         if self.snapshots(rec.id) or self.children(rec.id):
             raise DatasetError("filesystem has children", errno.EEXIST)
+        for bookmark in self.bookmarks(rec.id):
+            self.destroy_bookmark(bookmark)
         tree = self.tree(rec)
         tree.sync()
         for _kind, bp in list(tree.walk()):
@@ -609,6 +618,70 @@ class Datasets(OnePerPool):
         if snap.defer_destroy and not snap.holds and not snap.clones:
             self.destroy_snapshot(snap)
 
+    # ---- bookmarks ------------------------------------------------------------------------
+    def bookmarks(self, head_id: int) -> list[Record]:
+        """A head's bookmarks, by name."""
+        prefix = NAME_PREFIX + _id_bytes(head_id) + b"#"
+        return [self.record(int.from_bytes(v, "big"))
+                for _k, v in self.mos.scan(prefix, prefix + b"\xff")]
+
+    def lookup_bookmark(self, name: str) -> Record | None:
+        """The bookmark `fs#name`, or None. `lookup` never answers bookmarks, so no code that
+        expects a filesystem or a snapshot is ever handed one."""
+        fs, _, short = name.partition("#")
+        head = self.lookup(fs)
+        if head is None or head.kind != "filesystem":
+            return None
+        raw = self.mos.get(self._child_key(head.id, "#" + short))
+        return None if raw is None else self.record(int.from_bytes(raw, "big"))
+
+    def create_bookmark(self, name: str, source: Record) -> Record:
+        """Bookmark `fs#name` of snapshot or bookmark `source`: its guid, createtxg, creation
+        and referenced sizes (zfs_bookmark_phys_t with the bookmark_written fields). The
+        caller has checked the name, that the head exists and the bookmark does not, and
+        that `source` is an earlier point of the head's timeline (`is_before`)."""
+        fs, _, short = name.partition("#")
+        head = self.get(fs)
+        rec = Record(self._new_id(), "bookmark", short, head.id, source.guid, source.createtxg,
+                     source.creation, refer=source.refer, refer_lsize=source.refer_lsize,
+                     refer_psize=source.refer_psize)
+        self._link(rec)
+        return rec
+
+    def destroy_bookmark(self, rec: Record) -> None:
+        assert rec.kind == "bookmark"
+        self._unlink(rec)
+
+    def bookmark_source(self, name: str) -> tuple[int, int]:
+        """(guid, createtxg) of bookmark `fs#name`: what `send -i fs#name` needs, since the
+        receiver finds its snapshot by that guid and everything born after createtxg is what
+        changed. Raises DatasetError (ENOENT) if there is no such bookmark."""
+        rec = self.lookup_bookmark(name)
+        if rec is None:
+            raise DatasetError("dataset does not exist", errno.ENOENT)
+        return rec.guid, rec.createtxg
+
+    def is_before(self, later: Record, earlier_head: int, earlier_txg: int) -> bool:
+        """Whether the point (head `earlier_head`, txg `earlier_txg`) -- a snapshot, or a
+        bookmark -- is earlier in `later`'s timeline (dsl_dataset_is_before): a snapshot of
+        the same head before it, or one at or before an origin its head descends from. Then
+        every block `later` has that was born at or before earlier_txg is one that point had,
+        which incremental sends, `written@`, bookmarks and diff rely on."""
+        if later.kind == "snapshot" and earlier_txg >= later.createtxg:
+            return False
+        head = self.record(later.parent) if later.kind == "snapshot" else later
+        while True:
+            if head.id == earlier_head:
+                return True
+            if not head.origin:
+                return False
+            origin = self.record(head.origin)
+            if origin.createtxg == earlier_txg and origin.parent == earlier_head:
+                return True
+            if earlier_txg >= origin.createtxg:
+                return False
+            head = self.record(origin.parent)
+
     # ---- promote --------------------------------------------------------------------------
     def promote(self, clone: Record) -> None:
         """Make a clone independent of its origin: the origin and the snapshots before it
@@ -625,9 +698,16 @@ class Datasets(OnePerPool):
             raise DatasetError(f"snapshot name '{conflict[0].component}' from origin conflicts "
                                f"with '{self.name(clone.id)}@{conflict[0].component}' from target",
                                errno.EEXIST)
+        # bookmarks up to the origin move with the snapshots (dsl_dataset_promote_sync)
+        marks = [b for b in self.bookmarks(old.id) if b.createtxg <= origin.createtxg]
+        clone_marks = {b.component for b in self.bookmarks(clone.id)}
+        for b in marks:
+            if b.component in clone_marks:
+                raise DatasetError(f"conflicting snapshot '{b.component}' from parent "
+                                   f"'{self.name(origin.id)}'", errno.EEXIST)
         self.pool.sync()
-        for snap in moving:
-            self.mos.delete(self._child_key(old.id, "@" + snap.component))
+        for snap in moving + marks:
+            self.mos.delete(self._child_key(old.id, DELIMITER[snap.kind] + snap.component))
             snap.parent = clone.id
             self._link(snap)
         # the clone's own snapshots now follow the origin in its chain
@@ -721,4 +801,24 @@ class Datasets(OnePerPool):
                 if refer != snap.refer:
                     faults.append(f"{self.name(snap.id)}: referenced is {snap.refer}, "
                                   f"recounted {refer}")
+        return faults + self._check_bookmarks()
+
+    def _check_bookmarks(self) -> list[str]:
+        """Every bookmark record belongs to a live filesystem under its own name: none is left
+        behind by the destroy, rename or promote of its filesystem."""
+        faults = []
+        ids = {int.from_bytes(k[len(REC_PREFIX):], "big")
+               for k, _v in self.mos.scan(REC_PREFIX, REC_PREFIX + b"\xff")}
+        for ds_id in sorted((ids | set(self.records)) - self.deleted):
+            rec = self.record(ds_id)
+            if rec.kind != "bookmark":
+                continue
+            try:
+                head = self.record(rec.parent)
+            except KeyError:
+                head = None
+            if head is None or head.kind != "filesystem" or self.destroyed(head):
+                faults.append(f"bookmark {ds_id} ({rec.component}) outlived its filesystem")
+            elif self.lookup_bookmark(self.name(ds_id)) is not rec:
+                faults.append(f"{self.name(ds_id)}: its name does not lead to it")
         return faults

@@ -38,7 +38,9 @@ from typing import Any, Mapping, MutableMapping, MutableSet, Sequence
 FILESYSTEM = "filesystem"
 SNAPSHOT = "snapshot"
 VOLUME = "volume"
+BOOKMARK = "bookmark"
 DATASET = frozenset({FILESYSTEM, SNAPSHOT, VOLUME})
+_DS_BM = DATASET | {BOOKMARK}      # ZFS_TYPE_DATASET | ZFS_TYPE_BOOKMARK
 _FS = frozenset({FILESYSTEM})
 _SNAP = frozenset({SNAPSHOT})
 _VOL = frozenset({VOLUME})
@@ -199,12 +201,12 @@ def _str(name, attr, types, values, column, default=None, **kw) -> Prop:
 
 _ONOFF = "on | off"
 _TABLE: list[Prop] = [
-    _str("type", READONLY, DATASET, "filesystem | volume | snapshot | bookmark", "TYPE"),
-    Prop("creation", NUMBER, READONLY, DATASET, "<date>", "CREATION", None, "date"),
+    _str("type", READONLY, _DS_BM, "filesystem | volume | snapshot | bookmark", "TYPE"),
+    Prop("creation", NUMBER, READONLY, _DS_BM, "<date>", "CREATION", None, "date"),
     _num("used", READONLY, DATASET, "<size>", "USED", fmt="bytes"),
     _num("available", READONLY, _FS_VOL, "<size>", "AVAIL", fmt="bytes"),
-    _num("referenced", READONLY, DATASET, "<size>", "REFER", fmt="bytes"),
-    _num("compressratio", READONLY, DATASET, "<1.00x or higher if compressed>", "RATIO",
+    _num("referenced", READONLY, _DS_BM, "<size>", "REFER", fmt="bytes"),
+    _num("compressratio", READONLY, _DS_BM, "<1.00x or higher if compressed>", "RATIO",
          fmt="ratio"),
     _idx("mounted", READONLY, _FS, "yes | no", "MOUNTED", _BOOL, None),
     _str("origin", READONLY, _FS_VOL, "<snapshot>", "ORIGIN"),
@@ -236,8 +238,8 @@ _TABLE: list[Prop] = [
     _idx("aclinherit", INHERIT, _FS,
          "discard | noallow | restricted | passthrough | passthrough-x", "ACLINHERIT",
          _ACLINHERIT, "restricted", support="stored"),
-    _num("createtxg", READONLY, DATASET, "<uint64>", "CREATETXG", fmt="raw"),
-    _str("name", READONLY, DATASET, None, "NAME", visible=False),
+    _num("createtxg", READONLY, _DS_BM, "<uint64>", "CREATETXG", fmt="raw"),
+    _str("name", READONLY, _DS_BM, None, "NAME", visible=False),
     _idx("canmount", DEFAULT, _FS, "on | off | noauto", "CANMOUNT", _CANMOUNT, "on"),
     _idx("xattr", INHERIT, _FS_SNAP, "on | off | dir | sa", "XATTR", _XATTR, "on"),
     _idx("copies", INHERIT, _FS_VOL, "1 | 2 | 3", "COPIES", _COPIES, "1"),
@@ -256,7 +258,7 @@ _TABLE: list[Prop] = [
          support="stored"),
     _num("refquota", DEFAULT, _FS, "<size> | none", "REFQUOTA", fmt="quota"),
     _num("refreservation", DEFAULT, _FS_VOL, "<size> | none", "REFRESERV", fmt="quota"),
-    _num("guid", READONLY, DATASET, "<uint64>", "GUID", fmt="raw"),
+    _num("guid", READONLY, _DS_BM, "<uint64>", "GUID", fmt="raw"),
     _idx("primarycache", INHERIT, DATASET, "all | none | metadata", "PRIMARYCACHE", _CACHE,
          "all", support="stored"),
     _idx("secondarycache", INHERIT, DATASET, "all | none | metadata", "SECONDARYCACHE",
@@ -285,7 +287,7 @@ _TABLE: list[Prop] = [
     _num("written", READONLY, DATASET, "<size>", "WRITTEN"),
     _str("clones", READONLY, _SNAP, "<dataset>[,...]", "CLONES"),
     _num("logicalused", READONLY, _FS_VOL, "<size>", "LUSED"),
-    _num("logicalreferenced", READONLY, DATASET, "<size>", "LREFER"),
+    _num("logicalreferenced", READONLY, _DS_BM, "<size>", "LREFER"),
     _idx("volmode", INHERIT, _FS_VOL, "default | full | geom | dev | none", "VOLMODE", _VOLMODE,
          "default", support="stored"),
     _num("filesystem_limit", DEFAULT, _FS, "<count> | none", "FSLIMIT", UINT64_MAX, fmt="limit"),
@@ -323,7 +325,7 @@ _TABLE: list[Prop] = [
          _KEYSTATUS, None),
     _num("special_small_blocks", INHERIT, _FS, "zero or 512 to 1M, power of 2",
          "SPECIAL_SMALL_BLOCKS", 0, support="stored"),
-    _str("redact_snaps", READONLY, DATASET, "<snapshot>[,...]", "RSNAPS"),
+    _str("redact_snaps", READONLY, _DS_BM, "<snapshot>[,...]", "RSNAPS"),
 ]
 PROPS: dict[str, Prop] = {p.name: p for p in _TABLE}
 ORDER: list[str] = [p.name for p in _TABLE]
@@ -976,7 +978,8 @@ def usage_properties() -> str:
                        ("groupused@...", " NO       NO   <size>"),
                        ("userquota@...", "YES       NO   <size> | none"),
                        ("groupquota@...", "YES       NO   <size> | none"),
-                       ("written@<snap>", " NO       NO   <size>")):
+                       ("written@<snap>", " NO       NO   <size>"),
+                       ("written#<bookmark>", " NO       NO   <size>")):
         lines.append("\t%-15s %s" % (name, rest))
     lines += ["", "Sizes are specified in bytes with standard units such as K, M, G, etc.", "",
               "User-defined properties can be specified by using a name containing a colon (:).",

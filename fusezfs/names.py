@@ -30,10 +30,12 @@ def _valid_char(c: str) -> bool:
     return c.isascii() and (c.isalnum() or c in "-_.: ")
 
 
-def dataset_name_error(name: str, *, snapshot: bool | None = False) -> str | None:
+def dataset_name_error(name: str, *, snapshot: bool | None = False,
+                       bookmark: bool | None = False) -> str | None:
     """Why `name` is not a valid dataset name (zfs_validate_name's words), or None.
 
-    snapshot: True requires `fs@snap`, False forbids '@', None accepts either.
+    snapshot: True requires `fs@snap`, False forbids '@', None accepts either; bookmark the
+    same for `fs#bookmark` ('#' and '@' are both delimiters: at most one of them).
     """
     if len(name) >= MAX_NAME_LEN + 1:
         return "name is too long"
@@ -47,9 +49,14 @@ def dataset_name_error(name: str, *, snapshot: bool | None = False) -> str | Non
         return "snapshot delimiter '@' is not expected here"
     if "@" not in name and snapshot is True:
         return "missing '@' delimiter in snapshot name"
-    fs, _, snap = name.partition("@")
+    if "#" in name and bookmark is False:
+        return "bookmark delimiter '#' is not expected here"
+    if "#" not in name and bookmark is True:
+        return "missing '#' delimiter in bookmark name"
+    delim = "@" if "@" in name else "#"
+    fs, at, snap = name.partition(delim)
     parts = fs.split("/")
-    if any(p == "" for p in parts) or ("@" in name and snap == ""):
+    if any(p == "" for p in parts) or (at and snap == ""):
         return "empty component or misplaced '@' or '#' delimiter in name"
     for part in parts + ([snap] if snap else []):
         if part == ".":

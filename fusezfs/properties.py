@@ -25,8 +25,11 @@ def level(dsl: Datasets, rec: Record) -> dsprops.Level:
 
 
 def chain(dsl: Datasets, rec: Record) -> list[dsprops.Level]:
-    """The record's own level, then its head's (for a snapshot), then every ancestor's."""
+    """The record's own level, then its head's (for a snapshot), then every ancestor's. A
+    bookmark has only its own (empty) level: it inherits nothing, user properties included."""
     out = [level(dsl, rec)]
+    if rec.kind == "bookmark":
+        return out
     if rec.kind == "snapshot":
         rec = dsl.record(rec.parent)
         out.append(level(dsl, rec))
@@ -161,6 +164,12 @@ def check_space(dsl: Datasets, rec: Record, nbytes: int) -> None:
 # ---- computed (read-only) properties --------------------------------------------------------
 def computed(dsl: Datasets, rec: Record, wanted: list[str] | None = None) -> dict:
     """Raw values of the read-only properties of `rec` for dsprops.get_property."""
+    if rec.kind == "bookmark":
+        # what dsl_bookmark_fetch_props gives of a bookmark with the bookmark_written fields:
+        # no compressratio (libzfs finds none and leaves it out)
+        return {"type": "bookmark", "creation": rec.creation, "referenced": rec.refer,
+                "guid": rec.guid, "createtxg": rec.createtxg,
+                "logicalreferenced": rec.refer_lsize}
     snap = rec.kind == "snapshot"
     used = dsl.used(rec)
     out = {
@@ -188,19 +197,31 @@ def computed(dsl: Datasets, rec: Record, wanted: list[str] | None = None) -> dic
         })
     for name in wanted or []:
         if dsprops.is_written(name):
-            out[name] = written_since(dsl, rec, name.partition("@")[2])
+            out[name] = written_since(dsl, rec, name)
     return out
 
 
-def written_since(dsl: Datasets, rec: Record, snap_short: str) -> int | None:
-    """written@SNAP: bytes referenced now that were born after SNAP (of the same head)."""
+def written_since(dsl: Datasets, rec: Record, prop: str) -> int | None:
+    """`written@SNAP`, `written@FS@SNAP`, `written#BOOKMARK` or `written@FS#BOOKMARK`: bytes
+    `rec` references that were born after that snapshot or bookmark, which must be an earlier
+    point of its timeline (zfs_prop_get_written_int, dsl_dataset_space_written); None ("-")
+    if there is no such point. A short name is taken in rec's own filesystem. Everything rec
+    has that was born at or before the point's txg the point has too (Datasets.is_before), so
+    the blocks born after it are exactly what it lacks."""
+    what = prop[len("written@"):]
     head = dsl.record(rec.parent) if rec.kind == "snapshot" else rec
-    snap = dsl.lookup(f"{dsl.name(head.id)}@{snap_short}")
-    if snap is None:
+    if "@" not in what and "#" not in what:
+        what = dsl.name(head.id) + prop[len("written")] + what
+    if "#" in what:
+        point = dsl.lookup_bookmark(what)
+    else:
+        point = dsl.lookup(what)
+        point = point if point is not None and point.kind == "snapshot" else None
+    if point is None or not dsl.is_before(rec, point.parent, point.createtxg):
         return None
     total = 0
     for kind, bp in dsl.tree(rec).walk():
-        if kind in ("node", "block") and bp.birth > snap.createtxg:
+        if kind in ("node", "block") and bp.birth > point.createtxg:
             total += bp.asize
     return total
 

@@ -716,7 +716,8 @@ def test_format_value_numbers():
 def test_every_property_is_consistent():
     for p in dp.PROPS.values():
         assert p.type in (dp.NUMBER, dp.INDEX, dp.STRING)
-        assert p.types and p.types <= dp.DATASET
+        assert p.types and p.types <= dp.DATASET | {dp.BOOKMARK}
+        assert dp.BOOKMARK not in p.types or p.attr == dp.READONLY, p.name
         assert p.column
         if p.type == dp.INDEX:
             assert p.index
