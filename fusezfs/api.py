@@ -34,6 +34,12 @@ class Handle(OnePerPool):
         self.dsl.replaced_hook = self._replaced
         self._open: dict[int, Posix] = {}
         pool.sync_hooks.insert(0, self._flush)
+        with pool.lock:
+            # receives a crash interrupted leave no hidden dataset behind (send/incoming.py;
+            # its module is imported only when one did: its MARK_PREFIX is this key)
+            if pool.mos.first_item(b"recvtmp\0", b"recvtmp\1") is not None:
+                from .send.incoming import cleanup
+                cleanup(self.dsl)
 
     def _flush(self, pool: Pool) -> None:
         for fs in self._open.values():

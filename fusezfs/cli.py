@@ -75,9 +75,11 @@ def print_table(headers: list[str], rows: list[list[str]], *, scripted: bool,
 
 
 ZFS_VERBS = ("create", "destroy", "snapshot", "snap", "rollback", "clone", "promote", "rename",
-             "list", "get", "set", "inherit", "hold", "release", "holds", "bookmark", "diff")
+             "list", "get", "set", "inherit", "hold", "release", "holds", "bookmark", "diff",
+             "send", "receive", "recv")
 VERB_MODULES = {"pool": "cli_pool", "cp": "cli_cp", "mount": "cli_mount", "unmount": "cli_mount",
-                "umount": "cli_mount", **{v: "cli_zfs" for v in ZFS_VERBS}}
+                "umount": "cli_mount", **{v: "cli_zfs" for v in ZFS_VERBS},
+                "send": "cli_send", "receive": "cli_send", "recv": "cli_send"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,7 +149,7 @@ def dispatch(argv: list[str]) -> int:
     verb: Callable[[list[str]], int]
     if module == "cli_zfs":
         verb = lambda a: mod.run(argv[0], a)  # noqa: E731
-    elif module == "cli_mount":
+    elif module in ("cli_mount", "cli_send"):
         verb = mod.COMMANDS[argv[0]]
     else:
         verb = mod.main

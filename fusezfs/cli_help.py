@@ -48,8 +48,8 @@ def version_lines() -> list[str]:
 
 
 def zfs_usages() -> dict[str, str]:
-    from . import cli_mount, cli_zfs
-    return {"version": VERSION_USAGE, **cli_zfs.USAGE, **cli_mount.USAGE}
+    from . import cli_mount, cli_send, cli_zfs
+    return {"version": VERSION_USAGE, **cli_zfs.USAGE, **cli_mount.USAGE, **cli_send.USAGE}
 
 
 def zpool_usages() -> dict[str, str]:

@@ -14,7 +14,7 @@ A command spanning pools served by two daemons is refused with a message saying 
 Server (`Server`, started by daemon.serve before the mount exists): the socket is mode 0600
 (made under umask 077, then chmod), and every connection's SO_PEERCRED uid must be the
 daemon's own or root. Commands run one at a time on the connection's thread through
-`cli.dispatch` with `sessions.provider` answering the served pool's Handle, so they change the
+`cli.dispatch` with `sessions.serving` answering the served pool's Handle, so they change the
 very datasets the mount shows. The pool lock is held for the whole command (except cp, whose
 local side may be inside this very mount: its POSIX calls take the lock one by one). Before a
 command the mount's buffers are committed; after it `Operations.refresh` brings the views in
@@ -22,8 +22,26 @@ line (new datasets mounted, destroyed ones gone, rollbacks reloaded) and the ker
 are invalidated after the lock is released, before the exit code is sent: when the command
 returns, the mount shows its effect (mounts of datasets it destroyed are gone too).
 
-Wire format: frames of a 4-byte big-endian length and a JSON object. Request {"argv": [...],
-"cwd": str, "env": {...}}; replies {"out": text}, {"err": text}, then {"exit": code}.
+Streaming commands (`send`, `receive`/`recv`) carry binary streams both ways and may run as long
+as the pipes they are given: they do not hold the command lock or the pool lock while they run.
+They take the pool lock for bounded steps (a chunk of a stream produced, or a batch of received
+records applied; never while waiting on the client), run beside other commands (so `fusezfs send
+tank@s | fusezfs receive tank/copy`, both ends in one daemon, works), and take their turn with
+the other commands only for the step the mount can see (`sessions.critical`: a received
+filesystem appears, a head's contents are replaced). What they print reaches the client as it is
+printed (`send -v` reports progress every second), from any of their threads. `stop` cuts their
+connections, so they fail (a receive then leaves its target as it was), and waits for them.
+
+Wire format: frames of a 4-byte big-endian length and a payload. A length with bit 31 clear is
+a JSON object; with bit 31 set, the low 31 bits count raw bytes (a binary frame). Request
+{"argv": [...], "cwd": str, "env": {...}, "tty": [stdin is a terminal, stdout is one]}; replies
+{"out": text}, {"err": text}, binary frames (bytes for the client's stdout, written in order
+with the text), {"read": n} (the client answers with one binary frame holding 1 to n bytes of
+its stdin, or none at its end), then {"exit": code}. The daemon asks for stdin a chunk at a
+time, with one request in flight ahead of what it consumes, and writes stdout with blocking
+sends: a slow reader or writer at the client's end slows the command down (backpressure), and
+neither side ever holds more than a chunk or two. The client reads its stdin on a thread of its
+own, so the exit frame is taken even while it waits for input nobody will use.
 """
 from __future__ import annotations
 
@@ -43,6 +61,9 @@ log = logging.getLogger("fusezfs.control")
 
 ENV_KEYS = ("TZ",)
 MAX_FRAME = 64 << 20
+BINARY = 1 << 31                 # in a frame's length: raw bytes follow, not JSON
+CHUNK = 1 << 20                  # bytes of a stream in one binary frame
+STREAM_VERBS = {"send", "receive", "recv"}
 ALL_POOL_VERBS = {"list", "status", "get", "sync"}   # pool verbs meaning every pool if none named
 LOCAL_POOL_VERBS = {"create", "import"}
 UNMOUNT_POOL_VERBS = {"export", "destroy"}
@@ -64,30 +85,53 @@ def send(sock: socket.socket, obj: dict) -> None:
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
-    chunks = []
-    while n:
-        b = sock.recv(min(n, 1 << 20))
-        if not b:
+    if not n:
+        return b""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:], n - got)
+        if not k:
             return None
-        chunks.append(b)
-        n -= len(b)
-    return b"".join(chunks)
+        got += k
+    return bytes(buf)
 
 
-def recv(sock: socket.socket) -> dict | None:
+def send_bytes(sock: socket.socket, data: bytes | memoryview) -> None:
+    """A binary frame (see the module comment); b"" is a frame too (the end of stdin)."""
+    sock.sendall(struct.pack(">I", BINARY | len(data)))
+    if len(data):
+        sock.sendall(data)
+
+
+def recv_frame(sock: socket.socket) -> dict | bytes | None:
+    """The next frame: a JSON object, or the bytes of a binary frame; None at end of input."""
     head = _recv_exact(sock, 4)
     if head is None:
         return None
     (n,) = struct.unpack(">I", head)
+    binary = bool(n & BINARY)
+    n &= ~BINARY
     if n > MAX_FRAME:
         raise ControlError("frame too large")
     body = _recv_exact(sock, n)
     if body is None:
         return None
+    if binary:
+        return body
     obj = json.loads(body)
     if not isinstance(obj, dict):
         raise ControlError("bad frame")
     return obj
+
+
+def recv(sock: socket.socket) -> dict | None:
+    """The next frame, which must be a JSON object."""
+    frame = recv_frame(sock)
+    if isinstance(frame, bytes):
+        raise ControlError("unexpected binary frame")
+    return frame
 
 
 def _address(path: str) -> tuple[str, int | None]:
@@ -224,24 +268,126 @@ def forward(pool: str, argv: list[str]) -> int | None:
               f"{e.strerror}", file=sys.stderr)
         return 1
     with sock:
+        stdin = _StdinRelay(sock)
         try:
             send(sock, {"argv": argv, "cwd": cwd,
-                        "env": {k: os.environ[k] for k in ENV_KEYS if k in os.environ}})
+                        "env": {k: os.environ[k] for k in ENV_KEYS if k in os.environ},
+                        "tty": [_isatty(0), _isatty(1)]})
             while True:
-                msg = recv(sock)
+                msg = recv_frame(sock)
                 if msg is None:
                     print(f"the fusezfs daemon serving '{pool}' closed the connection",
                           file=sys.stderr)
                     return 1
+                if isinstance(msg, bytes):
+                    _write_bytes(msg)
+                    continue
                 if "out" in msg:
                     _write(sys.stdout, msg["out"])
                 if "err" in msg:
                     _write(sys.stderr, msg["err"])
+                if "read" in msg:
+                    stdin.ask(int(msg["read"]))
                 if "exit" in msg:
                     return int(msg["exit"])
+        except BrokenPipeError:         # our stdout's reader went away: stop, as zfs would
+            return 1
         except (OSError, ValueError, ControlError) as e:
             print(f"lost the fusezfs daemon serving '{pool}': {e}", file=sys.stderr)
             return 1
+
+
+def _isatty(fd: int) -> bool:
+    try:
+        return os.isatty(fd)
+    except OSError:
+        return False
+
+
+def _write_bytes(data: bytes) -> None:
+    """Stream bytes for our stdout, after any text already written there."""
+    sys.stdout.flush()
+    out = getattr(sys.stdout, "buffer", None)
+    if out is None:
+        sys.stdout.write(data.decode("utf-8", "surrogateescape"))
+    else:
+        out.write(data)
+        out.flush()
+
+
+class _StdinRelay:
+    """The client's stdin for the daemon: each {"read": n} is answered, on a thread of its own,
+    with one binary frame of what stdin has (at least one byte, at most n; none at its end).
+    The main thread keeps reading the daemon's frames meanwhile, so a command that ends while
+    a read waits for input still ends here at once."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.asks: list[int] = []
+        self.cond = threading.Condition()
+        self.thread: threading.Thread | None = None
+
+    def ask(self, n: int) -> None:
+        with self.cond:
+            self.asks.append(max(1, min(n, MAX_FRAME)))
+            self.cond.notify()
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._run, name="fusezfs-stdin", daemon=True)
+            self.thread.start()
+
+    def _run(self) -> None:
+        fd = 0
+        _grow_pipe(fd)
+        eof = False
+        while True:
+            with self.cond:
+                while not self.asks:
+                    self.cond.wait()
+                n = self.asks.pop(0)
+            data = b"" if eof else _read_some(fd, n)
+            eof = eof or not data
+            try:
+                send_bytes(self.sock, data)
+            except OSError:
+                return
+
+
+def _grow_pipe(fd: int) -> None:
+    """A pipe on stdin holds 64 KiB by default; ask for 1 MiB (as libzfs_set_pipe_max does),
+    so the writer is woken less often."""
+    import fcntl
+    import stat as stat_
+    try:
+        if stat_.S_ISFIFO(os.fstat(fd).st_mode):
+            fcntl.fcntl(fd, 1031, 1 << 20)          # F_SETPIPE_SZ
+    except OSError:
+        pass
+
+
+def _read_some(fd: int, n: int) -> bytes:
+    """Up to n bytes of fd: one blocking read, then whatever more is ready at once."""
+    import select
+    try:
+        data = os.read(fd, n)
+    except OSError:
+        return b""
+    if not data:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < n:
+        try:
+            ready, _w, _x = select.select([fd], [], [], 0)
+            if not ready:
+                break
+            more = os.read(fd, n - got)
+        except OSError:
+            break
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
 
 
 # ---- server -----------------------------------------------------------------------------------
@@ -291,6 +437,8 @@ class Server:
         self._bound_ino: int | None = None
         self.singles = None     # daemon.SingleMounts: datasets mounted at paths of their own
         self.others = None      # fuse_sessions.Sessions: every FUSE session but the tree's
+        self.streams: set[_Channel] = set()     # connections of running streaming commands
+        self.streams_cond = threading.Condition()
 
     def start(self) -> None:
         try:
@@ -334,6 +482,12 @@ class Server:
             pass
         with self.cmd_lock:
             pass
+        with self.streams_cond:
+            for chan in list(self.streams):
+                chan.cut()
+            deadline = time.monotonic() + 60
+            while self.streams and time.monotonic() < deadline:
+                self.streams_cond.wait(0.5)
 
     def _accept_loop(self) -> None:
         while not self.stopping:
@@ -367,6 +521,12 @@ class Server:
                 if req is None:
                     return
                 argv = [str(a) for a in req.get("argv", [])]
+                if argv and argv[0] in STREAM_VERBS:
+                    tty = req.get("tty") or [False, False]
+                    code = self.execute_stream(conn, argv, req.get("env") or {}, (uid, gid),
+                                               (bool(tty[0]), bool(tty[1])))
+                    send(conn, {"exit": code})
+                    return
                 code, out, err = self.execute(argv, req.get("env") or {}, (uid, gid))
                 if out:
                     send(conn, {"out": out})
@@ -405,9 +565,7 @@ class Server:
             inval: list = []
             code = 1
             self.local.out, self.local.err = out, err
-            sessions.provider, sessions.changes = self._provide, changes
-            sessions.caller = caller
-            sessions.busy = self._busy
+            ctx = sessions.Context(self._provide, changes, caller, self._busy)
             lock = self.ops.lock
             if argv[0] not in self.ops.READ_ONLY_VERBS:
                 self.ops.flush_kernel()     # the kernel's dirty pages first: they need the lock
@@ -416,7 +574,8 @@ class Server:
             try:
                 try:
                     self.ops.before_command(argv)
-                    code = cli.dispatch(argv)
+                    with sessions.serving(ctx):
+                        code = cli.dispatch(argv)
                 except SystemExit as e:
                     code = e.code if isinstance(e.code, int) else 1
                 except Exception as e:
@@ -431,9 +590,6 @@ class Server:
             finally:
                 if whole:
                     lock.release()
-                sessions.provider, sessions.changes = None, None
-                sessions.caller = None
-                sessions.busy = None
                 self.local.out = self.local.err = None
             self.ops.invalidate(inval)
             if self.others is not None:
@@ -442,6 +598,78 @@ class Server:
                 self.singles.settle()   # the state file follows renames and unmounts
         log.info("command %s -> %d", " ".join(argv), code)
         return code, out.getvalue(), err.getvalue()
+
+    def execute_stream(self, conn: socket.socket, argv: list[str], env: dict,
+                       caller: tuple[int, int], tty: tuple[bool, bool]) -> int:
+        """Run a streaming command (send, receive) for the peer on `conn`, beside the other
+        commands (see the module comment); its output reaches the client as it is written.
+        Returns the exit code."""
+        from . import cli, sessions
+        chan = _Channel(conn, self)
+        stdio = sessions.Stdio(_RemoteStdin(chan), _RemoteStdout(chan), _RemoteText(chan, "out"),
+                               _RemoteText(chan, "err"), tty[0], tty[1])
+        with self.cmd_lock:
+            if self.stopping:
+                stdio.err.write(f"the fusezfs daemon serving '{self.pool_name}' is stopping\n")
+                return 1
+            self._set_tz(env.get("TZ"))
+            with self.streams_cond:
+                self.streams.add(chan)
+        ctx = sessions.Context(self._provide, [], caller, self._busy, stdio, self._critical,
+                               self._leave_unmounted)
+        self.local.out, self.local.err = stdio.out, stdio.err
+        code = 1
+        try:
+            with sessions.serving(ctx):
+                code = cli.dispatch(argv)
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        except Exception as e:
+            if chan.lost is None:
+                log.exception("command %r", argv)
+                try:
+                    stdio.err.write(f"internal error: {e!r}\n")
+                except OSError:
+                    pass
+        finally:
+            self.local.out = self.local.err = None
+            with self.streams_cond:
+                self.streams.discard(chan)
+                self.streams_cond.notify_all()
+        log.info("command %s -> %d", " ".join(argv), code)
+        return code
+
+    def _critical(self, pool, fn, verb: str):
+        """sessions.critical in the daemon: `fn` in turn with the other commands, the mount
+        committed before it and brought in line after it (as `execute` does for a command)."""
+        from . import sessions
+        with self.cmd_lock:
+            if self.stopping:
+                raise OSError(f"the fusezfs daemon serving '{self.pool_name}' is stopping")
+            self.ops.flush_kernel()
+            changes: list = []
+            inval: list = []
+            with self.ops.lock:
+                try:
+                    self.ops.before_command([verb])
+                    ctx = sessions.Context(self._provide, changes, sessions.credentials(),
+                                           self._busy, leave_unmounted=self._leave_unmounted)
+                    with sessions.serving(ctx):
+                        result = fn()
+                finally:
+                    try:
+                        inval = self.ops.refresh(changes)
+                    except Exception:
+                        log.exception("refreshing the mount after %s", verb)
+            self.ops.invalidate(inval)
+            if self.others is not None:
+                self.others.apply()
+            if self.singles is not None:
+                self.singles.settle()
+        return result
+
+    def _leave_unmounted(self, ds_id: int) -> None:
+        self.ops.unmounted.add(ds_id)
 
     @staticmethod
     def _set_tz(tz: str | None) -> None:
@@ -452,3 +680,135 @@ class Server:
         else:
             os.environ["TZ"] = tz
         time.tzset()
+
+
+# ---- the streams of a streaming command, in the daemon ----------------------------------------
+class _Channel:
+    """One streaming command's connection: frames go out one at a time, from the command's
+    thread and from its helpers (send -v's progress reporter). `cut` (the daemon stops) makes
+    every later use fail, so the command ends, and cleans up, instead of waiting."""
+
+    def __init__(self, sock: socket.socket, server: Server) -> None:
+        self.sock = sock
+        self.server = server
+        self.lock = threading.Lock()
+        self.lost: str | None = None
+
+    def _check(self) -> None:
+        if self.lost is None and self.server.stopping:
+            self.lost = f"the fusezfs daemon serving '{self.server.pool_name}' is stopping"
+        if self.lost is not None:
+            raise OSError(self.lost)
+
+    def send_obj(self, obj: dict) -> None:
+        with self.lock:
+            self._check()
+            try:
+                send(self.sock, obj)
+            except OSError as e:
+                self.lost = f"lost the client: {e.strerror or e}"
+                raise
+
+    def send_data(self, data) -> None:
+        with self.lock:
+            self._check()
+            try:
+                send_bytes(self.sock, data)
+            except OSError as e:
+                self.lost = f"lost the client: {e.strerror or e}"
+                raise
+
+    def recv_data(self) -> bytes:
+        """The client's next binary frame (an answer to {"read": n})."""
+        self._check()
+        try:
+            frame = recv_frame(self.sock)
+        except (OSError, ValueError, ControlError) as e:
+            self.lost = f"lost the client: {e}"
+            raise OSError(self.lost) from None
+        if not isinstance(frame, bytes):
+            self.lost = "lost the client" if frame is None else "unexpected frame from the client"
+            raise OSError(self.lost)
+        return frame
+
+    def cut(self) -> None:
+        self.lost = self.lost or f"the fusezfs daemon serving '{self.server.pool_name}' is stopping"
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+class _RemoteStdin(io.RawIOBase):
+    """The client's stdin: a chunk asked for ahead of the one being consumed (module comment)."""
+
+    def __init__(self, chan: _Channel) -> None:
+        self.chan = chan
+        self.buf = b""
+        self.pos = 0
+        self.asked = False
+        self.eof = False
+
+    def readable(self) -> bool:
+        return True
+
+    def _ask(self) -> None:
+        self.chan.send_obj({"read": CHUNK})
+        self.asked = True
+
+    def read(self, n: int = -1) -> bytes:
+        while self.pos >= len(self.buf) and not self.eof:
+            if not self.asked:
+                self._ask()
+            data = self.chan.recv_data()
+            self.asked = False
+            if not data:
+                self.eof = True
+                break
+            self.buf, self.pos = data, 0
+            self._ask()                     # the next chunk comes while this one is used
+        if n is None or n < 0:
+            n = len(self.buf) - self.pos
+        out = self.buf[self.pos:self.pos + n]
+        self.pos += len(out)
+        return out
+
+    def readinto(self, b) -> int:
+        data = self.read(len(b))
+        b[:len(data)] = data
+        return len(data)
+
+
+class _RemoteStdout(io.RawIOBase):
+    """The client's stdout, for stream bytes: binary frames of at most CHUNK bytes."""
+
+    def __init__(self, chan: _Channel) -> None:
+        self.chan = chan
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        view = memoryview(b).cast("B")
+        for off in range(0, len(view), CHUNK):
+            self.chan.send_data(view[off:off + CHUNK])
+        return len(view)
+
+
+class _RemoteText(io.TextIOBase):
+    """The client's stdout or stderr, for text: each write is a frame, sent at once."""
+
+    def __init__(self, chan: _Channel, which: str) -> None:
+        self.chan = chan
+        self.which = which
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        if s:
+            self.chan.send_obj({self.which: s})
+        return len(s)
+
+    def isatty(self) -> bool:
+        return False

@@ -50,6 +50,7 @@ NAME_PREFIX = b"dsname\0"
 NEXT_ID_KEY = b"dsnextid"
 ROOT_ID = 1
 DELIMITER = {"snapshot": "@", "bookmark": "#"}    # between a head's name and theirs
+HIDDEN = "%"        # in a filesystem's name: a receive's temporary dataset (no command names it)
 
 
 
@@ -260,12 +261,13 @@ class Datasets(OnePerPool):
             raise DatasetError("dataset does not exist", errno.ENOENT)
         return rec
 
-    def children(self, ds_id: int) -> list[Record]:
-        """Child filesystems, by name."""
+    def children(self, ds_id: int, *, hidden: bool = False) -> list[Record]:
+        """Child filesystems, by name; with `hidden`, those of receives in progress too."""
         prefix = NAME_PREFIX + _id_bytes(ds_id)
         out = []
         for key, value in self.mos.scan(prefix, prefix + b"\xff"):
-            if key[len(prefix):len(prefix) + 1] not in (b"@", b"#"):
+            if key[len(prefix):len(prefix) + 1] not in (b"@", b"#") and \
+                    (hidden or HIDDEN not in key[len(prefix):].decode(errors="replace")):
                 out.append(self.record(int.from_bytes(value, "big")))
         return out
 
@@ -348,9 +350,10 @@ class Datasets(OnePerPool):
         return bps
 
     # ---- create ---------------------------------------------------------------------------
-    def check_new_name(self, name: str) -> Record:
-        """The parent a new filesystem `name` would have (raises the zfs error if none)."""
-        why = dataset_name_error(name)
+    def check_new_name(self, name: str, *, hidden: bool = False) -> Record:
+        """The parent a new filesystem `name` would have (raises the zfs error if none).
+        `hidden`: its last component may hold HIDDEN (a receive's temporary dataset)."""
+        why = dataset_name_error(name.replace(HIDDEN, "-") if hidden else name)
         if why:
             raise DatasetError(why)
         if self.lookup(name) is not None:
@@ -373,10 +376,10 @@ class Datasets(OnePerPool):
                 self.create("/".join(parts[:i]))
 
     def create(self, name: str, props: dict[str, str] | None = None, *,
-               parents: bool = False) -> Record:
+               parents: bool = False, hidden: bool = False) -> Record:
         if parents:
             self.create_parents(name)
-        parent = self.check_new_name(name)
+        parent = self.check_new_name(name, hidden=hidden)
         if parent.kind != "filesystem":
             raise DatasetError("parent is not a filesystem")
         rec = Record(self._new_id(), "filesystem", name.rpartition("/")[2], parent.id,
@@ -401,11 +404,13 @@ class Datasets(OnePerPool):
         self.deleted.add(rec.id)
 
     # ---- snapshots ------------------------------------------------------------------------
-    def snapshot(self, names: list[str], props: dict[str, str] | None = None) -> list[Record]:
-        """Snapshot several datasets atomically: one txg, one createtxg for all."""
+    def snapshot(self, names: list[str], props: dict[str, str] | None = None, *,
+                 hidden: bool = False) -> list[Record]:
+        """Snapshot several datasets atomically: one txg, one createtxg for all. `hidden`:
+        the filesystems may be receives' temporary ones (names holding HIDDEN)."""
         heads = []
         for name in names:
-            why = dataset_name_error(name, snapshot=True)
+            why = dataset_name_error(name.replace(HIDDEN, "-") if hidden else name, snapshot=True)
             if why:
                 raise DatasetError(why)
             fs, _, snap = name.partition("@")
@@ -503,13 +508,13 @@ class Datasets(OnePerPool):
 
     # ---- clones ---------------------------------------------------------------------------
     def clone(self, snap_name: str, name: str, props: dict[str, str] | None = None, *,
-              parents: bool = False) -> Record:
+              parents: bool = False, hidden: bool = False) -> Record:
         snap = self.lookup(snap_name)
         if snap is None or snap.kind != "snapshot":
             raise DatasetError("dataset does not exist", errno.ENOENT)
         if parents:
             self.create_parents(name)
-        parent = self.check_new_name(name)
+        parent = self.check_new_name(name, hidden=hidden)
         rec = Record(self._new_id(), "filesystem", name.rpartition("/")[2], parent.id,
                      new_guid(), self.pool.txg, int(time.time()), origin=snap.id,
                      origin_txg=snap.createtxg, prev_txg=snap.createtxg,
@@ -527,7 +532,7 @@ class Datasets(OnePerPool):
         """Destroy a head with no snapshots and no children: free what it alone owns. Its
         bookmarks go with it, as OpenZFS destroys a head's bookmark ZAP."""
         assert rec.kind == "filesystem" and rec.id != ROOT_ID
-        if self.snapshots(rec.id) or self.children(rec.id):
+        if self.snapshots(rec.id) or self.children(rec.id, hidden=True):
             raise DatasetError("filesystem has children", errno.EEXIST)
         for bookmark in self.bookmarks(rec.id):
             self.destroy_bookmark(bookmark)
@@ -577,6 +582,54 @@ class Datasets(OnePerPool):
         self.touch(head)
         if self.replaced_hook is not None:
             self.replaced_hook(head)
+
+    # ---- the end of a receive into an existing head ------------------------------------------
+    def clone_swap(self, head: Record, tmp: Record) -> Record:
+        """Give `head` the contents of `tmp` (a hidden filesystem a receive built) and the
+        snapshot `tmp` took of them, its only one, which becomes head's latest; `tmp` is gone.
+        As OpenZFS's dsl_dataset_clone_swap at the end of a receive into `head/%recv`. `tmp` is
+        a clone of head's latest snapshot S, or (a full stream over a head with no snapshot and
+        no origin: receive -F) a filesystem of its own. head keeps its id, guid, name,
+        children, properties and older snapshots; what it wrote since S is freed. Only records
+        and tree roots change (one txg), and the space counters follow by arithmetic: with a
+        = head's deadlist born after its origin (S's blocks head dropped) and b = the new
+        snapshot's (S's blocks the stream dropped), S's own blocks are used_head - written + a,
+        of which the new tree keeps all but b, plus tmp's own. Returns the snapshot."""
+        new, = self.snapshots(tmp.id)
+        assert tmp.origin == head.prev_snap and not tmp.written and not tmp.clones
+        assert head.prev_snap or not head.origin
+        self.pool.sync()                          # every tree clean: walks see their blocks
+        tree = self.tree(head)
+        for _kind, bp in list(tree.walk(born_after=head.prev_txg)):
+            if _kind != "tree":
+                self.pool.blocks.free(bp)         # what head wrote since S
+        a = sum(bp.asize for _k, bp in self.dead_entries(head.deadlist, head.origin_txg))
+        b = sum(bp.asize for _k, bp in self.dead_entries(new.deadlist, head.origin_txg))
+        s_own = head.used_head - head.written + a
+        if self.pool.has_objset(deadlist_name(head.deadlist)):
+            self.pool.destroy_objset(deadlist_name(head.deadlist))   # S still has its blocks
+        root = self.pool.objset_root(tree_name(tmp.id))
+        self.pool.forget_objset(tree_name(head.id))
+        self.pool.forget_objset(tree_name(tmp.id))                   # its blocks are head's
+        self.pool.objset(tree_name(head.id), store=HeadStore(self, head.id), root=root)
+        head.used_head = s_own - b + tmp.used_head
+        head.used_snap += b - a
+        head.refer, head.refer_lsize, head.refer_psize = tmp.refer, tmp.refer_lsize, tmp.refer_psize
+        head.written = 0
+        head.deadlist = tmp.deadlist
+        self.mos.delete(self._child_key(tmp.id, "@" + new.component))
+        new.parent, new.prev_snap, new.used_head = head.id, head.prev_snap, head.used_head
+        head.prev_snap, head.prev_txg = new.id, new.createtxg
+        self._link(new)
+        if tmp.origin:
+            origin = self.record(tmp.origin)
+            origin.clones.remove(tmp.id)
+            self.touch(origin)
+        self._unlink(tmp)
+        self.touch(head)
+        if self.replaced_hook is not None:
+            self.replaced_hook(head)
+        return new
 
     # ---- rename ---------------------------------------------------------------------------
     def rename(self, rec: Record, new_name: str) -> None:
@@ -755,7 +808,7 @@ class Datasets(OnePerPool):
                 + self.used_by_refreservation(rec))
 
     def used_by_children(self, rec: Record) -> int:
-        return sum(self.used(child) for child in self.children(rec.id))
+        return sum(self.used(child) for child in self.children(rec.id, hidden=True))
 
     def used_by_refreservation(self, rec: Record) -> int:
         refres = rec.props.get("refreservation") or 0
@@ -787,7 +840,7 @@ class Datasets(OnePerPool):
         todo = [self.record(ROOT_ID)]
         while todo:
             head = todo.pop()
-            todo += self.children(head.id)
+            todo += self.children(head.id, hidden=True)
             counts = self.recount(head)
             for key, value in counts.items():
                 if getattr(head, key) != value:

@@ -660,17 +660,23 @@ class Tree:
         return bp
 
     # ---- whole-tree operations ---------------------------------------------------------------
-    def walk(self, seen: set | None = None) -> Iterator[tuple[str, BlockPointer]]:
+    def walk(self, seen: set | None = None, *,
+             born_after: int = -1) -> Iterator[tuple[str, BlockPointer]]:
         """Every block pointer reachable from the synced root, depth first: ("node", bp) for each
         node (yielded before it is read), ("block", bp) for REF_BLOCK values and ("tree", bp)
         for REF_TREE values (not descended into). Holes in reference values are skipped. With
         `seen` (block identities), a node already in it is skipped with its whole subtree and
-        every node visited is added: snapshots and clones share subtrees, walked once."""
+        every node visited is added: snapshots and clones share subtrees, walked once. With
+        `born_after`, only blocks born after that txg, and only the subtrees of nodes born after
+        it (copy-on-write rewrites every node above a change, so nothing under an older node
+        is newer): the cost follows what changed since."""
         if self._root is None:
             return
         stack = [self._root]
         while stack:
             bp = stack.pop()
+            if bp.birth <= born_after:
+                continue
             if seen is not None:
                 ident = bp.identity()
                 if ident in seen:
@@ -684,7 +690,7 @@ class Tree:
             for v, r in zip(n.vals, n.refs):
                 if r:
                     ref = _ref_bp(v)
-                    if ref is not None:
+                    if ref is not None and ref.birth > born_after:
                         yield ("block" if r == REF_BLOCK else "tree"), ref
 
     def destroy(self) -> None:

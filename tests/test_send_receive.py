@@ -102,16 +102,16 @@ def test_incremental_errors_leave_the_target_alone(pair):
     before = state()
     # cut at record boundaries and inside records, flipped bytes: refused, nothing changed
     cuts = [312, 312 * 3, len(incr) // 2, len(incr) - 312, len(incr) - 1]
-    for cut in cuts:
+    for cut in cuts:            # OpenZFS 2.1: ZFS_ERR_STREAM_TRUNCATED's words
         with pytest.raises(ReceiveError) as e:
             recv(dst, "other/copy", incr[:cut])
-        assert e.value.message == "invalid backup stream"
+        assert e.value.message == "incomplete stream"
     for pos in (312 + 50, len(incr) // 2, len(incr) - 400):
         bad = bytearray(incr)
         bad[pos] ^= 0x40
         with pytest.raises(ReceiveError) as e:
             recv(dst, "other/copy", bytes(bad))
-        assert "invalid" in e.value.message
+        assert e.value.message in ("invalid backup stream", "checksum mismatch")
     assert state() == before
     with dst.pool.lock:
         assert [s.component for s in dst.dsl.snapshots(dst.dsl.get("other/copy").id)] == ["a"]

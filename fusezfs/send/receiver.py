@@ -26,11 +26,9 @@ they arrive, so a stream of any size needs memory only for its directories:
 Object numbers become inode numbers through the target's ObjectMap (znode.py): a new
 filesystem takes the sender's numbers (delta 0), an existing one keeps its own map.
 
-Atomicity. A full stream is received into a filesystem created for it, destroyed if anything
-goes wrong; an incremental one into the head, which is first checked to be unmodified since its
-latest snapshot (the stream's source) and rolled back to that snapshot if anything goes wrong.
-The snapshot, with the sender's guid and creation time, is made only once END has arrived
-with the right checksum. Until then nobody else runs on the pool (the caller holds its lock).
+Atomicity is incoming.py's: the records are applied to a hidden filesystem (a new one, or a
+clone of the target's latest snapshot) that becomes the target only once END has arrived with
+the right checksum; `Applier` works on whatever filesystem it is given.
 """
 from __future__ import annotations
 
@@ -38,7 +36,7 @@ import stat
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from ..datasets import Datasets, DatasetError, Record
+from ..datasets import Datasets, Record
 from ..formats.bp import decode_bp, encode_bp
 from ..posix_layout import (CD_BITS, CD_MAX, K_DATA, K_DIRENT, ROOT_INO, SUPER_KEY, Inode,
                             Superblock, cookie_of, data_key, decode_dirent, dirent_key,
@@ -58,13 +56,25 @@ def raw_zap_key(ino: int, blkid: int) -> bytes:
     return ino_prefix(ino) + bytes((K_RAW_ZAP,)) + blkid.to_bytes(8, "big")
 
 
-class ReceiveError(Exception):
-    """A receive that failed; `message` is OpenZFS's text after "cannot receive ...: "."""
+NEW_FS = "cannot receive new filesystem stream"
+INCREMENTAL = "cannot receive incremental stream"
 
-    def __init__(self, message: str, *, incremental: bool = False) -> None:
+
+class ReceiveError(Exception):
+    """A receive that failed, in OpenZFS's words (libzfs_sendrecv.c): `action` (what libzfs
+    calls its errbuf: "cannot receive", "cannot receive new filesystem stream", ...) and
+    `message` after it; `before`: lines libzfs prints ahead of them (a failed zfs_open's)."""
+
+    def __init__(self, message: str, *, incremental: bool = False, action: str | None = None,
+                 before: str = "") -> None:
         super().__init__(message)
         self.message = message
         self.incremental = incremental
+        self.action = action or (INCREMENTAL if incremental else NEW_FS)
+        self.before = before
+
+    def __str__(self) -> str:
+        return f"{self.before}{self.action}: {self.message}"
 
 
 @dataclass
@@ -458,92 +468,17 @@ def _lay(buf: bytearray, offset: int, data: bytes) -> None:
 def receive_stream(dsl: Datasets, target: str, src: BinaryIO, *, force: bool = False,
                    replaced_hook=None) -> Received:
     """Receive one substream from `src` into filesystem `target` (created by a full stream;
-    for an incremental one, it must exist with the source as its latest snapshot)."""
-    reader = R.StreamReader(src)
-    try:
-        begin = reader.begin()
-    except R.StreamError as e:
-        raise ReceiveError(e.message) from None
-    if begin is None:
-        raise ReceiveError("invalid backup stream")
-    if reader.swap:
-        # the headers are read either way, but the znodes and ZAPs inside would need
-        # swapping object type by object type (zap_byteswap, zfs_znode_byteswap)
-        raise ReceiveError("stream has unsupported feature (from a big-endian sender)")
-    if begin.hdrtype != R.DMU_SUBSTREAM:
-        raise ReceiveError("stream has unsupported feature (a compound stream: -R)")
-    if begin.features & ~SUPPORTED_FEATURES:
-        raise ReceiveError(f"stream has unsupported feature, feature flags = "
-                           f"{begin.features:x}")
-    if begin.type != R.DMU_OST_ZFS or "@" not in begin.toname:
-        raise ReceiveError("invalid backup stream")
-    snapname = begin.toname.partition("@")[2]
-    full = begin.fromguid == 0
-    head = dsl.lookup(target)
-    if full:
-        if head is not None:
-            raise ReceiveError(f"destination '{target}' exists\nmust specify -F to overwrite it")
-        saved = dsl.format_hook
-        dsl.format_hook = None
-        try:
-            head = dsl.create(target)
-        except DatasetError as e:
-            raise ReceiveError(e.message) from None
-        finally:
-            dsl.format_hook = saved
-        omap = ObjectMap(0, 0, 0, [])
-    else:
-        if head is None or head.kind != "filesystem":
-            raise ReceiveError(f"destination '{target}' does not exist", incremental=True)
-        snaps = dsl.snapshots(head.id)
-        if not snaps or snaps[-1].guid != begin.fromguid:
-            raise ReceiveError(f"most recent snapshot of {target} does not\nmatch incremental "
-                               f"source", incremental=True)
-        if dsl.lookup(f"{target}@{snapname}") is not None:
-            raise ReceiveError(f"destination {target}@{snapname} exists", incremental=True)
-        dsl.pool.sync()
-        latest = snaps[-1]
-        if _modified(dsl, head, latest):
-            if not force:
-                raise ReceiveError(f"destination {target} has been modified\nsince most "
-                                   f"recent snapshot", incremental=True)
-            dsl.rollback(head)
-        omap = ObjectMap.decode(dsl.tree(head).get(MAP_KEY))
-    applier = Applier(dsl, head, omap, full)
-    try:
-        for rec in reader.records():
-            if isinstance(rec, R.End):
-                break
-            applier.apply(rec)
-        applier.finish()
-    except BaseException as e:
-        if full:
-            dsl.pool.sync()
-            dsl.destroy_filesystem(head)
-        else:
-            dsl.rollback(head)
-        if replaced_hook is not None and not full:
-            replaced_hook(head)
-        if isinstance(e, R.StreamError):
-            raise ReceiveError(e.message, incremental=not full) from None
-        raise
-    snap, = dsl.snapshot([f"{target}@{snapname}"])
-    snap.guid = begin.toguid
-    snap.creation = begin.creation_time
-    dsl.touch(snap)
-    dsl.pool.sync()
-    if replaced_hook is not None:
-        replaced_hook(head)
-    return Received(f"{target}@{snapname}", full, reader.offset)
+    for an incremental one, it must exist with the source as its latest snapshot), atomically
+    (incoming.py). The caller holds the pool lock."""
+    from .incoming import receive_stream as receive
+    return receive(dsl, target, src, force=force)
 
 
-def _same_root(a, b) -> bool:
-    if a is None or b is None:
-        return a is b
-    return a.identity() == b.identity()
-
-
-def _modified(dsl: Datasets, head: Record, latest: Record) -> bool:
-    """The head changed since its latest snapshot: its tree's root is not the snapshot's."""
+def modified(dsl: Datasets, head: Record, latest: Record) -> bool:
+    """The head changed since its latest snapshot: its tree's root is not the snapshot's
+    (the caller synced the pool, so the tree's root is its current state)."""
     from ..datasets import snap_root_name
-    return not _same_root(dsl.tree(head).root, dsl.pool.objset_root(snap_root_name(latest.id)))
+    a, b = dsl.tree(head).root, dsl.pool.objset_root(snap_root_name(latest.id))
+    if a is None or b is None:
+        return a is not b
+    return a.identity() != b.identity()

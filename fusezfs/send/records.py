@@ -96,11 +96,13 @@ class StreamError(Exception):
     """A stream that cannot be received. `message` is OpenZFS's words (libzfs_sendrecv.c):
     `invalid` ones are reported as "invalid backup stream" with `message` as the reason."""
 
-    def __init__(self, message: str, *, checksum: bool = False, truncated: bool = False):
+    def __init__(self, message: str, *, checksum: bool = False, truncated: bool = False,
+                 header: bool = False):
         super().__init__(message)
         self.message = message
         self.checksum = checksum
         self.truncated = truncated
+        self.header = header            # found reading a BEGIN (libzfs's part, not the kernel's)
 
 
 @dataclass
@@ -309,6 +311,26 @@ class StreamWriter:
         self.write(End((0, 0, 0, 0), self.toguid))
 
 
+def package_header(toname: str, payload: bytes = b"", features: int = 0) -> bytes:
+    """The head of a compound stream (send -I, -p, -R), as libzfs's send_prelim_records writes
+    it: a BEGIN of header type 2 naming the last snapshot, the packed nvlist (none for -I),
+    and an END carrying the checksum of those two. Substreams follow, then PACKAGE_END."""
+    hdr, body = encode_header(Begin(toname, 0, type=0, hdrtype=DMU_COMPOUNDSTREAM,
+                                    features=features, payload=payload))
+    ck = Fletcher4()
+    ck.update(hdr)
+    if len(body):
+        ck.update(body)
+    end = bytearray(RECORD_SIZE)
+    struct.pack_into("<I", end, 0, DRR_END)
+    struct.pack_into("<4Q", end, 8, *ck.state)
+    return bytes(hdr) + bytes(body) + bytes(end)
+
+
+# the last record of a compound stream (send_conclusion_record with no checksum)
+PACKAGE_END = struct.pack("<I", DRR_END) + bytes(RECORD_SIZE - 4)
+
+
 def _swap32(data) -> bytes:
     a = array("I", bytes(data))
     a.byteswap()
@@ -341,25 +363,37 @@ class StreamReader:
     def _sum(self, data) -> None:
         self.cksum.update(_swap32(data) if self.swap else data)
 
-    def begin(self) -> Begin | None:
-        """The next BEGIN record, or None at a clean end of input (no byte left)."""
+    def begin(self, *, package: bool = False) -> Begin | None:
+        """The next BEGIN record, or None at a clean end of input (no byte left). Inside a
+        compound stream (`package`), None is its final END record instead, and the input
+        must not end before it."""
         first = self.src.read(RECORD_SIZE)
         if not first:
+            if package:
+                raise StreamError("invalid backup stream", truncated=True, header=True)
             return None
-        raw = first if len(first) == RECORD_SIZE else first + self._read(RECORD_SIZE - len(first))
-        if len(first) == RECORD_SIZE:
-            self.offset += RECORD_SIZE
+        raw = first
+        try:
+            if len(first) < RECORD_SIZE:
+                raw = first + self._read(RECORD_SIZE - len(first))
+            else:
+                self.offset += RECORD_SIZE
+        except StreamError as e:
+            e.header = True
+            raise
+        if package and struct.unpack_from("<I", raw)[0] in (DRR_END, DRR_END << 24):
+            return None
         magic_le = struct.unpack_from("<Q", raw, 8)[0]
         if magic_le == DMU_BACKUP_MAGIC:
             self.swap = False
         elif struct.unpack_from(">Q", raw, 8)[0] == DMU_BACKUP_MAGIC:
             self.swap = True
         else:
-            raise StreamError("invalid backup stream")
+            raise StreamError("invalid stream (bad magic number)", header=True)
         bo = ">" if self.swap else "<"
         rtype, plen = struct.unpack_from(bo + _HDR, raw)
         if rtype != DRR_BEGIN or plen < 0:
-            raise StreamError("invalid backup stream")
+            raise StreamError("invalid stream (bad magic number)", header=True)
         self.cksum = Fletcher4()
         self._sum(raw)
         (magic, vinfo, ctime, otype, flags, toguid, fromguid,
@@ -369,6 +403,16 @@ class StreamReader:
             self._sum(payload)
         return Begin(name.split(b"\0", 1)[0].decode(errors="replace"), toguid, fromguid, ctime,
                      otype, flags, vinfo & 3, (vinfo >> 2) & ((1 << 30) - 1), magic, payload)
+
+    def package_end(self) -> None:
+        """A compound stream's END, right after its BEGIN: its checksum is that of the BEGIN
+        and its payload (libzfs's send_prelim_records; zfs_receive_package checks it)."""
+        raw = self._read(RECORD_SIZE)
+        bo = ">" if self.swap else "<"
+        if struct.unpack_from(bo + "I", raw)[0] != DRR_END:
+            raise StreamError("invalid backup stream", header=True)
+        if struct.unpack_from(bo + "4Q", raw, 8) != self.cksum.state:
+            raise StreamError("incorrect header checksum", header=True)
 
     def records(self) -> Iterator[Record]:
         """The records after BEGIN, up to and including END."""
