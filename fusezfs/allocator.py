@@ -175,6 +175,12 @@ class Allocator:
         self._rotor = 0
         self.changes = 0            # allocations and frees so far: tells sync a txg is not empty
 
+    def add_vdev(self, vdev: int, start: int, end: int) -> None:
+        """A new top-level vdev (zpool add): all of it free."""
+        assert vdev not in self.spaces
+        self.spaces[vdev] = FreeSpace(start, end)
+        self.changes += 1
+
     # ---- loading and saving ---------------------------------------------------------------
     def load(self, allocated: dict[int, Extents]) -> None:
         for v, space in self.spaces.items():

@@ -85,7 +85,7 @@ class _Runs:
 
     def _write(self, key: tuple[int, int]) -> None:
         start, _end, bufs = self.runs.pop(key)
-        for leaf in self.io.vdevs[key[0]].leaves:
+        for leaf in self.io.vdevs[key[0]].live:
             try:
                 leaf.device.writev(start, bufs)
             except OSError:
@@ -178,7 +178,7 @@ class BlockIO:
 
     def _write_copies(self, dvas: list, phys: bytes | memoryview) -> None:
         for dva in dvas:
-            for leaf in self.vdevs[dva.vdev].leaves:
+            for leaf in self.vdevs[dva.vdev].live:
                 try:
                     leaf.device.write(dva.offset, phys)
                 except OSError:
@@ -353,7 +353,7 @@ class BlockIO:
             vdev = self.vdevs.get(dva.vdev)
             if vdev is None or dva.offset < vdev.start or dva.offset + bp.psize > vdev.end:
                 continue
-            for leaf in vdev.leaves:
+            for leaf in vdev.live:
                 try:
                     raw = leaf.device.read(dva.offset, bp.psize)
                 except OSError:
@@ -366,7 +366,8 @@ class BlockIO:
                     if not every:
                         return good, bad
                 else:
-                    leaf.cksum_errors += 1
+                    if not leaf.resilvering:    # a side being resilvered lacks it: no error
+                        leaf.cksum_errors += 1
                     bad.append((leaf, dva))
         return good, bad
 
@@ -425,10 +426,12 @@ class BlockIO:
                 runs.append([d.vdev, d.offset, d.offset + d.asize, [i]])
         decode: list[int] = []
         for vdev_id, start, end, idxs in runs:
-            if len(idxs) == 1:
-                out[idxs[0]] = self.read(bps[idxs[0]])
+            live = self.vdevs[vdev_id].live
+            if len(idxs) == 1 or not live:
+                for i in idxs:
+                    out[i] = self.read(bps[i])
                 continue
-            leaf = self.vdevs[vdev_id].leaves[0]
+            leaf = live[0]
             prefetch = getattr(leaf.device, "prefetch", None)
             if prefetch is not None and sum(bps[i].lsize for i in idxs) >= self.STREAMING:
                 # a streaming reader: what lies next on disk is most likely what it reads

@@ -53,8 +53,8 @@ def zfs_usages() -> dict[str, str]:
 
 
 def zpool_usages() -> dict[str, str]:
-    from . import cli_pool
-    return {"version": VERSION_USAGE, **cli_pool.USAGE}
+    from . import cli_devices, cli_pool
+    return {"version": VERSION_USAGE, **cli_pool.USAGE, **cli_devices.USAGE}
 
 
 def listing(table: list[str | None], usages: dict[str, str]) -> str:

@@ -46,7 +46,13 @@ NUMERIC = {"size", "allocated", "free", "capacity", "dedupratio", "fragmentation
            "leaked", "expandsize", "checkpoint", "guid", "load_guid", "ashift", "version"}
 
 
+DEVICE_VERBS = ("add", "attach", "detach", "replace", "offline", "online")   # cli_devices.py
+
+
 def usage_text(verb: str | None) -> str:
+    if verb in DEVICE_VERBS:
+        from .cli_devices import USAGE as device_usage
+        return "usage:\n" + device_usage[verb]
     if verb in USAGE:
         return "usage:\n" + USAGE[verb]
     return "usage: fusezfs pool command args ...\nwhere 'command' is one of the following:\n\n" + \
@@ -65,10 +71,14 @@ def open_pool(name: str) -> Pool:
     if pid is not None and pid != os.getpid():
         raise Failed(f"pool '{name}' is served by a running fusezfs daemon (pid {pid}); "
                      f"unmount it first")
-    try:
-        devices = open_files(entry["devices"])
-    except OSError as e:
-        raise Failed(f"cannot open '{name}': {e.strerror}: {e.filename}") from None
+    devices, first_error = [], None
+    for path in entry["devices"]:       # a missing mirror side leaves the pool DEGRADED
+        try:
+            devices += open_files([path])
+        except OSError as e:
+            first_error = first_error or e
+    if not devices:
+        raise Failed(f"cannot open '{name}': {first_error.strerror}: {first_error.filename}")
     try:
         pool = Pool.open(devices)
     except PoolError as e:
@@ -125,7 +135,9 @@ def prop_value(pool: Pool, prop: str, parsable: bool) -> tuple[str, str]:
 
 
 def pool_health(pool: Pool) -> str:
-    return "ONLINE"
+    """ONLINE, or DEGRADED while some leaf is offline or missing (an import needs a live leaf
+    in every top-level vdev, so an open pool is never worse)."""
+    return "ONLINE" if all(t.state == "ONLINE" for t in pool.tops.values()) else "DEGRADED"
 
 
 # ---- verbs ----------------------------------------------------------------------------------
@@ -413,7 +425,18 @@ def format_status(pool: Pool, verbose: bool) -> str:
     errors = sum(leaf.read_errors + leaf.write_errors + leaf.cksum_errors for leaf in leaves)
     permanent = pool.blocks.permanent_errors
     out = [f"  pool: {pool.name}", f" state: {pool_health(pool)}"]
-    if permanent:
+    if any(leaf.missing for leaf in leaves):
+        out += ["status: One or more devices could not be opened.  Sufficient replicas exist for",
+                "\tthe pool to continue functioning in a degraded state.",
+                "action: Attach the missing device and online it using 'zpool online'.",
+                "   see: https://openzfs.github.io/openzfs-docs/msg/ZFS-8000-2Q"]
+    elif any(leaf.offline for leaf in leaves):
+        out += ["status: One or more devices has been taken offline by the administrator.",
+                "\tSufficient replicas exist for the pool to continue functioning in a",
+                "\tdegraded state.",
+                "action: Online the device using 'zpool online' or replace the device with",
+                "\t'zpool replace'."]
+    elif permanent:
         out += ["status: One or more devices has experienced an error resulting in data",
                 "\tcorruption.  Applications may be affected.",
                 "action: Restore the file in question if possible.  Otherwise restore the",
@@ -429,20 +452,23 @@ def format_status(pool: Pool, verbose: bool) -> str:
     if scan:
         out.append(scan)
     out += ["config:", ""]
-    rows = [(pool.name, 0, "ONLINE", None)]
+    rows = [(pool.name, 0, pool_health(pool), None)]
     for top in pool.tops.values():
         if top.kind == "mirror":
-            rows.append((f"mirror-{top.id}", 1, "ONLINE", None))
-            rows += [(leaf.path, 2, "ONLINE", leaf) for leaf in top.leaves]
+            rows.append((f"mirror-{top.id}", 1, top.state, None))
+            rows += [(leaf.path, 2, leaf.state, leaf) for leaf in top.leaves]
         else:
-            rows += [(leaf.path, 1, "ONLINE", leaf) for leaf in top.leaves]
+            rows += [(leaf.path, 1, leaf.state, leaf) for leaf in top.leaves]
     width = max(len("NAME"), *(len(n) + 2 * depth for n, depth, _, _ in rows))
     out.append(f"\t{'NAME':<{width}}  STATE     READ WRITE CKSUM")
     for name, depth, state, leaf in rows:
         counts = (leaf.read_errors, leaf.write_errors, leaf.cksum_errors) if leaf else (
             (0, 0, 0) if depth else (0, 0, len(permanent) and sum(permanent.values())))
         label = "  " * depth + name
-        out.append(f"\t{label:<{width}}  {state:<8} {counts[0]:>5} {counts[1]:>5} {counts[2]:>5}")
+        aux = "  cannot open" if leaf is not None and leaf.missing else \
+            "  (resilvering)" if leaf is not None and leaf.resilvering else ""
+        out.append(f"\t{label:<{width}}  {state:<8} {counts[0]:>5} {counts[1]:>5} {counts[2]:>5}"
+                   + aux)
     out.append("")
     if not permanent:
         out.append("errors: No known data errors")
@@ -464,10 +490,11 @@ def scan_line(pool: Pool) -> str | None:
     if st is None:
         return None
     if st.state == "finished":
-        return (f"  scan: scrub repaired {nicebytes(st.repaired)} in {dhms(st.end - st.start)} "
+        done = "scrub repaired" if st.func == "scrub" else "resilvered"
+        return (f"  scan: {done} {nicebytes(st.repaired)} in {dhms(st.end - st.start)} "
                 f"with {st.errors} errors on {time.ctime(st.end)}")
     if st.state == "canceled":
-        return f"  scan: scrub canceled on {time.ctime(st.end)}"
+        return f"  scan: {st.func} canceled on {time.ctime(st.end)}"
     if st.paused:
         lines = [f"  scan: scrub paused since {time.ctime(st.paused)}",
                  f"\tscrub started on {time.ctime(st.start)}",
@@ -476,12 +503,13 @@ def scan_line(pool: Pool) -> str | None:
     else:
         elapsed = max(1, int(time.time() - st.pass_start)) if st.pass_start else 1
         rate = st.pass_examined // elapsed
-        lines = [f"  scan: scrub in progress since {time.ctime(st.start)}",
+        lines = [f"  scan: {st.func} in progress since {time.ctime(st.start)}",
                  f"\t{nicebytes(st.examined)} scanned at {nicebytes(rate)}/s, "
                  f"{nicebytes(st.examined)} issued at {nicebytes(rate)}/s, "
                  f"{nicebytes(st.to_examine)} total"]
     done = 100 * st.examined / st.to_examine if st.to_examine else 0.0
-    tail = f"\t{nicebytes(st.repaired)} repaired, {min(done, 100.0):.2f}% done"
+    tail = (f"\t{nicebytes(st.repaired)} {'repaired' if st.func == 'scrub' else 'resilvered'}, "
+            f"{min(done, 100.0):.2f}% done")
     if not st.paused:
         left = (st.to_examine - st.examined) // rate if rate and st.to_examine >= st.examined \
             else None
@@ -723,6 +751,10 @@ def cmd_scrub(args: list[str]) -> int:
                 else:
                     scrubber.cancel() if verb == "cancel" else scrubber.pause()
                 continue
+            if active and st.func == "resilver":
+                error(f"cannot scrub {name}: currently resilvering")
+                code = 1
+                continue
             if scrubber.running:
                 error(f"cannot scrub {name}: currently scrubbing; use 'zpool scrub -s' to "
                       f"cancel current scrub")
@@ -765,6 +797,9 @@ def main(argv: list[str]) -> int:
         error(usage_text(None))
         return 2
     verb = VERBS.get(argv[0])
+    if verb is None and argv[0] in DEVICE_VERBS:
+        from .cli_devices import VERBS as device_verbs      # (it imports this module)
+        verb = device_verbs[argv[0]]
     if verb is None:
         error(f"unrecognized command '{argv[0]}'")
         error(usage_text(None))

@@ -49,7 +49,7 @@ from .formats import spacemap
 from .formats.bp import (BT_NODE, BT_SPACEMAP, CKSUM_XXH3_128, COMP_ZSTD, BlockPointer,
                          decode_bp, encode_bp)
 from .tree import REF_TREE, NodeCache, Tree
-from .vdevs import Leaf, TopVdev
+from .vdevs import Leaf, MissingDevice, TopVdev
 
 MIN_DEVICE_SIZE = 64 << 20          # what the command line demands, as zpool does
 ENGINE_MIN_SIZE = 2 << 20
@@ -173,10 +173,15 @@ class Pool:
                 "vdev_tree": [t.describe() for t in self.tops.values()]}
 
     def write_labels(self) -> None:
+        """The configuration, to every live leaf (an offline or missing one keeps an older
+        generation, which the newest config on the others outranks at import)."""
         self.config_gen += 1
         for top in self.tops.values():
-            for leaf in top.leaves:
+            for leaf in top.live:
                 leaf.write_config(self.config(leaf, top), self.config_gen)
+
+    def live_leaves(self) -> list[Leaf]:
+        return [leaf for t in self.tops.values() for leaf in t.live]
 
     # ---- create and import ----------------------------------------------------------------
     @classmethod
@@ -228,17 +233,24 @@ class Pool:
             leaves = []
             for child in t["children"]:
                 dev = by_guid.get(child["guid"])
-                if dev is None:
-                    raise PoolError(f"cannot import '{newest['name']}': one or more devices is "
-                                    f"currently unavailable ({child['path']})")
-                leaves.append(Leaf(dev, child["guid"]))
-            tops.append(TopVdev(t["id"], t["type"], t["guid"], leaves))
+                if dev is None:             # a mirror side may be missing: DEGRADED
+                    size = child.get("size") or max(d.size for d in by_guid.values())
+                    dev = MissingDevice(child["path"], size)
+                leaves.append(Leaf(dev, child["guid"], offline=bool(child.get("offline")),
+                                   resilvering=bool(child.get("resilvering"))))
+            top = TopVdev(t["id"], t["type"], t["guid"], leaves)
+            if not top.live:
+                missing = next(leaf.path for leaf in leaves if not leaf.live)
+                raise PoolError(f"cannot import '{newest['name']}': one or more devices is "
+                                f"currently unavailable ({missing})")
+            tops.append(top)
         pool = cls(name or newest["name"], pool_guid, tops, max(c[2] for c in configs))
         pool.created = newest.get("created", 0)
         for leaf in pool.leaves():
-            lock_device(leaf.device, pool.name)
+            if not leaf.missing:
+                lock_device(leaf.device, pool.name)
         by_txg: dict[int, fl.Uberblock] = {}
-        for leaf in pool.leaves():
+        for leaf in pool.live_leaves():
             for ub in leaf.read_uberblocks():
                 if ub.pool_guid == pool_guid:
                     by_txg[ub.txg] = ub
@@ -481,7 +493,7 @@ class Pool:
         """Steps 4-6: everything the txg wrote reaches the disk, then its uberblock does. On
         the commit thread this never takes the pool lock (the next sync holds it while it
         waits for us)."""
-        leaves = self.leaves()
+        leaves = self.live_leaves()
         for leaf in leaves:
             leaf.device.flush()
         for leaf in leaves:

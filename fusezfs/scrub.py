@@ -39,7 +39,7 @@ SCAN_KEY = b"scan"
 
 @dataclass
 class ScanState:
-    func: str = "scrub"
+    func: str = "scrub"                 # scrub | resilver
     state: str = "scanning"             # scanning | finished | canceled
     start: int = 0
     end: int = 0
@@ -84,14 +84,15 @@ class Scrubber(OnePerPool):
         return self.thread is not None and self.thread.is_alive()
 
     # ---- the commands ------------------------------------------------------------------------
-    def start(self) -> ScanState:
+    def start(self, func: str = "scrub") -> ScanState:
         """Begin a new scrub, or resume a paused or interrupted one (the caller checked that
-        none is running here)."""
+        none is running here). A resilver (func "resilver": a side was attached or came back)
+        starts over whatever scan was going on, as ZFS's does."""
         pool = self.pool
         with pool.lock:
             st = load(pool)
-            if st is None or st.state != "scanning":
-                st = ScanState(start=int(time.time()), to_examine=pool.allocated)
+            if st is None or st.state != "scanning" or (func == "resilver" and st.func != func):
+                st = ScanState(func=func, start=int(time.time()), to_examine=pool.allocated)
                 self.seen = set()
             st.paused = 0
             st.pass_start, st.pass_examined = time.time(), 0
@@ -154,6 +155,10 @@ class Scrubber(OnePerPool):
             if not todo:
                 st.state, st.end = "finished", int(time.time())
                 st.save(pool)
+                if st.func == "resilver":     # every copy rewritten: the sides are trusted now
+                    for leaf in pool.leaves():
+                        leaf.resilvering = False
+                    pool.write_labels()
                 if commit:
                     pool.sync()
                 return st

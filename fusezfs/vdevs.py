@@ -5,13 +5,36 @@ allocation serves all of them, and a read may be satisfied by any child whose by
 checksum. Several top-level vdevs make a stripe: the allocator spreads blocks over them.
 Each leaf counts its read, write and checksum errors for `pool status` (in memory, as ZFS does:
 the counters restart at import).
+
+A leaf is ONLINE, OFFLINE (taken offline by `zpool offline`; persistent unless -t) or UNAVAIL
+(its file is missing or unreadable at import: a `MissingDevice` stands in for it). Only live
+leaves are read and written: a mirror with at least one live side keeps serving (DEGRADED),
+and a side that comes back (online, attach, replace) is resilvered before it is trusted.
 """
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass, field
 
 from .devices import Device
 from .formats import label as fl
+
+
+class MissingDevice:
+    """Stands in for a leaf whose file cannot be opened: it has the size the pool recorded and
+    every access fails (nothing reads or writes it: the leaf is not live)."""
+
+    def __init__(self, path: str, size: int) -> None:
+        self.path = path
+        self.size = size
+
+    def _fail(self, *_args) -> None:
+        raise OSError(errno.ENXIO, "device is unavailable", self.path)
+
+    read = write = writev = flush = _fail
+
+    def close(self) -> None:
+        pass
 
 
 @dataclass
@@ -21,10 +44,26 @@ class Leaf:
     read_errors: int = 0
     write_errors: int = 0
     cksum_errors: int = 0
+    offline: bool = False           # zpool offline
+    temporary: bool = False         # -t: not recorded in the labels, gone at the next import
+    resilvering: bool = False       # attached or back online: holds nothing trusted until the
+                                    # resilver is done (its mismatches are not errors)
 
     @property
     def path(self) -> str:
         return self.device.path
+
+    @property
+    def missing(self) -> bool:
+        return isinstance(self.device, MissingDevice)
+
+    @property
+    def state(self) -> str:
+        return "UNAVAIL" if self.missing else "OFFLINE" if self.offline else "ONLINE"
+
+    @property
+    def live(self) -> bool:
+        return self.state == "ONLINE"
 
     # label I/O --------------------------------------------------------------------------------
     def read_configs(self) -> list[tuple[dict, int]]:
@@ -84,9 +123,23 @@ class TopVdev:
         return min(fl.usable_size(leaf.device.size) for leaf in self.leaves) - fl.LABEL_SIZE
 
     @property
+    def live(self) -> list[Leaf]:
+        """The leaves that are read and written."""
+        return [leaf for leaf in self.leaves if leaf.live]
+
+    @property
+    def state(self) -> str:
+        live = len(self.live)
+        return "ONLINE" if live == len(self.leaves) else "DEGRADED" if live else "UNAVAIL"
+
+    @property
     def size(self) -> int:
         return self.end - self.start
 
     def describe(self) -> dict:
         return {"id": self.id, "type": self.kind, "guid": self.guid,
-                "children": [{"path": leaf.path, "guid": leaf.guid} for leaf in self.leaves]}
+                "children": [{"path": leaf.path, "guid": leaf.guid, "size": leaf.device.size,
+                              **({"offline": True} if leaf.offline and not leaf.temporary
+                                 else {}),
+                              **({"resilvering": True} if leaf.resilvering else {})}
+                             for leaf in self.leaves]}
