@@ -13,7 +13,11 @@ A command spanning pools served by two daemons is refused with a message saying 
 
 Server (`Server`, started by daemon.serve before the mount exists): the socket is mode 0600
 (made under umask 077, then chmod), and every connection's SO_PEERCRED uid must be the
-daemon's own or root. Commands run one at a time on the connection's thread through
+daemon's own or root: checked when the connection is accepted, before anything it sent is read
+(a refused peer gets its answer unread). An accepted connection waits in the accept thread's
+selector, holding no thread, until its request arrives (at most IDLE_TIMEOUT, MAX_WAITING at
+once); the request must then arrive whole within REQUEST_TIMEOUT and be at most REQUEST_MAX
+bytes, so idle or slow clients cost neither threads nor buffers. Commands run one at a time on the connection's thread through
 `cli.dispatch` with `sessions.serving` answering the served pool's Handle, so they change the
 very datasets the mount shows. The pool lock is held for the whole command (except cp, whose
 local side may be inside this very mount: its POSIX calls take the lock one by one). Before a
@@ -49,6 +53,7 @@ import io
 import json
 import logging
 import os
+import selectors
 import socket
 import struct
 import sys
@@ -61,6 +66,10 @@ log = logging.getLogger("fusezfs.control")
 
 ENV_KEYS = ("TZ",)
 MAX_FRAME = 64 << 20
+REQUEST_MAX = 1 << 20       # a command's request frame (argv, cwd, env): far more than any needs
+REQUEST_TIMEOUT = 10.0      # seconds for a request to arrive whole, once its first bytes have
+IDLE_TIMEOUT = 60.0         # seconds a connection may wait before sending anything
+MAX_WAITING = 256           # connections waiting for their request at once
 BINARY = 1 << 31                 # in a frame's length: raw bytes follow, not JSON
 CHUNK = 1 << 20                  # bytes of a stream in one binary frame
 STREAM_VERBS = {"send", "receive", "recv"}
@@ -105,15 +114,16 @@ def send_bytes(sock: socket.socket, data: bytes | memoryview) -> None:
         sock.sendall(data)
 
 
-def recv_frame(sock: socket.socket) -> dict | bytes | None:
-    """The next frame: a JSON object, or the bytes of a binary frame; None at end of input."""
+def recv_frame(sock: socket.socket, limit: int = MAX_FRAME) -> dict | bytes | None:
+    """The next frame: a JSON object, or the bytes of a binary frame; None at end of input.
+    A frame announcing more than `limit` bytes is refused before any of it is read."""
     head = _recv_exact(sock, 4)
     if head is None:
         return None
     (n,) = struct.unpack(">I", head)
     binary = bool(n & BINARY)
     n &= ~BINARY
-    if n > MAX_FRAME:
+    if n > limit:
         raise ControlError("frame too large")
     body = _recv_exact(sock, n)
     if body is None:
@@ -126,9 +136,9 @@ def recv_frame(sock: socket.socket) -> dict | bytes | None:
     return obj
 
 
-def recv(sock: socket.socket) -> dict | None:
+def recv(sock: socket.socket, limit: int = MAX_FRAME) -> dict | None:
     """The next frame, which must be a JSON object."""
-    frame = recv_frame(sock)
+    frame = recv_frame(sock, limit)
     if isinstance(frame, bytes):
         raise ControlError("unexpected binary frame")
     return frame
@@ -490,34 +500,93 @@ class Server:
                 self.streams_cond.wait(0.5)
 
     def _accept_loop(self) -> None:
-        while not self.stopping:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                if self.stopping:
+        """Accept connections and check each peer's credentials at once, before anything it
+        sent is read; a connection then waits in a selector, holding no thread, until its
+        request arrives (or IDLE_TIMEOUT passes, or MAX_WAITING others wait already), and only
+        then gets a thread of its own to run the command."""
+        sel = selectors.DefaultSelector()
+        sel.register(self.sock, selectors.EVENT_READ)
+        waiting: dict[socket.socket, tuple[int, int, float]] = {}
+        try:
+            while not self.stopping:
+                try:
+                    events = sel.select(timeout=1.0)
+                except OSError:
                     return
-                time.sleep(0.05)
-                continue
-            threading.Thread(target=self._serve_conn, args=(conn,), name="fusezfs-command",
-                             daemon=True).start()
+                for key, _mask in events:
+                    if key.fileobj is self.sock:
+                        try:
+                            conn, _ = self.sock.accept()
+                        except OSError:
+                            if self.stopping:
+                                return
+                            continue
+                        ok, uid, gid = self._allowed(conn)
+                        if not ok or len(waiting) >= MAX_WAITING:
+                            self._refuse(conn, uid, ok)
+                            continue
+                        waiting[conn] = (uid, gid, time.monotonic())
+                        sel.register(conn, selectors.EVENT_READ)
+                    else:
+                        conn = key.fileobj
+                        sel.unregister(conn)
+                        uid, gid, _t = waiting.pop(conn)
+                        threading.Thread(target=self._serve_conn, args=(conn, uid, gid),
+                                         name="fusezfs-command", daemon=True).start()
+                now = time.monotonic()
+                for conn, (_u, _g, since) in list(waiting.items()):
+                    if now - since > IDLE_TIMEOUT:
+                        sel.unregister(conn)
+                        del waiting[conn]
+                        conn.close()
+        finally:
+            for conn in waiting:
+                conn.close()
+            sel.close()
+
+    def _refuse(self, conn: socket.socket, uid: int, allowed: bool) -> None:
+        """Answer before reading anything the peer sent, then discard (never parse) what it
+        sends for a moment, at most REQUEST_MAX bytes: closing a unix socket with data unread
+        would reset the connection and lose the answer."""
+        with conn:
+            try:
+                conn.settimeout(1.0)
+                if not allowed:
+                    log.warning("refused a command from uid %d", uid)
+                    send(conn, {"err": f"cannot use the fusezfs daemon serving "
+                                       f"'{self.pool_name}': permission denied (uid {uid} is "
+                                       f"neither its owner, uid {os.getuid()}, nor root)\n"})
+                else:
+                    send(conn, {"err": f"the fusezfs daemon serving '{self.pool_name}' has "
+                                       f"too many connections waiting; try again\n"})
+                send(conn, {"exit": 1})
+                conn.shutdown(socket.SHUT_WR)
+                left = REQUEST_MAX
+                while left > 0:
+                    got = conn.recv(min(left, 65536))
+                    if not got:
+                        break
+                    left -= len(got)
+            except OSError:
+                pass
 
     def _allowed(self, conn: socket.socket) -> tuple[bool, int, int]:
         raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         _pid, uid, gid = struct.unpack("3i", raw)
         return uid in (os.getuid(), 0), uid, gid
 
-    def _serve_conn(self, conn: socket.socket) -> None:
+    def _serve_conn(self, conn: socket.socket, uid: int, gid: int) -> None:
+        """Run the request of a peer whose credentials were checked on accept: it must arrive
+        whole within REQUEST_TIMEOUT and be at most REQUEST_MAX bytes."""
         with conn:
             try:
-                ok, uid, gid = self._allowed(conn)
-                req = recv(conn)    # read before answering: unread data would reset the reply
-                if not ok:
-                    log.warning("refused a command from uid %d", uid)
-                    send(conn, {"err": f"cannot use the fusezfs daemon serving "
-                                       f"'{self.pool_name}': permission denied (uid {uid} is "
-                                       f"neither its owner, uid {os.getuid()}, nor root)\n"})
-                    send(conn, {"exit": 1})
+                conn.settimeout(REQUEST_TIMEOUT)
+                try:
+                    req = recv(conn, REQUEST_MAX)
+                except (ControlError, OSError, ValueError) as e:
+                    log.warning("dropped a malformed or slow request: %s", e)
                     return
+                conn.settimeout(None)
                 if req is None:
                     return
                 argv = [str(a) for a in req.get("argv", [])]

@@ -325,3 +325,35 @@ def test_commands_during_writes(env):
     assert os.path.isdir(f"{m}/during")
     env.unmount()
     env.run("pool", "verify", "tank")
+
+
+def _threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def test_idle_slow_and_oversized_clients_cost_no_threads(env):
+    """Idle connections wait in the accept thread's selector, not on threads of their own; a
+    request announcing more than REQUEST_MAX bytes is dropped before it is read; commands keep
+    working throughout."""
+    from fusezfs import control
+    pid = env.daemon_pid()
+    path = os.path.join(env.state, "tank.sock")
+    before = _threads(pid)
+    idle = []
+    try:
+        for _ in range(200):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(path)
+            idle.append(s)
+        env.run("list", "-H", "-o", "name", "tank")        # served while 200 connections idle
+        assert _threads(pid) <= before + 4, (before, _threads(pid))
+        big = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        big.connect(path)
+        big.sendall(struct.pack(">I", control.REQUEST_MAX + 1))   # announces too much
+        big.settimeout(30)
+        assert big.recv(1) == b""                          # dropped unread
+        big.close()
+        assert env.run("list", "-H", "-o", "name", "tank").stdout == "tank\n"
+    finally:
+        for s in idle:
+            s.close()
