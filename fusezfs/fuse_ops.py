@@ -395,7 +395,7 @@ class Operations(pyfuse3.Operations):
             # rollback replaces trees (the POSIX objects may be reloaded by the Handle's hook
             # already): what each one looked at before tells which were replaced
             self._trees = {ds_id: fs.tree for ds_id, fs in self.handle._open.items()}
-            if verb == "rollback":
+            if verb in ("rollback", "receive"):    # (receive: a head's contents replaced)
                 for view in self.views:
                     if view.dead or view.snapshot or view.fs is None:
                         continue
