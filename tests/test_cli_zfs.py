@@ -283,8 +283,11 @@ def test_reservations_set_space_aside(env, capsys):
 
 
 def test_every_verb_is_routed_to_its_module():
-    from fusezfs import cli_mount, cli_zfs
-    assert set(cli.ZFS_VERBS) == set(cli_zfs.VERBS)
+    from fusezfs import cli_mount, cli_send, cli_zfs
+    routed = {v for v, m in cli.VERB_MODULES.items() if m == "cli_zfs"}
+    assert routed == set(cli_zfs.VERBS)
+    assert {v for v, m in cli.VERB_MODULES.items() if m == "cli_send"} == set(cli_send.COMMANDS)
+    assert set(cli.ZFS_VERBS) <= set(cli.VERB_MODULES)
     assert set(cli_mount.COMMANDS) <= set(cli.VERB_MODULES)
 
 
