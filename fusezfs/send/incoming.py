@@ -260,20 +260,24 @@ class Receive:
             raise self.fail("dataset is busy")
 
     def _source(self) -> list[Record]:
-        """Find the stream's source among the head's snapshots; the later ones (which -F
-        destroys at the switch). Without -F it must be the latest and the head unmodified."""
+        """Find the stream's source among the head's snapshots (recv_begin_check_existing_impl)
+        and return the later ones. With -F the hidden clone starts from the source and the
+        later snapshots are destroyed at the switch; without, nothing may have been written
+        since the source (later snapshots of nothing new are allowed) and the clone starts
+        from the latest snapshot, which then holds the same."""
         dsl, fs, head = self.dsl, self.fs, self.head
         snaps = dsl.snapshots(head.id)
         found = [i for i, s in enumerate(snaps) if s.guid == self.begin.fromguid]
-        if not found or (not self.opts.force and found[0] != len(snaps) - 1):
+        if not found:
             raise self.fail(f"most recent snapshot of {fs} does not\nmatch incremental source")
-        self.source = snaps[found[0]]
-        if not self.opts.force:
-            dsl.pool.sync()
-            if modified(dsl, head, snaps[-1]):
-                raise self.fail(f"destination {fs} has been modified\nsince most recent "
-                                "snapshot")
-        return snaps[found[0] + 1:]
+        if self.opts.force:
+            self.source = snaps[found[-1]]
+            return snaps[found[-1] + 1:]
+        dsl.pool.sync()
+        if modified(dsl, head, snaps[found[-1]]):
+            raise self.fail(f"destination {fs} has been modified\nsince most recent snapshot")
+        self.source = snaps[-1]
+        return []
 
     # ---- the hidden filesystem -----------------------------------------------------------
     def start(self) -> None:
@@ -360,6 +364,9 @@ class Receive:
                     raise self.fail("destination already exists",
                                     action=f"cannot restore to {self.dest}")
                 later = self._source()
+                if not self.opts.force and self.tmp.origin != head.prev_snap:
+                    raise self.fail(f"most recent snapshot of {fs} does not\nmatch "
+                                    "incremental source")     # (snapshotted meanwhile)
                 for snap in reversed(later):     # -F: what the source does not have goes
                     try:
                         dsl.destroy_snapshot(snap)
