@@ -594,7 +594,10 @@ class Server:
                     tty = req.get("tty") or [False, False]
                     code = self.execute_stream(conn, argv, req.get("env") or {}, (uid, gid),
                                                (bool(tty[0]), bool(tty[1])))
-                    send(conn, {"exit": code})
+                    try:
+                        send(conn, {"exit": code})
+                    except OSError:
+                        pass            # the client went away (the command saw it too)
                     return
                 code, out, err = self.execute(argv, req.get("env") or {}, (uid, gid))
                 if out:

@@ -369,3 +369,121 @@ def test_messages_beside_zfsfuse(env, streams, tmp_path):
                 a = (a[0], re.sub(r"received .* stream in \d+ seconds \(.*\)", "", a[1]), a[2])
                 b = (b[0], re.sub(r"received .* stream in \d+ seconds \(.*\)", "", b[1]), b[2])
             assert a == b, (cmd, inp)
+
+
+# ---- the mount daemon ---------------------------------------------------------------------------
+@pytest.fixture
+def mounted(env):
+    """tank mounted (its daemon runs every command on it); unmounted again at the end, before
+    the pools are checked."""
+    from test_mount import _alive, is_fuse_mount
+    mnt = env.tmp / "mnt"
+    mnt.mkdir()
+    env.ok("mount", "tank", str(mnt))
+    try:
+        yield str(mnt)
+    finally:
+        pid = _daemon_pid(env)
+        env.run("unmount", "tank")
+        if is_fuse_mount(str(mnt)):
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
+        deadline = time.monotonic() + 20
+        while pid is not None and _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def _daemon_pid(c: Cli) -> int | None:
+    import json
+    try:
+        with open(os.path.join(c.state, "mount-tank.json")) as f:
+            return int(json.load(f)["pid"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+@pytest.mark.usefixtures("needs_fuse")
+def test_streams_to_and_from_a_served_pool(env, mounted):
+    from test_mount import is_fuse_mount
+    m = mounted
+    r = env.sh("$F send tank/fs@a | $F receive other/copy && "
+               "$F send -i @a tank/fs@b | $F receive other/copy")
+    assert r.returncode == 0, r.stderr
+    assert " command send " in open(os.path.join(env.state, "tank.log")).read()
+    # into the served pool: the new filesystem is mounted when the command returns
+    # (atime off: reading through the mount would write the head, and a receive into a head
+    # written since its snapshot needs -F, as in ZFS)
+    r = env.sh("$F send other/copy@a | $F receive -v -o atime=off tank/back")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().startswith("receiving full stream of other/copy@a into tank/back@a\n")
+    assert is_fuse_mount(f"{m}/back") or os.path.isdir(f"{m}/back")
+    before = _read(f"{m}/back/a")                   # in the kernel's page cache now
+    os.listdir(f"{m}/back")
+    r = env.sh("$F send -i @a other/copy@b | $F receive tank/back")
+    assert r.returncode == 0, r.stderr
+    assert _read(f"{m}/back/a") != before == _read(f"{m}/fs/.zfs/snapshot/a/a")
+    assert _read(f"{m}/back/a") == _read(f"{m}/fs/a")
+    assert sorted(os.listdir(f"{m}/back")) == sorted(os.listdir(f"{m}/fs/.zfs/snapshot/b"))
+    # -u: received, not mounted
+    r = env.sh("$F send other/copy@a | $F receive -u tank/quiet")
+    assert r.returncode == 0, r.stderr
+    assert env.ok("get", "-H", "-o", "value", "mounted", "tank/quiet").stdout == b"no\n"
+    assert not os.path.exists(f"{m}/quiet")
+    # the terminal check sees the client's stdout
+    import pty
+    master, slave = pty.openpty()
+    try:
+        r = subprocess.run(FZ + ["send", "tank/fs@a"], env=env.env, stdout=slave,
+                           stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, timeout=60)
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert (r.returncode, r.stderr.decode()) == (
+        1, "Error: Stream can not be written to a terminal.\nYou must redirect standard "
+           "output.\n")
+
+
+@pytest.mark.usefixtures("needs_fuse")
+def test_both_ends_in_one_daemon_and_progress(env, mounted):
+    m = mounted
+    data = os.urandom(12 * MiB)
+    with open(f"{m}/fs/big", "wb") as f:
+        f.write(data)
+    env.ok("snapshot", "tank/fs@big")
+    # the stream is many times what the pipes and sockets between hold: both commands run
+    # beside each other in the daemon, neither holding what the other needs while it waits
+    r = env.sh("$F send tank/fs@big | $F receive tank/copy", timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert _read(f"{m}/copy/big") == data
+    # -v's lines come as the stream goes, from the daemon
+    r = env.sh("$F send -v -i @b tank/fs@big | (sleep 2.5; cat > /dev/null)", timeout=120)
+    err = r.stderr.decode().splitlines()
+    assert r.returncode == 0 and err[0].startswith("send from tank/fs@b to tank/fs@big "), err
+    assert err[2] == "TIME        SENT   SNAPSHOT tank/fs@big" and len(err) >= 4, err
+
+
+@pytest.mark.usefixtures("needs_fuse")
+def test_client_killed_in_the_middle_of_a_receive_into_the_daemon(env, mounted):
+    with env.opened("other") as h:
+        h.dsl.create("other/src")
+        h.filesystem("other/src").write_file("/big", os.urandom(24 * MiB))
+        h.dsl.snapshot(["other/src@s"])
+    stream = env.ok("send", "other/src@s").stdout
+    _killed_receive(env, "tank/killed", stream, len(stream) // 2)
+    deadline = time.monotonic() + 30       # the daemon sees the client gone, and cleans up
+    while time.monotonic() < deadline:
+        names = env.ok("list", "-H", "-t", "all", "-o", "name", "-r", "tank").stdout.decode()
+        log = open(os.path.join(env.state, "tank.log")).read()
+        if "command receive tank/killed -> 1" in log:
+            break
+        time.sleep(0.2)
+    assert "tank/killed" not in names
+    assert "command receive tank/killed -> 1" in log
+    env.ok("create", "tank/after")                   # the daemon goes on serving
+    assert os.path.isdir(f"{mounted}/after")
+    env.run("unmount", "tank")
+    time.sleep(0.5)
