@@ -278,11 +278,12 @@ def forward(pool: str, argv: list[str]) -> int | None:
               f"{e.strerror}", file=sys.stderr)
         return 1
     with sock:
-        stdin = _StdinRelay(sock)
+        from .control_streams import StdinRelay, isatty, write_bytes
+        stdin = StdinRelay(sock)
         try:
             send(sock, {"argv": argv, "cwd": cwd,
                         "env": {k: os.environ[k] for k in ENV_KEYS if k in os.environ},
-                        "tty": [_isatty(0), _isatty(1)]})
+                        "tty": [isatty(0), isatty(1)]})
             while True:
                 msg = recv_frame(sock)
                 if msg is None:
@@ -290,7 +291,7 @@ def forward(pool: str, argv: list[str]) -> int | None:
                           file=sys.stderr)
                     return 1
                 if isinstance(msg, bytes):
-                    _write_bytes(msg)
+                    write_bytes(msg)
                     continue
                 if "out" in msg:
                     _write(sys.stdout, msg["out"])
@@ -305,99 +306,6 @@ def forward(pool: str, argv: list[str]) -> int | None:
         except (OSError, ValueError, ControlError) as e:
             print(f"lost the fusezfs daemon serving '{pool}': {e}", file=sys.stderr)
             return 1
-
-
-def _isatty(fd: int) -> bool:
-    try:
-        return os.isatty(fd)
-    except OSError:
-        return False
-
-
-def _write_bytes(data: bytes) -> None:
-    """Stream bytes for our stdout, after any text already written there."""
-    sys.stdout.flush()
-    out = getattr(sys.stdout, "buffer", None)
-    if out is None:
-        sys.stdout.write(data.decode("utf-8", "surrogateescape"))
-    else:
-        out.write(data)
-        out.flush()
-
-
-class _StdinRelay:
-    """The client's stdin for the daemon: each {"read": n} is answered, on a thread of its own,
-    with one binary frame of what stdin has (at least one byte, at most n; none at its end).
-    The main thread keeps reading the daemon's frames meanwhile, so a command that ends while
-    a read waits for input still ends here at once."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.asks: list[int] = []
-        self.cond = threading.Condition()
-        self.thread: threading.Thread | None = None
-
-    def ask(self, n: int) -> None:
-        with self.cond:
-            self.asks.append(max(1, min(n, MAX_FRAME)))
-            self.cond.notify()
-        if self.thread is None:
-            self.thread = threading.Thread(target=self._run, name="fusezfs-stdin", daemon=True)
-            self.thread.start()
-
-    def _run(self) -> None:
-        fd = 0
-        _grow_pipe(fd)
-        eof = False
-        while True:
-            with self.cond:
-                while not self.asks:
-                    self.cond.wait()
-                n = self.asks.pop(0)
-            data = b"" if eof else _read_some(fd, n)
-            eof = eof or not data
-            try:
-                send_bytes(self.sock, data)
-            except OSError:
-                return
-
-
-def _grow_pipe(fd: int) -> None:
-    """A pipe on stdin holds 64 KiB by default; ask for 1 MiB (as libzfs_set_pipe_max does),
-    so the writer is woken less often."""
-    import fcntl
-    import stat as stat_
-    try:
-        if stat_.S_ISFIFO(os.fstat(fd).st_mode):
-            fcntl.fcntl(fd, 1031, 1 << 20)          # F_SETPIPE_SZ
-    except OSError:
-        pass
-
-
-def _read_some(fd: int, n: int) -> bytes:
-    """Up to n bytes of fd: one blocking read, then whatever more is ready at once."""
-    import select
-    try:
-        data = os.read(fd, n)
-    except OSError:
-        return b""
-    if not data:
-        return data
-    parts = [data]
-    got = len(data)
-    while got < n:
-        try:
-            ready, _w, _x = select.select([fd], [], [], 0)
-            if not ready:
-                break
-            more = os.read(fd, n - got)
-        except OSError:
-            break
-        if not more:
-            break
-        parts.append(more)
-        got += len(more)
-    return b"".join(parts)
 
 
 # ---- server -----------------------------------------------------------------------------------
@@ -447,7 +355,7 @@ class Server:
         self._bound_ino: int | None = None
         self.singles = None     # daemon.SingleMounts: datasets mounted at paths of their own
         self.others = None      # fuse_sessions.Sessions: every FUSE session but the tree's
-        self.streams: set[_Channel] = set()     # connections of running streaming commands
+        self.streams: set = set()                # connections of running streaming commands
         self.streams_cond = threading.Condition()
 
     def start(self) -> None:
@@ -677,9 +585,10 @@ class Server:
         commands (see the module comment); its output reaches the client as it is written.
         Returns the exit code."""
         from . import cli, sessions
-        chan = _Channel(conn, self)
-        stdio = sessions.Stdio(_RemoteStdin(chan), _RemoteStdout(chan), _RemoteText(chan, "out"),
-                               _RemoteText(chan, "err"), tty[0], tty[1])
+        from .control_streams import Channel, RemoteStdin, RemoteStdout, RemoteText
+        chan = Channel(conn, self)
+        stdio = sessions.Stdio(RemoteStdin(chan), RemoteStdout(chan), RemoteText(chan, "out"),
+                               RemoteText(chan, "err"), tty[0], tty[1])
         with self.cmd_lock:
             if self.stopping:
                 stdio.err.write(f"the fusezfs daemon serving '{self.pool_name}' is stopping\n")
@@ -752,135 +661,3 @@ class Server:
         else:
             os.environ["TZ"] = tz
         time.tzset()
-
-
-# ---- the streams of a streaming command, in the daemon ----------------------------------------
-class _Channel:
-    """One streaming command's connection: frames go out one at a time, from the command's
-    thread and from its helpers (send -v's progress reporter). `cut` (the daemon stops) makes
-    every later use fail, so the command ends, and cleans up, instead of waiting."""
-
-    def __init__(self, sock: socket.socket, server: Server) -> None:
-        self.sock = sock
-        self.server = server
-        self.lock = threading.Lock()
-        self.lost: str | None = None
-
-    def _check(self) -> None:
-        if self.lost is None and self.server.stopping:
-            self.lost = f"the fusezfs daemon serving '{self.server.pool_name}' is stopping"
-        if self.lost is not None:
-            raise OSError(self.lost)
-
-    def send_obj(self, obj: dict) -> None:
-        with self.lock:
-            self._check()
-            try:
-                send(self.sock, obj)
-            except OSError as e:
-                self.lost = f"lost the client: {e.strerror or e}"
-                raise
-
-    def send_data(self, data) -> None:
-        with self.lock:
-            self._check()
-            try:
-                send_bytes(self.sock, data)
-            except OSError as e:
-                self.lost = f"lost the client: {e.strerror or e}"
-                raise
-
-    def recv_data(self) -> bytes:
-        """The client's next binary frame (an answer to {"read": n})."""
-        self._check()
-        try:
-            frame = recv_frame(self.sock)
-        except (OSError, ValueError, ControlError) as e:
-            self.lost = f"lost the client: {e}"
-            raise OSError(self.lost) from None
-        if not isinstance(frame, bytes):
-            self.lost = "lost the client" if frame is None else "unexpected frame from the client"
-            raise OSError(self.lost)
-        return frame
-
-    def cut(self) -> None:
-        self.lost = self.lost or f"the fusezfs daemon serving '{self.server.pool_name}' is stopping"
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-
-class _RemoteStdin(io.RawIOBase):
-    """The client's stdin: a chunk asked for ahead of the one being consumed (module comment)."""
-
-    def __init__(self, chan: _Channel) -> None:
-        self.chan = chan
-        self.buf = b""
-        self.pos = 0
-        self.asked = False
-        self.eof = False
-
-    def readable(self) -> bool:
-        return True
-
-    def _ask(self) -> None:
-        self.chan.send_obj({"read": CHUNK})
-        self.asked = True
-
-    def read(self, n: int = -1) -> bytes:
-        while self.pos >= len(self.buf) and not self.eof:
-            if not self.asked:
-                self._ask()
-            data = self.chan.recv_data()
-            self.asked = False
-            if not data:
-                self.eof = True
-                break
-            self.buf, self.pos = data, 0
-            self._ask()                     # the next chunk comes while this one is used
-        if n is None or n < 0:
-            n = len(self.buf) - self.pos
-        out = self.buf[self.pos:self.pos + n]
-        self.pos += len(out)
-        return out
-
-    def readinto(self, b) -> int:
-        data = self.read(len(b))
-        b[:len(data)] = data
-        return len(data)
-
-
-class _RemoteStdout(io.RawIOBase):
-    """The client's stdout, for stream bytes: binary frames of at most CHUNK bytes."""
-
-    def __init__(self, chan: _Channel) -> None:
-        self.chan = chan
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b) -> int:
-        view = memoryview(b).cast("B")
-        for off in range(0, len(view), CHUNK):
-            self.chan.send_data(view[off:off + CHUNK])
-        return len(view)
-
-
-class _RemoteText(io.TextIOBase):
-    """The client's stdout or stderr, for text: each write is a frame, sent at once."""
-
-    def __init__(self, chan: _Channel, which: str) -> None:
-        self.chan = chan
-        self.which = which
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, s: str) -> int:
-        if s:
-            self.chan.send_obj({self.which: s})
-        return len(s)
-
-    def isatty(self) -> bool:
-        return False
