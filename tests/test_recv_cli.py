@@ -197,12 +197,14 @@ def test_stream_errors_leave_the_target_as_it_was(env, streams):
     cases.append((bytes(flipped), "cannot receive new filesystem stream: checksum mismatch"))
     for data, msg in cases:
         assert fails(env, "recv", "other/copy", input=data) == msg + "\n", msg
+        _no_leftover(env)           # (before any command: opening the pool cleans up too)
         assert "other/copy" not in env.ok("list", "-H", "-o", "name").stdout.decode()
     env.ok("recv", "other/copy", input=full)
     before = root_of(env, "other/copy")
     for data in (incr[:len(incr) // 2], incr[:-1]):
         assert fails(env, "recv", "other/copy", input=data) == (
             "cannot receive incremental stream: incomplete stream\n")
+        _no_leftover(env)
     assert root_of(env, "other/copy") == before and snapshots(env, "other/copy") == ["a"]
     assert fails(env, "recv", "other/new", input=incr) == (
         "cannot receive incremental stream: destination 'other/new' does not exist\n")
@@ -254,6 +256,24 @@ def _killed_receive(c: Cli, target: str, stream: bytes, feed: int) -> None:
         except BrokenPipeError:
             pass
     assert p.returncode == -signal.SIGKILL
+
+
+def _no_leftover(c: Cli) -> None:
+    """A failed receive destroyed its hidden dataset itself (looked at without a Handle,
+    which would clean up what a crash left)."""
+    from fusezfs.cli_pool import open_pool
+    pool = open_pool("other")
+    try:
+        with pool.lock:
+            dsl = Datasets(pool)
+            assert marks(dsl) == []
+            todo = [1]
+            while todo:
+                for child in dsl.children(todo.pop(), hidden=True):
+                    assert "%" not in child.component, dsl.name(child.id)
+                    todo.append(child.id)
+    finally:
+        pool.close()
 
 
 def _leftover(c: Cli, hidden: str) -> None:
