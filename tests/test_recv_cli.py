@@ -65,6 +65,15 @@ def test_verbose_and_dry_run(env, streams):
     trees(env, [("tank/fs@a", "other/copy@a"), ("tank/fs@b", "other/copy@b")])
 
 
+def test_flags_without_effect_here(env, streams):
+    """-h (no holds in the streams fusezfs takes), -M (nothing to unmount) and, with no mount
+    daemon, -u: accepted, and the receive is an ordinary one."""
+    full, incr = streams
+    env.ok("recv", "-h", "-M", "-u", "other/copy", input=full)
+    env.ok("recv", "-hMu", "other/copy", input=incr)
+    trees(env, [("tank/fs@a", "other/copy@a"), ("tank/fs@b", "other/copy@b")])
+
+
 def test_force_over_a_filesystem_and_its_limits(env, streams):
     full, incr = streams
     env.ok("create", "other/empty")
