@@ -79,7 +79,8 @@ ZFS_VERBS = ("create", "destroy", "snapshot", "snap", "rollback", "clone", "prom
              "send", "receive", "recv")
 VERB_MODULES = {"pool": "cli_pool", "cp": "cli_cp", "mount": "cli_mount", "unmount": "cli_mount",
                 "umount": "cli_mount", **{v: "cli_zfs" for v in ZFS_VERBS},
-                "send": "cli_send", "receive": "cli_send", "recv": "cli_send"}
+                "send": "cli_send", "receive": "cli_send", "recv": "cli_send",
+                "image": "images.cli", "container": "images.cli"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,7 +150,7 @@ def dispatch(argv: list[str]) -> int:
     verb: Callable[[list[str]], int]
     if module == "cli_zfs":
         verb = lambda a: mod.run(argv[0], a)  # noqa: E731
-    elif module in ("cli_mount", "cli_send"):
+    elif module in ("cli_mount", "cli_send", "images.cli"):
         verb = mod.COMMANDS[argv[0]]
     else:
         verb = mod.main
