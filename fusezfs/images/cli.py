@@ -278,7 +278,10 @@ def image_export(args: list[str]) -> int:
         raise Failed("cowardly refusing to write an image archive to a terminal")
     with opened(_store_opt(opts)) as store:
         images = [store.find(r) for r in refs]
-        export_images(store, images, path, io.stdout, None)
+        try:
+            export_images(store, images, path, io.stdout, None)
+        except OSError as e:
+            raise Failed(f"cannot write '{path}': {e.strerror or e}") from None
     return 0
 
 
