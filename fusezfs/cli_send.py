@@ -29,8 +29,10 @@ receive [-vnFhMu] [-o prop=value] ... [-x prop] ... [-d|-e] FS|SNAP, receive -A 
   a property's received value out. -v says what it receives, and how fast. -h (skip holds) and
   -M (force unmounts) are accepted: streams fusezfs takes carry no holds, and it never needs
   to unmount. -A destroys what an interrupted receive into FS left.
-Not yet: send -R, -p, -t, -s, --redact, --saved, -b, -h; receive -s; compound streams with
-properties or descendants (those of -R and -p).
+  -p: the filesystem's properties (set on it or received) go along, in a compound stream as
+  libzfs writes it (send/props.py); a receiver sets them as received values.
+Not yet: send -R, -t, -s, --redact, --saved, -b, -h, -p of a filesystem operand; receive -s;
+replication streams (-R) on receive.
 
 Messages and exit codes are OpenZFS's (libzfs_sendrecv.c, zfs_main.c): 1 for a failure, 2 for
 bad usage (the usage text follows).
@@ -58,7 +60,7 @@ USAGE = {
                "\t    [-d | -e] <filesystem>\n"
                "\treceive -A <filesystem|volume>",
 }
-NOT_YET = {"R": "-R (replication streams)", "p": "-p (properties)", "t": "-t (resume tokens)",
+NOT_YET = {"R": "-R (replication streams)", "t": "-t (resume tokens)",
            "s": "-s (resumable streams)", "b": "-b (received properties)", "h": "-h (holds)",
            "d": "--redact", "S": "--saved"}
 TERMINAL_OUT = "Error: Stream can not be written to a terminal.\nYou must redirect standard output."
@@ -159,7 +161,7 @@ def cmd_send(args: list[str]) -> int:
     from .send.outgoing import SendError
     opts, rest = parse(args, "i:I:RsDpVvnPLeht:cwbd:S")
     fromname: str | None = None
-    doall = dry = parsable = False
+    doall = dry = parsable = props = False
     verbosity = 0
     io_ = sessions.stdio()
     for o, v in opts:
@@ -179,6 +181,8 @@ def cmd_send(args: list[str]) -> int:
             dry = True
         elif flag == "P":
             parsable = True
+        elif flag == "p":
+            props = True
         elif flag == "V" and verbosity == 0:
             verbosity = 1           # (-V's process title is not set: no meaning here)
     if parsable and verbosity == 0:
@@ -193,8 +197,8 @@ def cmd_send(args: list[str]) -> int:
     target = rest[0]
     try:
         if doall:
-            return _send_all(target, fromname, dry, verbosity, parsable, progress, io_)
-        return _send_one(target, fromname, dry, verbosity, parsable, progress, io_)
+            return _send_all(target, fromname, dry, verbosity, parsable, progress, io_, props)
+        return _send_one(target, fromname, dry, verbosity, parsable, progress, io_, props)
     except SendError as e:
         raise Failed(f"warning: cannot send '{target}': {e.message}") from None
 
@@ -207,9 +211,11 @@ def _open_dataset(dsl, name: str):
 
 
 def _send_one(target: str, fromname: str | None, dry: bool, verbosity: int, parsable: bool,
-              progress: bool, io_) -> int:
+              progress: bool, io_, props: bool = False) -> int:
     """zfs_do_send's path for everything but -I (and -R): zfs_send_one."""
+    from .send import records as R
     from .send.outgoing import SendError, Stream, source_of
+    from .send.props import package
     from .send.sender import Source
     if fromname is not None and "#" not in fromname and "@" not in fromname:
         io_.err.write("Warning: incremental source didn't specify type, assuming snapshot. "
@@ -225,6 +231,8 @@ def _send_one(target: str, fromname: str | None, dry: bool, verbosity: int, pars
             snap = _open_dataset(dsl, target)
             if snap.kind == "filesystem" and sessions.handle(pool_of(target)) is not None:
                 raise SendError("target is busy; if a filesystem, it must not be mounted")
+            if snap.kind == "filesystem" and props:
+                raise Failed("fusezfs does not implement zfs send -p of a filesystem yet")
             source, keep = None, []
             if fromname is not None and "@" in fromname:
                 if pool_of(fromname) != pool_of(target):
@@ -250,8 +258,16 @@ def _send_one(target: str, fromname: str | None, dry: bool, verbosity: int, pars
                 out.flush()
         if dry:
             return 0
+        if props:           # send_prelim_records: the package's head, with the properties
+            with pool.lock:
+                head = dsl.record(snap.parent)
+                io_.stdout.write(R.package_header(dsl.name(snap.id), package(
+                    dsl, head, snap, None, [snap])))
         stream = Stream(dsl, snap, source, pool.lock, keep=keep)
         _write(stream, io_, dsl.name(snap.id), parsable, verbosity, progress)
+        if props:
+            io_.stdout.write(R.PACKAGE_END)
+            io_.stdout.flush()
     return 0
 
 
@@ -292,7 +308,7 @@ def _write(stream, io_, name: str, parsable: bool, verbosity: int, progress: boo
 
 
 def _send_all(target: str, fromname: str, dry: bool, verbosity: int, parsable: bool,
-              progress: bool, io_) -> int:
+              progress: bool, io_, props: bool = False) -> int:
     """send -I: zfs_do_send's path to zfs_send (dump_filesystem, dump_snapshot): a compound
     stream of one incremental substream per snapshot after the source, up to the target."""
     from .send import records as R
@@ -346,7 +362,12 @@ def _send_all(target: str, fromname: str, dry: bool, verbosity: int, parsable: b
             out.flush()
         if dry:
             return 0
-        io_.stdout.write(R.package_header(target))
+        payload = b""
+        if props:
+            from .send.props import package
+            with pool.lock:
+                payload = package(dsl, head, last, short, [s for s, _src, _sh in parts])
+        io_.stdout.write(R.package_header(target, payload))
         for s, src, _short in parts:     # (zfs_send runs these with verbosity 0)
             stream = Stream(dsl, s, source_of(dsl, src), pool.lock, keep=[src])
             _write(stream, io_, dsl.name(s.id), parsable, 0, progress)
@@ -428,7 +449,7 @@ def _receive(target: str, o, verbose: bool, io_) -> int:
     if pool_name not in imported_names():
         if o.isprefix:
             raise ReceiveError(f"specified fs ({target}) does not exist", action="cannot receive")
-        begin, sendfs = next(substreams(reader))
+        begin, sendfs, _props = next(substreams(reader))
         dest = destination(target, begin.toname, sendfs, o)
         fs = dest.partition("@")[0]
         if begin.fromguid or "/" not in fs:
@@ -444,7 +465,7 @@ def _receive(target: str, o, verbose: bool, io_) -> int:
                 if dsl.lookup(target) is None:
                     raise ReceiveError(f"specified fs ({target}) does not exist",
                                        action="cannot receive")
-        for begin, sendfs in substreams(reader):
+        for begin, sendfs, received in substreams(reader):
             t0, off0 = time.time(), reader.offset - R.RECORD_SIZE - len(begin.payload)
             dest = destination(target, begin.toname, sendfs, o)
 
@@ -461,7 +482,7 @@ def _receive(target: str, o, verbose: bool, io_) -> int:
 
             rx = Receive(dsl, dest, begin, o,
                          on_new=(lambda rec: sessions.leave_unmounted(rec.id)) if o.nomount
-                         else None)
+                         else None, received=received)
             run(rx, reader, pool.lock,
                 lambda fn: sessions.critical(pool, fn, "receive"), started)
             if verbose and not o.dryrun and not rx.skip:

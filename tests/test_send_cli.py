@@ -361,3 +361,59 @@ def test_zfsfuse_receives_and_sends_back_through_the_cli(env, tmp_path):
         assert r.returncode == 0, r.stderr
         assert r.stdout.count("receiving incremental stream of zt/copy@") == 3
     trees(env, [(f"tank/fs@{s}", f"other/back@{s}") for s in "abcd"])
+
+
+def test_properties_go_along_with_p(env, tmp_path):
+    env.ok("set", "compression=gzip-3", "tank/fs")
+    env.ok("set", "my:tag=hello", "tank/fs")
+    env.ok("set", "quota=100M", "tank/fs")
+    env.ok("snapshot", "tank/fs@p1")
+    env.ok("snapshot", "tank/fs@p2")
+    r = env.sh("$F send -p tank/fs@p1 > p && $F receive -x my:tag other/copy < p && "
+               "$F send -p -I @p1 tank/fs@p2 | $F receive other/copy")
+    assert r.returncode == 0, r.stderr
+    got = env.ok("get", "-H", "-o", "property,value,source", "compression,my:tag,quota,atime",
+                 "other/copy").stdout.decode()
+    assert got == ("compression\tgzip-3\treceived\nmy:tag\t-\t-\nquota\t100M\treceived\n"
+                   "atime\ton\tdefault\n")
+    assert snapshots(env, "other/copy") == ["p1", "p2"]
+    # the package: BEGIN (type 2) with the nvlist libzfs packs, the substream, the END
+    reader = R.StreamReader(open(tmp_path / "p", "rb"))
+    head = reader.begin()
+    from fusezfs.send import nvlist
+    nvl = nvlist.decode(head.payload)
+    fs, = nvl["fss"].values()
+    assert (nvl["tosnap"], "not_recursive" in nvl, fs["name"]) == ("p1", True, "tank/fs")
+    assert fs["props"] == {"compression": 7, "my:tag": "hello", "quota": 100 << 20}
+    assert list(fs["snaps"]) == ["a", "b", "p1"] and list(fs["snapprops"]) == ["p1"]
+    if zstream.unavailable() is None:
+        d = zstream.dump(tmp_path / "p")
+        assert d.returncode == 0 and "Expected checksum" not in d.stdout, d.stderr
+
+
+def test_properties_to_and_from_zfsfuse(env, tmp_path):
+    """send -p into zfs-fuse: its `zfs get` shows the values as received; zfs-fuse's send -p
+    into fusezfs: the same."""
+    from zfsfuse import ZfsFuse, require
+    require()
+    env.ok("set", "compression=gzip-3", "tank/fs")
+    env.ok("set", "my:tag=hello", "tank/fs")
+    env.ok("snapshot", "tank/fs@p1")
+    f = " ".join(FZ)
+    with ZfsFuse(env=env.env) as zf:
+        zf.zpool("create", "-m", str(tmp_path / "zmnt"), "zt", zf.sparse_file("d0", 256 * MiB),
+                 check=True)
+        r = zf.run(["sh", "-c", f"{f} send -p tank/fs@p1 | zfs receive zt/copy"], timeout=300)
+        assert r.returncode == 0, r.stderr
+        got = zf.zfs("get", "-H", "-o", "property,value,source", "compression,my:tag",
+                     "zt/copy", check=True).stdout
+        assert got == "compression\tgzip-3\treceived\nmy:tag\thello\treceived\n"
+        zf.zfs("set", "atime=off", "zt/copy", check=True)
+        zf.zfs("snapshot", "zt/copy@p2", check=True)
+        r = zf.run(["sh", "-c", f"zfs send -p zt/copy@p2 | {f} receive other/back"],
+                   timeout=300)
+        assert r.returncode == 0, r.stderr
+    got = env.ok("get", "-H", "-o", "property,value,source", "compression,my:tag,atime",
+                 "other/back").stdout.decode()
+    assert got == ("compression\tgzip-3\treceived\nmy:tag\thello\treceived\n"
+                   "atime\toff\treceived\n")

@@ -182,7 +182,8 @@ class Receive:
     Every method but `switch` (run by the caller's `critical`) wants the pool lock held."""
 
     def __init__(self, dsl: Datasets, dest: str, begin: R.Begin, opts: Options,
-                 on_new: Callable[[Record], None] | None = None) -> None:
+                 on_new: Callable[[Record], None] | None = None,
+                 received: tuple[dict, dict] | None = None) -> None:
         self.dsl = dsl
         self.dest = dest
         self.begin = begin
@@ -198,6 +199,7 @@ class Receive:
         self.skip = False                        # the snapshot is here already (same guid)
         self.applier: Applier | None = None
         self.raw_props: dict = {}                # -o, validated
+        self.received = received                 # send -p: (properties, snapshot's) or None
 
     def fail(self, message: str, action: str | None = None, before: str = "") -> ReceiveError:
         return ReceiveError(message, action=action or self.action, before=before)
@@ -306,6 +308,10 @@ class Receive:
             raise self.fail(e.message) from None
         dsl.mos.put(_mark_key(self.tmp.id), b"")
         _live.setdefault(dsl, set()).add(self.tmp.id)
+        if self.received is not None:            # the data is written as they say
+            self.tmp.received = dict(self.received[0])
+            dsl.touch(self.tmp)
+            dsl.records_changed += 1
         dsl.pool.sync()           # durable now, as dmu_recv_begin's sync task makes %recv
         omap = ObjectMap(0, 0, 0, []) if self.full else \
             ObjectMap.decode(dsl.tree(self.tmp).get(MAP_KEY))
@@ -374,8 +380,16 @@ class Receive:
                         raise self.fail(e.message) from None
             dsl.clone_swap(head, self.tmp)
             final = head
+            if self.received is not None:
+                head.received = dict(self.received[0])
+                dsl.touch(head)
+                dsl.records_changed += 1
             if self.opts.props:
                 properties.set_props(dsl, head, self.opts.props)
+        if self.received is not None and self.received[1]:
+            snap = dsl.lookup(self.dest if self.head is not None else f"{fs}@{self.snapname}")
+            snap.received = dict(self.received[1])
+            dsl.touch(snap)
         for name in self.opts.excluded:
             canon = dsprops.canonical(name) or name
             if canon not in final.props and canon in final.received:
@@ -459,17 +473,25 @@ def read_begin(reader: R.StreamReader, *, package: bool = False) -> R.Begin | No
     return begin
 
 
-def substreams(reader: R.StreamReader) -> Iterator[tuple[R.Begin, str]]:
-    """(BEGIN, the sending filesystem) of every substream of the input: one, or those of a
-    compound stream without an nvlist (send -I), after checking its header."""
+def substreams(reader: R.StreamReader) -> Iterator[tuple[R.Begin, str, Any]]:
+    """(BEGIN, the sending filesystem, what a -p stream says of its properties or None) of
+    every substream of the input: one, or those of a compound stream (send -I, -p), after
+    checking its header."""
+    from .props import StreamProps
     begin = read_begin(reader)
     if begin.hdrtype != R.DMU_COMPOUNDSTREAM:
         check_type(begin)
-        yield begin, begin.toname.partition("@")[0]
+        yield begin, begin.toname.partition("@")[0], None
         return
+    props = None
     if begin.payload:
-        raise ReceiveError("stream has unsupported feature (a compound stream with "
-                           "properties or descendants: send -p, -R)", action=RECEIVE)
+        try:
+            props = StreamProps(begin.payload)
+        except (ValueError, KeyError, TypeError):
+            raise ReceiveError("invalid backup stream", action=RECEIVE) from None
+        if props.recursive:
+            raise ReceiveError("stream has unsupported feature (a replication stream: "
+                               "send -R)", action=RECEIVE)
     try:
         reader.package_end()
     except R.StreamError as e:
@@ -482,7 +504,7 @@ def substreams(reader: R.StreamReader) -> Iterator[tuple[R.Begin, str]]:
         if sub.hdrtype != R.DMU_SUBSTREAM:
             raise ReceiveError("invalid backup stream", action=RECEIVE)
         check_type(sub)
-        yield sub, sendfs
+        yield sub, sendfs, props.for_guid(sub.toguid) if props is not None else None
 
 
 def receive_stream(dsl: Datasets, target: str, src: BinaryIO, *,
@@ -493,8 +515,9 @@ def receive_stream(dsl: Datasets, target: str, src: BinaryIO, *,
     reader = R.StreamReader(src)
     opts = Options(force=force)
     done = None
-    for begin, sendfs in substreams(reader):
-        rx = Receive(dsl, destination(target, begin.toname, sendfs, opts), begin, opts)
+    for begin, sendfs, received in substreams(reader):
+        rx = Receive(dsl, destination(target, begin.toname, sendfs, opts), begin, opts,
+                     received=received)
         run(rx, reader, nullcontext(), lambda fn: fn())
         done = Received(rx.dest, rx.full, reader.offset)
     return done
