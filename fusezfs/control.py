@@ -185,6 +185,10 @@ def pools_named(argv: list[str]) -> tuple[list[str], bool] | None:
                 if ds is not None:
                     names.append(pool_of(ds))
         return names, False
+    if verb in ("image", "container"):
+        from .images.cli import store_of
+        store = store_of(argv)
+        return ([pool_of(store)] if store and pool_of(store) in imported else []), False
     from .cli import ZFS_VERBS      # (not cli_zfs: a client forwarding a command imports little)
     if verb not in ZFS_VERBS:
         return None
@@ -256,6 +260,9 @@ def forward(pool: str, argv: list[str]) -> int | None:
         cwd = "/"
     if argv and argv[0] == "cp":
         argv = _absolute_cp_paths(argv, cwd)
+    elif argv and argv[0] in ("image", "container"):
+        from .images.cli import route_argv      # the store and archive paths made explicit
+        argv = route_argv(argv, cwd)
     path = socket_path(pool)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
