@@ -90,7 +90,14 @@ def fusezfs_usage() -> str:
             + listing(ZFS_TABLE, {**zfs_usages(), "cp": "\tcp [-a] [-r] <source> ... <dest>"})
             + "\n\nzpool commands: fusezfs pool <command> ..., where 'command' is one of the "
             "following:\n\n" + listing(ZPOOL_TABLE, zpool_usages())
+            + "\n\nimages and containers (Docker's ZFS graph layout): fusezfs image|container "
+            "<command> ...\n\n" + _images_usage()
             + "\n\nEach dataset is of the form: pool/[dataset/]*dataset[@name]")
+
+
+def _images_usage() -> str:
+    from .images.cli import USAGE
+    return USAGE["image"] + "\n" + USAGE["container"]
 
 
 def real_zfs_loaded() -> str | None:

@@ -303,6 +303,8 @@ def test_tags_ids_and_errors(env, capsys):
     assert run(capsys, "image", "import", "tank/images")[0] == 2
     code, _o, err = run(capsys, "image", "frobnicate")
     assert code == 2 and "unrecognized" in err
+    code, _o, err = run(capsys)                       # bare fusezfs lists the verbs
+    assert code == 2 and "\n\timage import " in err and "\n\tcontainer commit " in err
     assert run(capsys, "image", "import", "nopool/x", "untagged")[0] == 1
 
 
