@@ -18,7 +18,6 @@ from contextlib import contextmanager
 import pytest
 
 import zstream
-from fusezfs import cli
 from fusezfs.api import Handle
 from fusezfs.cli_pool import open_pool
 from fusezfs.send import records as R
