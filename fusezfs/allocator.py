@@ -241,6 +241,17 @@ class Allocator:
                 return DVA(v, off, size)
         raise NoSpace()
 
+    def claim(self, dva: DVA) -> bool:
+        """Allocate exactly `dva`'s extent if all of it is free (import claiming the intent
+        log's blocks, which no space map records: zil.py); False, changing nothing, if not."""
+        space = self.spaces.get(dva.vdev)
+        if space is None or dva.asize <= 0 or not space.is_free(dva.offset, dva.asize):
+            return False
+        j = bisect_right(space.starts, dva.offset) - 1
+        space._take(j, dva.offset, dva.asize)
+        self.changes += 1
+        return True
+
     def free(self, dva: DVA, *, deferred: bool) -> None:
         self.changes += 1
         if deferred:

@@ -35,6 +35,9 @@ class Handle(OnePerPool):
         self._open: dict[int, Posix] = {}
         pool.sync_hooks.insert(0, self._flush)
         with pool.lock:
+            # fsync'ed changes an import found in the intent log, before anything else
+            from .posix_log import replay_all
+            replay_all(self)
             # receives a crash interrupted leave no hidden dataset behind (send/incoming.py;
             # its module is imported only when one did: its MARK_PREFIX is this key)
             if pool.mos.first_item(b"recvtmp\0", b"recvtmp\1") is not None:

@@ -131,6 +131,8 @@ class BlockIO:
         # work started by prepare_ahead before write_many
         self._ahead: dict[int, tuple] = {}
         self.ahead_bytes = 0            # space early writes hold that no block pointer has yet
+        # blocks the intent log names (zil.IntentLog.pin): freed in their own txg, deferred still
+        self.pinned: set = set()
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)
@@ -479,7 +481,7 @@ class BlockIO:
         old = self.cache.pop((bp.dvas[0], bp.birth), None)
         if old is not None:
             self.cached -= len(old) + CACHE_ENTRY
-        deferred = bp.birth < self.txg
+        deferred = bp.birth < self.txg or bp.dvas[0] in self.pinned
         for dva in bp.dvas:
             self.allocator.free(dva, deferred=deferred)
 

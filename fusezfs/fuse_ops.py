@@ -920,9 +920,10 @@ class Operations(pyfuse3.Operations):
         await self._run_thread(self._fsync, fh)
 
     def _fsync(self, gfh):
+        # the file's changes and the names that find it, through the intent log (msync and
+        # O_SYNC writes come here too: the kernel fsyncs for them)
         view, fh = self._file(gfh)
         view.fs.fsync(fh)
-        self.pool.sync()        # the txg committed even if this view had nothing new
 
     # ---- directories --------------------------------------------------------------------
     async def opendir(self, inode, ctx):
@@ -1009,7 +1010,13 @@ class Operations(pyfuse3.Operations):
             view.fs.releasedir(fh)
 
     async def fsyncdir(self, fh, datasync):
-        await self._run_thread(self.pool.sync)
+        await self._run_thread(self._fsyncdir)
+
+    def _fsyncdir(self):
+        """fsync of a directory is the whole-pool checkpoint (syncfs(2) and sync(1) never
+        reach a FUSE daemon): every filesystem's pending changes through the intent log."""
+        for fs in list(self.handle._open.values()):
+            fs.fsync_all()
 
     # ---- xattrs -------------------------------------------------------------------------
     async def setxattr(self, inode, name, value, ctx):

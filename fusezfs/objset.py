@@ -27,6 +27,9 @@ class DatasetIO:
         self.compress = str(value("compression")) != "off"
         self.atime = str(value("atime")) == "on"
         self.policy = properties.write_policy(dsl, head)
+        # the intent log (posix_log.py): standard | always | disabled; latency | throughput
+        self.sync_mode = "disabled" if self.readonly else str(value("sync"))
+        self.logbias = str(value("logbias"))
 
     @property
     def txg(self) -> int:
@@ -58,3 +61,8 @@ class DatasetIO:
 
     def sync(self) -> None:
         self.dsl.pool.sync()
+
+    def intent_log(self):
+        """The pool's intent log (zil.IntentLog), made on first use."""
+        from .zil import IntentLog
+        return IntentLog(self.dsl.pool)

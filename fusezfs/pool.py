@@ -272,6 +272,9 @@ class Pool:
             pool.blocks.txg = ubs[0].txg + 1    # new txgs outrank the ones given up
         if dry_run:
             return pool
+        if pool.mos.get(b"zil") is not None:
+            from .zil import IntentLog
+            IntentLog(pool)     # claims the intent log's blocks before anything allocates
         if pool.state != "active" or name or pool.rewound:
             pool.state = "active"
             pool.write_labels()

@@ -63,6 +63,7 @@ from typing import Protocol
 
 from .formats.bp import BlockPointer, decode_bp, encode_bp
 from .posix_data import FileData
+from .posix_log import A, T, W, X, IntentLogging
 from .posix_layout import (MAX_FILE_SIZE, NAME_MAX, ROOT_INO, SUPER_KEY, UNLINKED_HI,
                            UNLINKED_LO, XATTR_INLINE_MAX, XATTR_SIZE_MAX, Inode, Superblock,
                            ino_prefix, inode_key, K_XATTR, kind_hi, kind_lo, unlinked_key,
@@ -126,7 +127,7 @@ class ObjsetIO(Protocol):
         """Commit the open txg durably (fsync)."""
 
 
-class Posix(Names, FileData, PathHelpers):
+class Posix(Names, FileData, IntentLogging, PathHelpers):
     """A POSIX filesystem over one dataset's object tree (see the module comment)."""
 
     def __init__(self, io: ObjsetIO, *, track_lookups: bool = False, root_mode: int = 0o755,
@@ -151,6 +152,7 @@ class Posix(Names, FileData, PathHelpers):
         self._next_fh = 1
         self._sb_dirty = False
         self._depth = 0                 # nesting of locked operations (see posix_types.locked)
+        self._log_init()                # the intent log's itxs (posix_log.py)
         with self.lock:
             raw = self.tree.get(SUPER_KEY)
             if raw is None:
@@ -315,6 +317,7 @@ class Posix(Names, FileData, PathHelpers):
                 raise err(errno.EFBIG)
             grown = self._truncate(node, size)
             node.mtime = now
+            self._note(T, ino, size)
         if mode is not None:
             node.mode = stat.S_IFMT(node.mode) | (mode & 0o7777)
         if uid is not None:
@@ -327,6 +330,7 @@ class Posix(Names, FileData, PathHelpers):
             node.mtime = now if mtime is NOW else int(mtime)
         node.ctime = int(ctime) if ctime is not None and ctime is not NOW else now
         self._mark(node)
+        self._note(A, ino)
         attr = self._attr(node)
         if grown:
             self.io.note_written(grown)
@@ -359,6 +363,7 @@ class Posix(Names, FileData, PathHelpers):
             grown = self._truncate(node, 0)
             node.mtime = node.ctime = self.io.now_ns()
             self._mark(node)
+            self._note(T, ino, 0)
         fh = self._next_fh
         self._next_fh += 1
         self._handles[fh] = Handle(ino, flags)
@@ -411,6 +416,9 @@ class Posix(Names, FileData, PathHelpers):
         if len(data):
             node.mtime = node.ctime = self.io.now_ns()
             self._mark(node)
+            self._note(W, node.ino, offset, offset + len(data))
+            if h.flags & os.O_DSYNC:        # O_SYNC and O_DSYNC: durable when write returns
+                self._sync_now.add(node.ino)
         if grown:
             self.io.note_written(grown)
         return len(data)
@@ -441,10 +449,16 @@ class Posix(Names, FileData, PathHelpers):
     releasedir = release
 
     def fsync(self, fh: int | None = None) -> None:
-        """Make everything durable: flush into the tree and commit the txg."""
+        """fsync(2) of an open file (`fh`): its changes, and the names that find it, made
+        durable through the intent log (posix_log.py; sync=disabled: at once, durable only at
+        the next txg commit, as ZFS). Without `fh`, the library's checkpoint: everything
+        flushed into the tree and the txg committed."""
         with self.lock:
             if fh is not None:
-                self._handle(fh)
+                ino = self._handle(fh).ino
+                if not self.io.readonly:
+                    self._log_commit({ino})
+                return
             self.flush()
             sync = getattr(self.io, "sync", None)
             if sync is not None and not self.io.readonly:
@@ -510,6 +524,7 @@ class Posix(Names, FileData, PathHelpers):
             self.tree.put(key, value)
         node.ctime = self.io.now_ns()
         self._mark(node)
+        self._note(X, ino, key[9:])
 
     def _drop_xattr_block(self, node: Inode, item) -> None:
         if item is not None and item[1] == REF_BLOCK:
@@ -529,6 +544,7 @@ class Posix(Names, FileData, PathHelpers):
         self.tree.delete(key)
         node.ctime = self.io.now_ns()
         self._mark(node)
+        self._note(X, ino, key[9:])
 
     # ---- the filesystem ------------------------------------------------------------------
     @locked
@@ -561,6 +577,7 @@ class Posix(Names, FileData, PathHelpers):
         if self._sb_dirty:
             tree.put(SUPER_KEY, self.sb.encode())
             self._sb_dirty = False
+        self._log_flushed()
         if self._depth == 1:            # not inside an operation
             self._trim()
 
@@ -610,6 +627,7 @@ class Posix(Names, FileData, PathHelpers):
         self._records.clear()
         self._dirty_data = 0
         self._sb_dirty = False
+        self._after_reload()
         raw = self.tree.get(SUPER_KEY)
         if raw is None:
             self._format(0o755, 0, 0)

@@ -130,6 +130,7 @@ class Names:
         node = self._new_inode(d, fmt | (mode & 0o7777), uid, gid,
                                rdev if fmt in (stat.S_IFCHR, stat.S_IFBLK) else 0)
         self._dir_add(d, name, node, node.ctime, cookie)
+        self._note_create(d.ino, name, node)
         self._ref(node.ino)
         return self._attr(node)
 
@@ -140,6 +141,7 @@ class Names:
         name, cookie = self._new_name(d, name)
         node = self._new_inode(d, stat.S_IFDIR | (mode & 0o7777), uid, gid)
         self._dir_add(d, name, node, node.ctime, cookie)
+        self._note_create(d.ino, name, node)
         self._ref(node.ino)
         return self._attr(node)
 
@@ -155,6 +157,7 @@ class Names:
         name, cookie = self._new_name(d, name)
         node = self._new_inode(d, stat.S_IFLNK | 0o777, uid, gid, 0, target)
         self._dir_add(d, name, node, node.ctime, cookie)
+        self._note_create(d.ino, name, node)
         self._ref(node.ino)
         return self._attr(node)
 
@@ -176,6 +179,7 @@ class Names:
         node.ctime = now
         self._mark(node)
         self._dir_add(d, name, node, now, cookie)
+        self._note_link(d.ino, name, ino)
         self._ref(ino)
         return self._attr(node)
 
@@ -193,6 +197,7 @@ class Names:
         if node.is_dir:
             raise err(errno.EISDIR)
         now = self.io.now_ns()
+        self._note_remove(d.ino, name, node.ino, False)
         self._dir_remove(d, e[0], False, now)
         self._drop_link(node, now)
 
@@ -214,6 +219,7 @@ class Names:
         if node.size > 2:
             raise err(errno.ENOTEMPTY)
         now = self.io.now_ns()
+        self._note_remove(d.ino, name, node.ino, True)
         self._dir_remove(d, e[0], True, now)
         self._drop_link(node, now)
 
@@ -253,6 +259,8 @@ class Names:
                 raise err(errno.EINVAL if exchange else errno.ENOTEMPTY) from None
         now = self.io.now_ns()
         if exchange:
+            if src[1] != dst[1]:
+                self._note_rename(od.ino, old_name, nd.ino, new_name, flags)
             self._exchange(od, old_name, src, snode, nd, new_name, dst, dnode, now)
             return
         if dnode is not None:
@@ -267,6 +275,7 @@ class Names:
                 raise err(errno.EISDIR)
         if nd.nlink == 0:
             raise err(errno.ENOENT)
+        self._note_rename(od.ino, old_name, nd.ino, new_name, flags)
         if dnode is not None:
             self._dir_remove(nd, dst[0], dnode.is_dir, now)
             self._drop_link(dnode, now)

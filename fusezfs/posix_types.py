@@ -82,7 +82,8 @@ def err(code: int) -> OSError:
 def locked(fn):
     """Run a Posix operation under the pool's lock. Between top-level operations the inode
     cache is trimmed (a read-only filesystem is never flushed, so this bounds its memory too),
-    and at the end of one the inodes it dirtied are reported to the pool's dirty budget."""
+    and at the end of one the inodes it dirtied are reported to the pool's dirty budget and,
+    under sync=always or through an O_SYNC handle, its changes are committed to the log."""
     @functools.wraps(fn)
     def wrapper(self, *args, **kwargs):
         with self.lock:
@@ -94,6 +95,8 @@ def locked(fn):
                 out = fn(self, *args, **kwargs)
                 if not depth and self._unreported:
                     self._report_dirty()
+                if not depth and self._sync_now:    # sync=always, O_SYNC (posix_log.py)
+                    self._commit_now()
                 return out
             finally:
                 self._depth = depth

@@ -110,6 +110,10 @@ def verify(pool) -> Report:
                 report.faults.append(f"{what}: {e.strerror}")
 
         walk_tree(Tree(pool.mos.store, pool.mos.root), "mos")
+        from .zil import chain_extents          # the intent log: reached through its header
+        for d in chain_extents(pool):
+            if d.vdev in reached:
+                reached[d.vdev].append((d.offset, d.asize, "intent log"))
         sm_bp = pool.spacemap_bp
         note(sm_bp, "spacemap")
         try:
