@@ -405,9 +405,13 @@ class Datasets(OnePerPool):
 
     # ---- snapshots ------------------------------------------------------------------------
     def snapshot(self, names: list[str], props: dict[str, str] | None = None, *,
-                 hidden: bool = False) -> list[Record]:
+                 hidden: bool = False, commit: bool = True) -> list[Record]:
         """Snapshot several datasets atomically: one txg, one createtxg for all. `hidden`:
-        the filesystems may be receives' temporary ones (names holding HIDDEN)."""
+        the filesystems may be receives' temporary ones (names holding HIDDEN). `commit`
+        false leaves the txg holding the new records open for the caller to commit (one txg
+        fewer, for a caller that goes on with other records, as `container create` does); it
+        must write nothing to these heads, nor to clones of the new snapshots, before that
+        commit: those blocks would be born in the snapshots' own txg."""
         heads = []
         for name in names:
             why = dataset_name_error(name.replace(HIDDEN, "-") if hidden else name, snapshot=True)
@@ -440,7 +444,8 @@ class Datasets(OnePerPool):
             head.written = 0
             self.touch(head)
             out.append(rec)
-        self.pool.sync()
+        if commit:
+            self.pool.sync()
         return out
 
     def destroyed(self, rec: Record) -> bool:

@@ -12,6 +12,9 @@ share every block with the image until the container writes. The container's dat
 mounted with the pool (canmount=on) at `<graph>/<id>`, the graph directory being the store's
 mountpoint; the init layer is not (canmount=noauto), as Docker unmounts it once written.
 
+Creating one costs two txg commits: the init layer's files (before its snapshot), then the
+snapshot, the clone and the record together.
+
 `rm` destroys both (the container's dataset first: it is the init snapshot's clone). A
 container's dataset that a mount has files open in is not destroyed (zfs destroy's rule)
 unless forced.
@@ -102,10 +105,13 @@ def create(store: Store, image_ref: str, name: str) -> Container:
         fs = h.filesystem_of(rec)
         _init_layer(fs)
         h.forget(rec.id)
-        made += dsl.snapshot([f"{init}@{LAYER_SNAP}"])
+        # the snapshot's records, the container's clone and its record: one txg, committed
+        # here before anyone can write into the clone (Datasets.snapshot's `commit`)
+        made += dsl.snapshot([f"{init}@{LAYER_SNAP}"], commit=False)
         made.append(dsl.clone(f"{init}@{LAYER_SNAP}", ds,
                               store._props({P_CNAME: name, P_CIMAGE: image.id})))
         store.save_container(c)
+        dsl.pool.sync()
     except BaseException:
         for rec in reversed(made):
             _destroy(store, rec)
