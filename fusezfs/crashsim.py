@@ -372,10 +372,54 @@ def scrubbing_workload(pool: Pool, seed: int, steps: int, committing: dict[int, 
     scrubber.start()
 
     def scrub_a_little(p: Pool) -> None:       # (a sync hook: step never syncs itself here)
-        if scrubber.step() is not None:     # finished: scrub again
+        if scrubber.step():                 # finished: scrub again
             scrubber.start()
     pool.sync_hooks.append(scrub_a_little)
     dataset_workload(pool, seed, steps, committing, model)
+
+
+def resilver_workload(pool: Pool, seed: int, steps: int, committing: dict[int, Expect],
+                      model: DatasetModel | None = None) -> None:
+    """The datasets workload on one device; a third of the way in, a second device (on the
+    same power supply) is attached and resilvered one object tree per sync while the files,
+    snapshots and clones go on changing."""
+    from . import topology
+    from .scrub import Scrubber
+    scrubber = Scrubber(pool)
+    if len(pool.leaves()) == 1:             # (a recovered pool has its side already)
+        first = pool.leaves()[0]
+        power = getattr(first.device, "power", None)     # (a recovered pool's: plain memory)
+        spare = MemoryDevice(first.device.size, "spare")
+        spare = FaultyDevice(spare, power) if power is not None else spare
+
+        def attach_once(p: Pool) -> None:
+            if p.txg >= attach_at and len(p.leaves()) == 1:
+                p.sync_hooks.remove(attach_once)
+                topology.attach(p, first.path, spare)
+        attach_at = pool.txg + max(2, steps // 3)
+        pool.sync_hooks.append(attach_once)
+
+    def resilver_a_little(p: Pool) -> None:     # (a sync hook: step never syncs itself here)
+        scrubber.step()
+    pool.sync_hooks.append(resilver_a_little)
+    dataset_workload(pool, seed, steps, committing, model)
+
+
+def resilver_check(pool: Pool) -> tuple[State, list[str]]:
+    """The datasets check; then the resilver, if the pool has the new side, resumed to the
+    end: afterwards every copy on every side must be whole (a scrub repairs nothing)."""
+    from .scrub import Scrubber, resume
+    got, faults = dataset_check(pool)
+    resume(pool, background=False)
+    scrubber = Scrubber(pool)
+    if any(leaf.resilvering for leaf in pool.leaves()):
+        faults.append("the resumed resilver left a side marked resilvering")
+    scrubber.start()
+    st = scrubber.run()
+    if st is not None and (st.repaired or st.errors):
+        faults.append(f"after the resilver a scrub repaired {st.repaired} bytes, "
+                      f"{st.errors} errors")
+    return got, faults
 
 
 def scrubbing_check(pool: Pool) -> tuple[State, list[str]]:
@@ -440,6 +484,7 @@ WORKLOADS = {
     "datasets": Workload(dataset_workload, dataset_check, 192 << 10, slop=True),
     "pipelined": Workload(pipelined_workload, dataset_check, 192 << 10, slop=True),
     "scrubbing": Workload(scrubbing_workload, scrubbing_check, 192 << 10, slop=True),
+    "resilver": Workload(resilver_workload, resilver_check, 192 << 10, slop=True),
 }
 
 
@@ -473,6 +518,8 @@ def run_cut(kind: str, seed: int, steps: int, cut: int, mode: str,
     pool._stop_committer()          # a commit thread still running meets the dead power too
     acceptable = commits.acceptable()
     rng = random.Random(cut * 7919 + seed)
+    # every device the pool had at the cut (a workload may have attached one)
+    devs = list(dict.fromkeys(devs + [leaf.device for leaf in pool.leaves()]))
     images = [d.crash_image(mode, rng) for d in devs]
     try:
         recovered = Pool.open(images)
@@ -535,3 +582,7 @@ def run(kinds: list[str], modes: list[str], seed: int, steps: int, progress=None
                 if progress:
                     progress(kind, outcome)
     return summary
+
+
+from .crashsim_fsync import WORKLOAD as _FSYNC  # noqa: E402 (it builds on this module)
+WORKLOADS["fsync"] = _FSYNC

@@ -132,20 +132,19 @@ class Scrubber(OnePerPool):
         stop = stop or threading.Event()
         while not stop.is_set():
             with self.pool.lock:
-                if self.pool.closed or stop.is_set():
+                if self.pool.closed or stop.is_set() or self.step(commit_each):
                     break
-                done = self.step(commit_each)
-            if done is not None:
-                return done
-        return load(self.pool)
+        with self.pool.lock:
+            return load(self.pool)
 
-    def step(self, commit: bool = False) -> ScanState | None:
-        """Scan the next object tree (the first step: the MOS and the space map); the state
-        when the scrub is over, paused or canceled, else None. The caller holds the lock."""
+    def step(self, commit: bool = False) -> bool:
+        """Scan the next object tree (the first step: the MOS and the space map); True when
+        there is no more to do (the scan is over, paused or canceled, or there is none). The
+        caller holds the lock."""
         pool = self.pool
         st = load(pool)
         if st is None or st.state != "scanning" or st.paused:
-            return st
+            return True
         if st.cursor is None:           # the MOS tree and the space map come first
             self._scan(Tree(pool.mos.store, pool.mos.root), st, nested=False)
             self._scan_block(pool.spacemap_bp, st)
@@ -161,7 +160,7 @@ class Scrubber(OnePerPool):
                     pool.write_labels()
                 if commit:
                     pool.sync()
-                return st
+                return True
             key = todo[0]
             raw = pool.mos.get(key)
             if raw is not None:
@@ -172,7 +171,7 @@ class Scrubber(OnePerPool):
         st.save(pool)
         if commit:
             pool.sync()
-        return None
+        return False
 
     def _scan(self, tree: Tree, st: ScanState, nested: bool = True) -> None:
         for kind, bp in tree.walk(self.seen):
@@ -195,11 +194,22 @@ class Scrubber(OnePerPool):
         st.errors += lost
 
 
-def resume(pool: Pool) -> None:
-    """A long-lived owner opening the pool goes on with a scrub left running (not paused) when
-    the pool was last closed, in the background, as the kernel does after an import."""
+def resume(pool: Pool, background: bool = True) -> None:
+    """An owner opening the pool goes on with what was left running when it was last closed,
+    as the kernel does after an import: a scan not paused, or a resilver a side still needs.
+    The labels say which sides are resilvering and the MOS holds the scan, and a crash can
+    come between the two writes: a side marked resilvering with no resilver in the MOS gets
+    one started here."""
     st = load(pool)
-    if st is not None and st.state == "scanning" and not st.paused:
-        scrubber = Scrubber(pool)
+    scrubber = Scrubber(pool)
+    if any(leaf.resilvering for leaf in pool.leaves()) and \
+            not (st is not None and st.func == "resilver" and st.state == "scanning"):
+        scrubber.start("resilver")
+    elif st is None or st.state != "scanning" or st.paused:
+        return
+    else:
         scrubber.start()
+    if background:
         scrubber.in_background()
+    else:
+        scrubber.run(commit_each=True)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 
-from .devices import FileDevice
+from .devices import Device, FileDevice
 from .formats import label as fl
 from .pool import Pool, PoolError, lock_device, new_guid, read_label
 from .scrub import Scrubber
@@ -80,17 +80,22 @@ def commit(pool: Pool) -> None:
 
 
 # ---- the changes ---------------------------------------------------------------------------
-def attach(pool: Pool, existing: str, new_path: str, force: bool = False) -> Leaf:
+def attach(pool: Pool, existing: str, new: str | Device, force: bool = False) -> Leaf:
+    """Attach the file `new` (or a device already open: the crash tests' spare) as a new
+    side of `existing`'s vdev; the caller runs the resilver this starts."""
     top, leaf = find_leaf(pool, existing)
-    what = f"cannot attach {new_path} to {existing}"
-    dev = open_new_device(new_path, force, top.end + fl.LABEL_SIZE, what)
-    new = Leaf(dev, new_guid(), resilvering=True)
+    if isinstance(new, str):
+        what = f"cannot attach {new} to {existing}"
+        dev = open_new_device(new, force, top.end + fl.LABEL_SIZE, what)
+    else:
+        dev = new
+    side = Leaf(dev, new_guid(), resilvering=True)
     with pool.lock:
-        top.leaves.append(new)
+        top.leaves.append(side)
         top.kind = "mirror"
         commit(pool)
     Scrubber(pool).start("resilver")
-    return new
+    return side
 
 
 def detach(pool: Pool, name: str) -> None:

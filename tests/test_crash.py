@@ -130,3 +130,50 @@ def test_a_scrub_in_progress_survives_cuts_at_every_write():
     summary = crashsim.run(["file", "mirror"], ["drop", "reorder"], 5, 12, load="scrubbing")
     assert summary.cuts > 100
     assert not summary.damaged, summary.damaged[:3]
+
+
+def test_attach_and_resilver_survive_cuts_at_every_write():
+    """A second device attached a third of the way into the datasets workload and resilvered
+    one object tree per sync: after a cut at any write the pool is what the model says, a
+    resilver the new side still needs resumes (even when the cut fell between the labels
+    naming the side and the MOS recording its resilver), and then a scrub repairs nothing."""
+    summary = crashsim.run(["file"], ["keep", "drop", "reorder"], 2, 12, load="resilver")
+    assert summary.cuts > 150
+    assert not summary.damaged, summary.damaged[:3]
+
+
+@pytest.mark.parametrize("kind", ["file", "mirror", "stripe"])
+def test_nothing_an_fsync_returned_for_is_lost(kind):
+    """The intent log: random writes, truncates, creates, renames and removes in filesystems
+    with sync=standard (logbias latency and throughput), always and disabled, fsync'ed one
+    file at a time. After a cut at any write (unflushed writes kept, lost or reordered) the
+    pool imports its durable txg, the log's whole commits are replayed, and every filesystem
+    holds names of one instant since its last promise and every file what it held at some
+    instant since its own: nothing an fsync returned for is lost (crashsim_fsync.py)."""
+    summary = crashsim.run([kind], ["keep", "drop", "reorder"], 2, 40, load="fsync")
+    assert summary.cuts > 250
+    assert not summary.damaged, summary.damaged[:3]
+
+
+def test_the_fsync_oracle_sees_a_lost_fsync():
+    """The oracle itself: a log whose commits are not flushed loses what fsync returned for,
+    and the sweep must say so."""
+    from fusezfs import zil
+    from fusezfs.devices import FaultyDevice
+
+    original = zil.IntentLog.commit
+
+    def unflushed(self, records):
+        flush = FaultyDevice.flush
+        FaultyDevice.flush = lambda dev: None
+        try:
+            return original(self, records)
+        finally:
+            FaultyDevice.flush = flush
+    zil.IntentLog.commit = unflushed
+    try:
+        summary = crashsim.run(["file"], ["drop"], 1, 30, load="fsync")
+    finally:
+        zil.IntentLog.commit = original
+    assert summary.damaged and all("differs from the oracle" in o.detail
+                                   for o in summary.damaged), summary.damaged[:3]
