@@ -92,6 +92,26 @@ def test_ls_shows_the_space_each_container_uses(env, capsys):
     assert header[:2] == ["CONTAINER", "ID"] and header[-1] == "NAME"
 
 
+def test_a_container_costs_two_txgs(env, capsys):
+    """The init layer's files, then its snapshot, the container's clone and record in one
+    txg: what keeps `container create` near one zfs-fuse clone (tools/bench-layers)."""
+    from fusezfs.images import containers
+    from fusezfs.images.store import Store
+    image(env, capsys)
+    pool = open_pool("tank")
+    try:
+        with pool.lock:
+            store = Store(Handle(pool), "tank/images")
+            for i in range(5):
+                before = pool.txg
+                containers.create(store, "app:1", f"c{i}")
+                assert pool.txg - before == 2
+                assert not pool.mos.dirty           # committed: nothing left for the caller
+    finally:
+        pool.close()
+    assert len(ok(capsys, "container", "ls", "-H").splitlines()) == 5
+
+
 def test_names_and_errors(env, capsys):
     image(env, capsys)
     ok(capsys, "container", "create", "app:1", "web")

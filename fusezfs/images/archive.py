@@ -77,7 +77,7 @@ class ImageSource:
     config: bytes                       # verified: sha256(config) is the image id
     layers: list[LayerSource]
     tags: list[str] = field(default_factory=list)
-    manifest: dict | None = None        # the OCI manifest, when the archive had one
+    manifest: dict | None = None        # the OCI manifest, or docker save's manifest.json entry
 
     @property
     def id(self) -> str:
@@ -171,7 +171,7 @@ class Archive:
                 raise LayerError("manifest.json: an image without Config")
             out.append(ImageSource(self.read(cfg_path, _path_digest(cfg_path)),
                                    [LayerSource(p, _path_digest(p)) for p in entry.get("Layers") or []],
-                                   [familiar(t) for t in entry.get("RepoTags") or []]))
+                                   [familiar(t) for t in entry.get("RepoTags") or []], entry))
         return out
 
     def _oci_images(self) -> list[ImageSource]:
