@@ -86,13 +86,17 @@ VERB_MODULES = {"pool": "cli_pool", "cp": "cli_cp", "mount": "cli_mount", "unmou
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     from . import control
+    from .registry import RegistryError
     try:
         code = control.route(argv)  # a pool served by a daemon: the command runs there
+        if code is not None:
+            return code
+        return dispatch(argv)
     except (KeyboardInterrupt, BrokenPipeError):
         return 1
-    if code is not None:
-        return code
-    return dispatch(argv)
+    except RegistryError as e:      # one line, never a traceback
+        error(str(e))
+        return 1
 
 
 def zfs_main(argv: list[str] | None = None) -> int:

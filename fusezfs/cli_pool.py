@@ -280,14 +280,21 @@ def check_devices(name: str, topology: list[tuple[str, list[str]]], force: bool)
     return paths
 
 
-def for_each_pool(names: list[str], visit: Callable[[Pool], None]) -> int:
+def for_each_pool(names: list[str], visit: Callable[[Pool], None],
+                  unavailable: Callable[[str], None] | None = None) -> int:
     """Open the pools `names` one by one and `visit` each (then close it): 0, or 1 if a pool
-    could not be opened (its error is reported and the others are still visited)."""
+    could not be opened (its error is reported and the others are still visited). An imported
+    pool that cannot be opened (its files gone or unreadable) goes to `unavailable` instead,
+    where the caller shows it as UNAVAIL."""
     status = 0
+    imported = set(imported_names())
     for name in names:
         try:
             pool = open_pool(name)
         except Failed as e:
+            if unavailable is not None and name in imported:
+                unavailable(name)
+                continue
             error(e.message)
             status = 1
             continue
@@ -315,7 +322,9 @@ def cmd_list(args: list[str]) -> int:
     rows: list[list[str]] = []
     status = for_each_pool(names or imported_names(),
                            lambda pool: rows.append([prop_value(pool, p, parsable)[0]
-                                                     for p in props]))
+                                                     for p in props]),
+                           lambda name: rows.append([name if p == "name" else "UNAVAIL"
+                                                     if p == "health" else "-" for p in props]))
     if not rows and not names:
         if not scripted:
             print("no pools available")
@@ -402,21 +411,40 @@ def cmd_status(args: list[str]) -> int:
     if not names and not imported_names():
         error("no pools available")   # stderr, as OpenZFS 2.x (zfs-fuse: stdout)
         return 0
-    shown = 0
-    first = True
-    for pool in each_pool(names):
-        errors = sum(leaf.read_errors + leaf.write_errors + leaf.cksum_errors for leaf in pool.leaves())
-        permanent = pool.blocks.permanent_errors
-        if only_bad and not errors and not permanent:
-            continue
-        if not first:
-            print()
-        first = False
-        shown += 1
-        print(format_status(pool, verbose))
+    texts: list[str] = []
+
+    def show(pool: Pool) -> None:
+        errors = sum(leaf.read_errors + leaf.write_errors + leaf.cksum_errors
+                     for leaf in pool.leaves())
+        if not only_bad or errors or pool.blocks.permanent_errors:
+            texts.append(format_status(pool, verbose))
+    status = for_each_pool(names or imported_names(), show,
+                           lambda name: texts.append(format_unavailable(name)))
+    if texts:
+        print("\n\n".join(texts))
+    shown = len(texts)
     if only_bad and not shown:
         print("all pools are healthy" if not names else f"pool '{names[0]}' is healthy")
-    return 0
+    return status
+
+
+def format_unavailable(name: str) -> str:
+    """zpool status of an imported pool none of whose files can be opened or read."""
+    paths = registry.load()[name]["devices"]
+    rows = [(name, "UNAVAIL", "insufficient replicas")] + [
+        (p, "UNAVAIL" if not os.path.exists(p) else "FAULTED",
+         "cannot open" if not os.path.exists(p) else "corrupted data") for p in paths]
+    width = max(len("NAME"), *(len(n) + 2 for n, _s, _a in rows))
+    out = [f"  pool: {name}", " state: UNAVAIL",
+           "status: One or more devices could not be opened.  There are insufficient",
+           "\treplicas for the pool to continue functioning.",
+           "action: Attach the missing device and online it using 'zpool online'.",
+           "   see: https://openzfs.github.io/openzfs-docs/msg/ZFS-8000-3C", "config:", "",
+           f"\t{'NAME':<{width}}  STATE     READ WRITE CKSUM"]
+    for i, (n, state, aux) in enumerate(rows):
+        label = ("  " if i else "") + n
+        out.append(f"\t{label:<{width}}  {state:<8}     0     0     0  {aux}")
+    return "\n".join(out + ["", "errors: No known data errors"])
 
 
 def format_status(pool: Pool, verbose: bool) -> str:
@@ -531,9 +559,15 @@ def cmd_export(args: list[str]) -> int:
     if not names:
         raise Usage("missing pool argument")
     for name in names:
-        pool = open_pool(name)
+        try:
+            pool = open_pool(name)
+        except Failed:
+            if ("-f", "") not in opts or name not in imported_names():
+                raise
+            pool = None         # its files are gone: -f forgets it (nothing to write)
         entry = registry.load()[name]
-        pool.close(export=True)
+        if pool is not None:
+            pool.close(export=True)
         with registry.editing() as reg:
             reg[name] = dict(entry, state="exported")
     return 0
@@ -545,26 +579,39 @@ def cmd_destroy(args: list[str]) -> int:
         raise Usage("missing pool argument")
     if len(names) > 1:
         raise Usage("too many arguments")
-    pool = open_pool(names[0])
+    try:
+        pool = open_pool(names[0])
+    except Failed:
+        if ("-f", "") not in opts or names[0] not in imported_names():
+            raise
+        registry.remove(names[0])      # its files are gone: -f forgets it
+        return 0
     pool.close(destroy=True)
     registry.remove(names[0])
     return 0
 
 
-def _scan(dirs: list[str], states: tuple[str, ...] = ("exported",)) -> dict[int, dict]:
-    """Exported pools (or pools in `states`) found in `dirs` (and exported pools the registry
-    remembers): guid -> {"config": newest label config, "paths": [files]}."""
+def _scan(dirs: list[str], states: tuple[str, ...] = ("exported", "active")) -> dict[int, dict]:
+    """Pools in `states` found in the files of `dirs` — by default exported pools, and active
+    ones this host has not imported (a lost state directory, another system's pool): guid ->
+    {"config": newest label config, "paths": [files]}. Without -d, the directories holding
+    the pool files the registry knows are scanned, and the working directory."""
+    mine = {e["guid"] for e in registry.load().values() if e.get("state") != "exported"}
+    if not dirs:
+        dirs = list(dict.fromkeys([os.path.dirname(p) for e in registry.load().values()
+                                   for p in e["devices"]] + [os.getcwd()]))
+        quiet = True
+    else:
+        quiet = False
     candidates: list[str] = []
     for d in dirs:
         try:
             names = sorted(os.listdir(d))
         except OSError as e:
+            if quiet:
+                continue
             raise Failed(f"cannot open '{d}': {e.strerror}") from None
         candidates += [os.path.join(os.path.abspath(d), n) for n in names]
-    if not dirs:
-        for entry in registry.load().values():
-            if entry.get("state") == "exported":
-                candidates += entry["devices"]
     found: dict[int, dict] = {}
     for path in candidates:
         if not os.path.isfile(path):
@@ -577,12 +624,29 @@ def _scan(dirs: list[str], states: tuple[str, ...] = ("exported",)) -> dict[int,
             config = read_label(dev)
         finally:
             dev.close()
-        if not config or config.get("state") not in states:
+        if not config or config.get("state") not in states or \
+                (config.get("state") == "active" and config["pool_guid"] in mine):
             continue
         slot = found.setdefault(config["pool_guid"], {"config": config, "paths": []})
         if path not in slot["paths"]:
             slot["paths"].append(path)
     return found
+
+
+def _last_txg_time(paths: list[str]) -> int:
+    """When the pool last committed a txg, from its newest uberblock."""
+    from .vdevs import Leaf
+    newest = 0
+    for path in paths:
+        try:
+            dev = FileDevice(path, readonly=True)
+        except OSError:
+            continue
+        try:
+            newest = max([newest] + [ub.timestamp for ub in Leaf(dev, 0).read_uberblocks()])
+        finally:
+            dev.close()
+    return newest
 
 
 def cmd_import(args: list[str]) -> int:
@@ -602,8 +666,14 @@ def cmd_import(args: list[str]) -> int:
             if i:
                 print()
             c = slot["config"]
-            print(f"  pool: {c['name']}\n    id: {guid}\n state: ONLINE\naction: The pool can "
-                  f"be imported using its name or numeric identifier.\nconfig:\n")
+            if c.get("state") == "active":      # not exported: another system, or lost state
+                print(f"  pool: {c['name']}\n    id: {guid}\n state: ONLINE\nstatus: The pool "
+                      f"was last accessed by another system.\naction: The pool can be imported "
+                      f"using its name or numeric identifier and\n\tthe '-f' flag.\n   see: "
+                      f"https://openzfs.github.io/openzfs-docs/msg/ZFS-8000-EY\nconfig:\n")
+            else:
+                print(f"  pool: {c['name']}\n    id: {guid}\n state: ONLINE\naction: The pool "
+                      f"can be imported using its name or numeric identifier.\nconfig:\n")
             rows = [(c["name"], 0)]
             for top in c["vdev_tree"]:
                 if top["type"] == "mirror":
@@ -636,6 +706,13 @@ def cmd_import(args: list[str]) -> int:
             raise Failed(f"cannot import '{want}': more than one matching pool\n"
                          f"import by numeric ID instead")
     newname = rest[1] if len(rest) > 1 else None
+    for slot in targets:
+        c = slot["config"]
+        if c.get("state") == "active" and "-f" not in flags:
+            raise Failed(f"cannot import '{c['name']}': pool was previously in use from another "
+                         f"system.\nLast accessed by {c.get('hostname', 'unknown')} (hostid=0) "
+                         f"at {time.ctime(_last_txg_time(slot['paths']))}\nThe pool can be "
+                         f"imported, use 'zpool import -f' to import the pool.")
     for slot in targets:
         name = newname or slot["config"]["name"]
         why = pool_name_error(name)

@@ -15,6 +15,10 @@ from contextlib import contextmanager
 from typing import Iterator
 
 
+class RegistryError(Exception):
+    """The state directory or the registry cannot be used; the message says what to do."""
+
+
 def state_dir() -> str:
     path = os.environ.get("FUSEZFS_STATE_DIR")
     if not path:
@@ -23,7 +27,13 @@ def state_dir() -> str:
         else:
             base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
             path = os.path.join(base, "fusezfs")
-    os.makedirs(path, mode=0o700, exist_ok=True)
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as e:
+        raise RegistryError(f"cannot use the state directory '{path}': {e.strerror} (set "
+                            f"FUSEZFS_STATE_DIR to a directory of your own)") from None
     return path
 
 
@@ -32,14 +42,24 @@ def _file() -> str:
 
 
 def load() -> dict[str, dict]:
+    """The registry; an unreadable or corrupt one is an error, never read as empty (a command
+    would then write an empty one over it and forget every pool)."""
+    path = _file()
     try:
-        with open(_file()) as f:
+        with open(path) as f:
             data = json.load(f)
     except FileNotFoundError:
         return {}
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
+    except (OSError, ValueError) as e:
+        why = e.strerror if isinstance(e, OSError) else "not a valid registry"
+        raise RegistryError(
+            f"cannot read the pool registry '{path}': {why}; move it aside and run "
+            f"'zpool import -d DIR -f POOL' for each pool to rebuild it") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise RegistryError(
+            f"cannot read the pool registry '{path}': not a valid registry; move it aside "
+            f"and run 'zpool import -d DIR -f POOL' for each pool to rebuild it")
+    return data
 
 
 @contextmanager

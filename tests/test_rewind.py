@@ -80,7 +80,9 @@ def test_import_F_rewinds_to_the_newest_whole_txg(env, capsys):
     states = commit_versions(5)
     newest = uberblocks(disk)[0]
     wreck(disk, newest)
-    code, out, err = run(capsys, "pool", "list", "tank")
+    code, out, err = run(capsys, "pool", "list", "-H", "-o", "name,health", "tank")
+    assert (code, out) == (0, "tank\tUNAVAIL\n")              # listed, not an error
+    code, out, err = run(capsys, "list", "tank")
     assert code == 1 and "cannot import 'tank': I/O error" in err
     assert ("\n\tRecovery is possible, but will result in some data loss.\n"
             "\tReturning the pool to its state as of ") in err
