@@ -42,7 +42,6 @@ from ..datasets import DatasetError
 from .archive import familiar, sha256
 from .exporter import layer_changes, write_layer
 from .importer import build_layer
-from .layertar import LayerError
 from .store import (LAYER_SNAP, P_CIMAGE, P_CNAME, Container, Image, LayerRef, Store,
                     StoreError, chain_id)
 
@@ -207,5 +206,3 @@ def commit(store: Store, name: str, ref: str, comment: str = "") -> Image:
     store.save_image(image, config, [familiar(ref)] if ref else [])
     return image
 
-
-__all__ = ["create", "remove", "commit", "space", "names", "LayerError"]

@@ -75,7 +75,7 @@ class Progress:
         if self.out is None:
             return
         took = time.monotonic() - self._t0
-        line = f"{self._head} {what} ({took:.2f}s)"
+        line = f"{self._head} {what} ({took:.3f}s)"
         self.out.write(("\r" + line + "\x1b[K\n") if self.tty else line + "\n")
         self.out.flush()
 
