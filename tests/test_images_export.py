@@ -1,12 +1,16 @@
 """`fusezfs image export`: a `docker load`-shaped tarball whose layer tars are made from the
 differences between layer snapshots (deletions as whiteouts); import -> export -> import
 gives the same trees, and exporting again gives the same bytes (the same layer digests). The
-walk pruned by birth time agrees with a comparison of every path."""
+walk pruned by birth time agrees with a comparison of every path. Debian's skopeo (another
+implementation of both formats) reads the export, and what it writes imports as the same
+trees."""
 from __future__ import annotations
 
 import hashlib
 import io
 import json
+import shutil
+import subprocess
 import tarfile
 
 from fusezfs.api import Handle
@@ -14,6 +18,7 @@ from fusezfs.cli_pool import open_pool
 from fusezfs.images.layerdiff import changes
 from imagekit import D, F, L, S, WH, diff_trees, docker_save, dump_fs, layer_tar
 from test_images_deep import deep_layers
+from prerequisites import skip_or_fail
 from test_images_import import env, every_kind, ok, run  # noqa: F401  (env: the fixture)
 
 
@@ -124,6 +129,31 @@ def test_pruned_walk_agrees_with_every_path_compared(env, capsys):
             parent = layer["Snapshot"]
     finally:
         h.close()
+
+
+def test_skopeo_reads_the_export_and_writes_what_import_reads(env, capsys):
+    """Another implementation of the formats (Debian's skopeo, containers/image): it copies
+    our export (a docker-archive, every layer checked against its digest) into an OCI layout,
+    and that into a docker-archive of its own; both import as the same trees."""
+    if shutil.which("skopeo") is None:
+        skip_or_fail("skopeo not installed (apt-get install skopeo)")
+    tars = every_kind()
+    docker_save(str(env / "orig.tar"), [(tars, ["sk:1"])])
+    ok(capsys, "image", "import", "-q", "tank/a", "orig.tar")
+    ok(capsys, "image", "export", "-s", "tank/a", "sk:1", "e.tar")
+    for cmd in (["copy", "docker-archive:e.tar", f"oci:{env / 'oci'}:v1"],
+                ["copy", f"oci:{env / 'oci'}:v1", f"docker-archive:{env / 'back.tar'}:sk:2"]):
+        r = subprocess.run(["skopeo", "--insecure-policy", *cmd], capture_output=True,
+                           text=True, cwd=env, timeout=120)
+        assert r.returncode == 0, r.stderr
+    ok(capsys, "image", "import", "-q", "-t", "sk:oci", "tank/b", "oci")
+    ok(capsys, "image", "import", "-q", "tank/c", "back.tar")
+    want = trees("tank/a", "sk:1", capsys)
+    for store, ref in (("tank/b", "sk:oci"), ("tank/c", "sk:2")):
+        got = trees(store, ref, capsys)
+        assert len(got) == len(want)
+        for i, (g, w) in enumerate(zip(got, want), 1):
+            assert diff_trees(g, w) == [], (store, i)
 
 
 def test_export_errors(env, capsys):
