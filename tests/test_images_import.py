@@ -123,6 +123,8 @@ def every_kind() -> list[bytes]:
         D("wd"), F("wd/gone"), D("wd/gonedir"), F("wd/gonedir/f"),
         D("replace"), F("replace/f2d", b"file"), D("replace/d2f"), F("replace/d2f/inner"),
         D("lnkdir"), S("via", "lnkdir"),
+        F(os.fsdecode(b"odd-\xe9-name \\ \n"), b"not utf-8"),     # any bytes but / and NUL
+        D("long-" + "d" * 150), F("long-" + "d" * 150 + "/" + "f" * 200, b"long"),
     ]
     second = [
         D(".", mode=0o755, mtime=T0 + 100),                       # the root's own entry
