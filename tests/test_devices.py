@@ -3,46 +3,23 @@ as a user would, with the data read back and `pool verify` after each change."""
 from __future__ import annotations
 
 import os
-import random
 
 import pytest
 
-from fusezfs import cli
+from clitools import pool_files, random_files, run
 from fusezfs.cli_pool import open_pool
 from fusezfs.datasets import Datasets
 from fusezfs.verify import verify
 
-MiB = 1 << 20
 
 
 @pytest.fixture
 def env(tmp_path, monkeypatch):
-    monkeypatch.setenv("FUSEZFS_STATE_DIR", str(tmp_path / "state"))
-    files = []
-    for i in range(4):
-        p = tmp_path / f"d{i}"
-        with open(p, "wb") as f:
-            f.truncate(128 * MiB)
-        files.append(str(p))
-    return tmp_path, files
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+    return tmp_path, pool_files(tmp_path, monkeypatch, 4, prefix="d")
 
 
 def put_files(tmp, capsys, n: int, seed: int) -> dict[str, bytes]:
-    rng = random.Random(seed)
-    files = {}
-    for i in range(n):
-        data = rng.randbytes(rng.randrange(1000, 400_000))
-        src = tmp / f"src{seed}_{i}"
-        src.write_bytes(data)
-        assert run(capsys, "cp", str(src), f"tank:/f{seed}_{i}")[0] == 0
-        files[f"/f{seed}_{i}"] = data
-    return files
+    return random_files(tmp, capsys, "tank", n, seed, largest=400_000)
 
 
 def check(tmp, capsys, files: dict[str, bytes]) -> None:

@@ -12,27 +12,13 @@ import sys
 
 import pytest
 
-from fusezfs import cli
+from clitools import pool_files, run
 
-MiB = 1 << 20
 
 
 @pytest.fixture
 def env(tmp_path, monkeypatch):
-    monkeypatch.setenv("FUSEZFS_STATE_DIR", str(tmp_path / "state"))
-    files = []
-    for i in range(3):
-        p = tmp_path / f"disk{i}"
-        with open(p, "wb") as f:
-            f.truncate(96 * MiB)
-        files.append(str(p))
-    return tmp_path, files
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+    return tmp_path, pool_files(tmp_path, monkeypatch, 3, mib=96)
 
 
 def put(tmp, capsys, dest: str, data: bytes) -> None:

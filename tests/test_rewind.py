@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from fusezfs import cli
+from clitools import pool_files, run
 from fusezfs.blocks import Policy
 from fusezfs.cli_pool import open_pool
 from fusezfs.devices import FileDevice
@@ -15,22 +15,11 @@ from fusezfs.tree import REF_BLOCK
 from fusezfs.verify import verify
 from fusezfs.vdevs import Leaf
 
-MiB = 1 << 20
 
 
 @pytest.fixture
 def env(tmp_path, monkeypatch):
-    monkeypatch.setenv("FUSEZFS_STATE_DIR", str(tmp_path / "state"))
-    disk = tmp_path / "disk"
-    with open(disk, "wb") as f:
-        f.truncate(128 * MiB)
-    return tmp_path, str(disk)
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+    return tmp_path, pool_files(tmp_path, monkeypatch, 1)[0]
 
 
 def commit_versions(n: int) -> list[dict[bytes, bytes]]:

@@ -4,48 +4,26 @@ says so in OpenZFS's words, a second scrub finds nothing, and an interrupted scr
 where it was after export and import."""
 from __future__ import annotations
 
-import random
 import re
 
 import pytest
 
-from fusezfs import cli, scrub
+from clitools import pool_files, random_files, run
+from fusezfs import scrub
 from fusezfs.cli_pool import open_pool
 from fusezfs.datasets import Datasets
 
-MiB = 1 << 20
 FINISHED = re.compile(r"  scan: scrub repaired (\S+) in (\d\d:\d\d:\d\d) with (\d+) errors on "
                       r"\w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4}")
 
 
 @pytest.fixture
 def env(tmp_path, monkeypatch):
-    monkeypatch.setenv("FUSEZFS_STATE_DIR", str(tmp_path / "state"))
-    files = []
-    for i in range(2):
-        p = tmp_path / f"disk{i}"
-        with open(p, "wb") as f:
-            f.truncate(128 * MiB)
-        files.append(str(p))
-    return tmp_path, files
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+    return tmp_path, pool_files(tmp_path, monkeypatch, 2)
 
 
 def fill(tmp, capsys, dataset: str, n: int, seed: int) -> dict[str, bytes]:
-    rng = random.Random(seed)
-    files = {}
-    for i in range(n):
-        data = rng.randbytes(rng.randrange(1000, 300_000))
-        src = tmp / f"src{seed}_{i}"
-        src.write_bytes(data)
-        assert run(capsys, "cp", str(src), f"{dataset}:/f{i}")[0] == 0
-        files[f"/f{i}"] = data
-    return files
+    return random_files(tmp, capsys, dataset, n, seed)
 
 
 def all_blocks(name: str) -> list:
@@ -133,7 +111,7 @@ def test_scrub_repairs_second_copies_and_reports_lost_blocks(env, capsys):
     assert status_row(out, disks[0])[:3] == ["ONLINE", "0", "0"]
     assert int(status_row(out, disks[0])[3]) == seconds + 1
     assert "Permanent errors have been detected" in out
-    code, out, err = run(capsys, "cp", "tank:/f0", str(tmp / "lost"))
+    code, out, err = run(capsys, "cp", f"tank:{next(iter(one))}", str(tmp / "lost"))
     assert code == 1 and len(one) == 1
     assert run(capsys, "pool", "clear", "tank")[0] == 0
     assert run(capsys, "pool", "scrub", "tank")[0] == 0

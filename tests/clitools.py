@@ -1,0 +1,43 @@
+"""What the command-line tests share: running `fusezfs` in-process, pool files in a test's own
+state directory, and files of random bytes copied into a dataset."""
+from __future__ import annotations
+
+import random
+
+from fusezfs import cli
+
+MiB = 1 << 20
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    """`fusezfs ARGV` in this process: (exit code, stdout, stderr)."""
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def pool_files(tmp_path, monkeypatch, n: int, mib: int = 128, prefix: str = "disk") -> list[str]:
+    """A private state directory and `n` sparse pool files of `mib` MiB in tmp_path."""
+    monkeypatch.setenv("FUSEZFS_STATE_DIR", str(tmp_path / "state"))
+    files = []
+    for i in range(n):
+        p = tmp_path / f"{prefix}{i}"
+        with open(p, "wb") as f:
+            f.truncate(mib * MiB)
+        files.append(str(p))
+    return files
+
+
+def random_files(tmp, capsys, dataset: str, n: int, seed: int,
+                 largest: int = 300_000) -> dict[str, bytes]:
+    """`n` files of random bytes (1000 to `largest` bytes) copied into `dataset` as
+    /f{seed}_{i}; path -> bytes."""
+    rng = random.Random(seed)
+    files = {}
+    for i in range(n):
+        data = rng.randbytes(rng.randrange(1000, largest))
+        src = tmp / f"src{seed}_{i}"
+        src.write_bytes(data)
+        assert run(capsys, "cp", str(src), f"{dataset}:/f{seed}_{i}")[0] == 0
+        files[f"/f{seed}_{i}"] = data
+    return files
