@@ -629,6 +629,8 @@ def serve(pool_name: str, mountpoint: str | None, options: dict[str, str],
             pyfuse3.init(ops, mp, fuse_opts)
         except RuntimeError as e:
             raise DaemonError(f"cannot mount '{pool_name}' at '{mp}': {e}") from None
+        from .fuse_extra import install
+        install(pyfuse3, ops)           # fallocate and SEEK_DATA/SEEK_HOLE (pyfuse3 lacks them)
     except DaemonError as e:
         if server is not None:
             server.stop()

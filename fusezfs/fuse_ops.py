@@ -925,6 +925,43 @@ class Operations(pyfuse3.Operations):
         view, fh = self._file(gfh)
         view.fs.fsync(fh)
 
+    async def fallocate(self, fh, mode, offset, length):
+        """FALLOCATE (fuse_extra.py installs it; pyfuse3 has no handler of its own)."""
+        return await self._run(self._fallocate, fh, mode, offset, length)
+
+    def _fallocate(self, gfh, mode, offset, length):
+        view, fh = self._file(gfh)
+        view.fs.fallocate(fh, mode, offset, length)
+
+    async def lseek(self, fh, offset, whence):
+        """LSEEK, for SEEK_DATA and SEEK_HOLE (the kernel does the other whences itself).
+        The kernel asks without writing its dirty pages first: with the writeback cache,
+        data it still holds would look like a hole, so it is written to us first (syncfs of
+        the file's mount, on a worker thread: those writes are requests we answer)."""
+        if self.enable_writeback_cache:
+            await trio.to_thread.run_sync(self._flush_file_mount, fh)
+        return await self._run(self._lseek, fh, offset, whence)
+
+    def _flush_file_mount(self, gfh) -> None:
+        view, _fh = self.files.get(gfh, (None, None))
+        if view is None:
+            return
+        path = view.path if view.own and view.path else self.mountpoint
+        if view.snapshot or not path:
+            return                          # (a snapshot has no dirty pages)
+        tid = threading.get_native_id()
+        self.syncing.add(tid)
+        try:
+            syncfs(path)
+        except OSError as e:
+            log.warning("syncfs %s: %s", path, e.strerror)
+        finally:
+            self.syncing.discard(tid)
+
+    def _lseek(self, gfh, offset, whence):
+        view, fh = self._file(gfh)
+        return view.fs.lseek(fh, offset, whence)
+
     # ---- directories --------------------------------------------------------------------
     async def opendir(self, inode, ctx):
         gfh = await self._run(self._opendir, inode)

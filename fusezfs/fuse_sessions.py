@@ -346,6 +346,8 @@ class Sessions:
             return e.strerror
         try:
             mod.init(SessionOps(core, view), f"/dev/fd/{fd}", self.fuse_opts)
+            from .fuse_extra import install
+            install(mod, core)          # fallocate and SEEK_DATA/SEEK_HOLE, for this session
         except Exception:
             with core.lock:
                 view.mod = pyfuse3

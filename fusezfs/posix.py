@@ -62,6 +62,8 @@ from collections import OrderedDict
 from typing import Protocol
 
 from .formats.bp import BlockPointer, decode_bp, encode_bp
+from .posix_alloc import (FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE,
+                          Allocation)
 from .posix_data import FileData
 from .posix_log import A, T, W, X, IntentLogging
 from .posix_layout import (MAX_FILE_SIZE, NAME_MAX, ROOT_INO, SUPER_KEY, UNLINKED_HI,
@@ -76,7 +78,7 @@ from .tree import REF_BLOCK, Tree
 
 __all__ = ["ObjsetIO", "Posix", "Attr", "DirEntry", "StatFS", "NOW", "ROOT_INO",
            "RENAME_NOREPLACE", "RENAME_EXCHANGE", "XATTR_CREATE", "XATTR_REPLACE",
-           "MAX_FILE_SIZE"]
+           "MAX_FILE_SIZE", "FALLOC_FL_KEEP_SIZE", "FALLOC_FL_PUNCH_HOLE", "FALLOC_FL_ZERO_RANGE"]
 
 INODE_CACHE = 8192          # clean, unpinned inode records kept (least recently used dropped)
 DIRTY_INODE_COST = 4096     # dirty-budget bytes charged per inode dirtied in the open txg (about
@@ -127,7 +129,7 @@ class ObjsetIO(Protocol):
         """Commit the open txg durably (fsync)."""
 
 
-class Posix(Names, FileData, IntentLogging, PathHelpers):
+class Posix(Names, Allocation, FileData, IntentLogging, PathHelpers):
     """A POSIX filesystem over one dataset's object tree (see the module comment)."""
 
     def __init__(self, io: ObjsetIO, *, track_lookups: bool = False, root_mode: int = 0o755,

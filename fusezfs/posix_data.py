@@ -252,37 +252,7 @@ class FileData:
         recs = self._records.get(ino)
         return sum(-(-len(b) // 512) * 512 for b in recs.values()) if recs else 0
 
-    # ---- SEEK_DATA / SEEK_HOLE -----------------------------------------------------------
-    def _has_data(self, ino: int, blkid: int) -> bool:
-        recs = self._records.get(ino)
-        if recs and blkid in recs:
-            return True
-        return self.tree.get(data_key(ino, blkid)) is not None
-
-    def _seek(self, node: Inode, offset: int, whence: int) -> int:
-        if offset < 0:
-            raise err(errno.ENXIO)
-        if offset >= node.size:
-            raise err(errno.ENXIO)
-        bs = node.blksz
-        ino = node.ino
-        first = offset // bs
-        recs = self._records.get(ino) or {}
-        if whence == os.SEEK_DATA:
-            cands = [b for b in recs if b >= first]
-            for k, _v in self.tree.scan(data_key(ino, first), kind_hi(ino, K_DATA)):
-                cands.append(blkid_of(k))
-                break
-            if not cands:
-                raise err(errno.ENXIO)
-            return max(offset, min(cands) * bs)
-        # SEEK_HOLE: the first record at or after `first` with no data, or end of file
-        b = first
-        last = (node.size - 1) // bs
-        while b <= last and self._has_data(ino, b):
-            b += 1
-        return min(max(offset, b * bs), node.size)
-
+    # ---- SEEK_DATA / SEEK_HOLE: posix_alloc.py (with fallocate, which makes holes) ------
     @locked
     def data_extents(self, ino: int, start: int = 0, end: int | None = None
                      ) -> list[tuple[int, int]]:
@@ -305,11 +275,11 @@ class FileData:
             return []
         bs = node.blksz
         first, last = start // bs, (end - 1) // bs
-        recs = self._records.get(ino)
-        ids = {b for b in recs if first <= b <= last} if recs else set()
+        recs = self._records.get(ino) or {}
+        ids = {b for b, buf in recs.items() if first <= b <= last and len(buf)}
         for k, v in self.tree.scan(data_key(ino, first), data_key(ino, last + 1)):
-            if decode_bp(v) is not None:
-                ids.add(blkid_of(k))
+            if decode_bp(v) is not None and blkid_of(k) not in recs:   # (an emptied buffer:
+                ids.add(blkid_of(k))                    # a hole the next flush makes)
         out: list[tuple[int, int]] = []
         for b in sorted(ids):
             lo, hi = max(start, b * bs), min(end, (b + 1) * bs)

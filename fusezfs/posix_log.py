@@ -55,8 +55,9 @@ log = logging.getLogger("fusezfs.log")
 
 LOG_MAX = 32 << 20          # bytes of records above which fsync commits the txg instead
 # itx kinds
-W, T, A, X, N = range(5)    # write (a, b: byte range), truncate (a: size), attributes,
-#                             xattr (a: name), names (a: the encoded record)
+W, T, A, X, N, P = range(6)     # write (a, b: byte range), truncate (a: size), attributes,
+#                                 xattr (a: name), names (a: the encoded record),
+#                                 punch (a, b: the byte range freed, size kept)
 
 
 class IntentLogging:
@@ -180,9 +181,10 @@ class IntentLogging:
             files.setdefault(ino)
             if kind == W:
                 writes.setdefault(ino, []).append((a, b))
-            elif kind == T:
+            elif kind in (T, P):        # in their place among the file's writes
                 out += self._write_records(ds, ino, writes.pop(ino, []), ilog)
-                out.append(zil.truncate_record(ds, ino, a))
+                out.append(zil.truncate_record(ds, ino, a) if kind == T else
+                           zil.free_record(ds, ino, a, b - a))
             elif kind == X:
                 xattrs.setdefault(ino, set()).add(a)
         for ino in files:
@@ -305,7 +307,12 @@ class IntentLogging:
             node = self._inode(r.ino)
             if not node.is_reg:
                 raise err(errno.EINVAL)
-            self._truncate(node, r.size)
+            if r.size:                      # a range freed (fallocate), the size kept
+                end = min(r.offset + r.size, node.size)
+                if r.offset < end:
+                    self._punch(node, r.offset, end)
+            else:
+                self._truncate(node, r.offset)
             self._mark(node)
         elif r.type == zil.TX_ATTR:
             node = self._inode(r.ino)

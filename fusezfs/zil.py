@@ -89,7 +89,7 @@ TX_NAMES = {TX_WRITE: "write", TX_INDIRECT: "indirect", TX_TRUNCATE: "truncate",
 _COMMON = struct.Struct("<HHIQ")            # type, flags, length (of the whole record), dataset
 _WRITE = struct.Struct("<QQ")               # ino, offset; then the bytes
 _INDIRECT = struct.Struct("<QQQ")           # ino, offset, length; then a block pointer
-_TRUNCATE = struct.Struct("<QQ")            # ino, size
+_TRUNCATE = struct.Struct("<QQQ")           # ino, offset, length (0: the size becomes offset)
 _ATTR = struct.Struct("<QIIIIQqqq")         # ino, mode, uid, gid, 0, size, atime, mtime, ctime
 _CREATE = struct.Struct("<QQIIIIHHIQQqqqq")  # parent, ino, mode, uid, gid, blksz, namelen, 0,
 #                                              0, rdev, gen, atime, mtime, ctime, crtime
@@ -141,7 +141,13 @@ def indirect_record(ds: int, ino: int, offset: int, length: int, bp: BlockPointe
 
 
 def truncate_record(ds: int, ino: int, size: int) -> bytes:
-    return _rec(TX_TRUNCATE, ds, 0, _TRUNCATE.pack(ino, size))
+    return _rec(TX_TRUNCATE, ds, 0, _TRUNCATE.pack(ino, size, 0))
+
+
+def free_record(ds: int, ino: int, offset: int, length: int) -> bytes:
+    """[offset, offset + length) freed, the size kept (fallocate's punch and zero range; as
+    ZFS's TX_TRUNCATE with a length)."""
+    return _rec(TX_TRUNCATE, ds, 0, _TRUNCATE.pack(ino, offset, length))
 
 
 def attr_record(ds: int, ino: int, mode: int, uid: int, gid: int, size: int, atime: int,
@@ -195,7 +201,7 @@ def decode_record(raw: bytes | memoryview) -> Record:
         if r.bp is None or len(body) != _INDIRECT.size + BP_SIZE:
             raise ValueError("indirect record without a block")
     elif rtype == TX_TRUNCATE:
-        r.ino, r.size = _TRUNCATE.unpack_from(body)
+        r.ino, r.offset, r.size = _TRUNCATE.unpack_from(body)
     elif rtype == TX_ATTR:
         r.ino, r.mode, r.uid, r.gid, _z, r.size, *t = _ATTR.unpack_from(body)
         r.times = tuple(t)
