@@ -917,7 +917,28 @@ class Operations(pyfuse3.Operations):
             view.fs.release(fh)
 
     async def fsync(self, fh, datasync):
-        await self._run_thread(self._fsync, fh)
+        if not self._inline_if_light(self._fsync, fh):
+            await self._run_thread(self._fsync, fh)
+
+    def _inline_if_light(self, fn, gfh=None) -> bool:
+        """Run an fsync here, on the loop's thread, when it is a small append to the intent
+        log with the pool lock free (a database's fsync: the hop to a worker would cost more
+        than the append); anything that may commit or wait for a txg goes to a worker."""
+        lock = self.lock
+        if not lock.acquire(False):
+            return False
+        try:
+            if gfh is None:
+                light = all(fs.fsync_is_light(None) for fs in self.handle._open.values())
+            else:
+                view, fh = self.files.get(gfh, (None, None))
+                light = view is not None and view.fs is not None and view.fs.fsync_is_light(fh)
+            if not light:
+                return False
+            self._guarded(fn, (gfh,) if gfh is not None else ())
+            return True
+        finally:
+            lock.release()
 
     def _fsync(self, gfh):
         # the file's changes and the names that find it, through the intent log (msync and
@@ -1047,7 +1068,8 @@ class Operations(pyfuse3.Operations):
             view.fs.releasedir(fh)
 
     async def fsyncdir(self, fh, datasync):
-        await self._run_thread(self._fsyncdir)
+        if not self._inline_if_light(self._fsyncdir):
+            await self._run_thread(self._fsyncdir)
 
     def _fsyncdir(self):
         """fsync of a directory is the whole-pool checkpoint (syncfs(2) and sync(1) never

@@ -54,6 +54,7 @@ from .tree import REF_BLOCK
 log = logging.getLogger("fusezfs.log")
 
 LOG_MAX = 32 << 20          # bytes of records above which fsync commits the txg instead
+LIGHT = 1 << 20             # bytes of writes an fsync logs on the FUSE loop's thread at most
 # itx kinds
 W, T, A, X, N, P = range(6)     # write (a, b: byte range), truncate (a: size), attributes,
 #                                 xattr (a: name), names (a: the encoded record),
@@ -263,6 +264,27 @@ class IntentLogging:
                 out.append(zil.indirect_record(ds, ino, lo, bs, bp))
             pos = lo + bs
         return out
+
+    def fsync_is_light(self, fh: int | None) -> bool:
+        """Whether fsync of open file `fh` (None: fsync_all) is a small append to the log (or
+        nothing at all): no txg to wait for or commit, at most LIGHT bytes of writes to log.
+        The FUSE adapter then runs it on its loop's thread rather than a worker's."""
+        with self.lock:
+            if fh is not None and fh not in self._handles:
+                return False
+            if not self._logging() or self.io.readonly:
+                return getattr(self.io, "sync_mode", None) is not None  # disabled: nothing
+            ilog = self.io.intent_log()
+            if not ilog.appendable() or ilog.pool.synced_txg < self._barrier:
+                return False
+            ino = None if fh is None else self._handles[fh].ino
+            pending = 0
+            for _txg, kind, i, a, b in self._itxs:
+                if kind == W and (ino is None or i == ino):
+                    pending += b - a
+                    if pending > LIGHT:
+                        return False
+            return True
 
     # ---- public --------------------------------------------------------------------------
     def fsync_all(self) -> None:

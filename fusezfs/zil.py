@@ -448,6 +448,12 @@ class IntentLog(OnePerPool):
             return False
         return True
 
+    def appendable(self) -> bool:
+        """Whether a commit could append at once: no txg to wait for, none to commit."""
+        pool = self.pool
+        return (self.replay is None and self.next is not None and pool._commit is None
+                and self.head_txg <= pool.synced_txg)
+
     def pin(self, bp: BlockPointer) -> None:
         """An indirect record names `bp`, written in the open txg: should the txg free it, the
         free is deferred (never reused before the txg is durable), or replay would read

@@ -16,6 +16,11 @@ Actions (ROOT is a directory on the target):
                                     delete them all; with drop, caches are dropped between phases
   tree      {root, src, drop}       read SRC once (warm), `cp -a SRC ROOT/tree`, then
                                     `rm -rf ROOT/tree`
+  fsynclat  {path, size, counts}    into the preallocated file: N random 4 KiB pwrites, then
+                                    fsync, for each N of COUNTS (timed: the fsync alone; the
+                                    median of several tries for small N)
+  sqlite    {path, n, mode}         SQLite (Python's sqlite3), journal_mode MODE (wal|delete),
+                                    synchronous=FULL: N single-row INSERT transactions
   populate  {root, files, corpus}   FILES files of 1-4 KiB, 100 per directory (untimed setup)
   zfssnap   {ds, reps}              zfs-fuse: `zfs snapshot DS@N` and `zfs clone` REPS times
   fzsnap    {ds, reps, repo}        fusezfs on an unmounted pool: `python -m fusezfs.cli
@@ -113,6 +118,55 @@ def randwrite(a: dict) -> dict:
     finally:
         os.close(fd)
     return {"s": t2 - t0, "write_s": t1 - t0, "fsync_s": t2 - t1, "count": a["count"]}
+
+
+def fsynclat(a: dict) -> dict:
+    """fsync latency after N random 4 KiB writes (the writes are not timed)."""
+    rnd = random.Random(3)
+    blocks = [rnd.randbytes(BLOCK) for _ in range(64)]
+    nblk = a["size"] // BLOCK
+    out = {}
+    fd = os.open(a["path"], os.O_WRONLY)
+    try:
+        os.fsync(fd)
+        for n in a["counts"]:
+            tries = max(1, min(15, 3000 // n))
+            took = []
+            for _ in range(tries):
+                for i in range(n):
+                    os.pwrite(fd, blocks[i & 63], rnd.randrange(nblk) * BLOCK)
+                t0 = time.perf_counter()
+                os.fsync(fd)
+                took.append(time.perf_counter() - t0)
+            took.sort()
+            out[str(n)] = took[len(took) // 2]
+    finally:
+        os.close(fd)
+    return {"fsync_s": out}
+
+
+def sqlite(a: dict) -> dict:
+    """Single-row insert transactions, each durable (synchronous=FULL) before the next."""
+    import sqlite3
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        try:
+            os.unlink(a["path"] + suffix)
+        except FileNotFoundError:
+            pass
+    db = sqlite3.connect(a["path"], isolation_level=None)   # autocommit: a txn per INSERT
+    try:
+        db.execute(f"PRAGMA journal_mode={a['mode']}")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        row = "x" * 100
+        t0 = time.perf_counter()
+        for i in range(a["n"]):
+            db.execute("INSERT INTO t (v) VALUES (?)", (row,))
+        took = time.perf_counter() - t0
+        count = db.execute("SELECT count(*) FROM t").fetchone()[0]
+    finally:
+        db.close()
+    return {"s": took, "tps": a["n"] / took, "rows": count}
 
 
 def meta(a: dict) -> dict:
@@ -239,8 +293,8 @@ def fzsnap(a: dict) -> dict:
     return {"snapshot": snap, "clone": clone, "lib_snapshot": lsnap, "lib_clone": lclone}
 
 
-ACTIONS = {f.__name__: f for f in (seqwrite, seqread, randprep, randwrite, meta, tree,
-                                   populate, zfssnap, fzsnap)}
+ACTIONS = {f.__name__: f for f in (seqwrite, seqread, randprep, randwrite, fsynclat, sqlite,
+                                   meta, tree, populate, zfssnap, fzsnap)}
 
 
 def main() -> int:
