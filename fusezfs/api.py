@@ -33,6 +33,7 @@ class Handle(OnePerPool):
         self.dsl.format_hook = lambda rec: format_filesystem(self.dsl, rec)
         self.dsl.replaced_hook = self._replaced
         self._open: dict[int, Posix] = {}
+        self._log_barriers: dict[int, int] = {}     # ds id -> txg (filesystem_of)
         pool.sync_hooks.insert(0, self._flush)
         with pool.lock:
             # fsync'ed changes an import found in the intent log, before anything else
@@ -58,7 +59,14 @@ class Handle(OnePerPool):
         fs = self._open.get(rec.id)
         if fs is None:
             fs = self._open[rec.id] = Posix(DatasetIO(self.dsl, rec), track_lookups=track_lookups)
+            # a predecessor dropped with changes noted for the intent log and not yet durable:
+            # this one never saw them, so it logs nothing until their txg is durable
+            fs._barrier = self._log_barriers.get(rec.id, 0)
         return fs
+
+    def _dropped(self, ds_id: int, fs: Posix) -> None:
+        if fs.pending_itxs:
+            self._log_barriers[ds_id] = self.pool.txg
 
     def _replaced(self, rec) -> None:
         """A rollback gave `rec` another tree: an open Posix object forgets what it cached
@@ -70,7 +78,9 @@ class Handle(OnePerPool):
 
     def drop(self, ds_id: int) -> None:
         """Forget a dataset's Posix object without flushing it (it was closed by its owner)."""
-        self._open.pop(ds_id, None)
+        fs = self._open.pop(ds_id, None)
+        if fs is not None:
+            self._dropped(ds_id, fs)
 
     def forget(self, name_or_id) -> None:
         """Drop cached filesystem objects (after rollback/destroy/property changes)."""
@@ -81,6 +91,7 @@ class Handle(OnePerPool):
             fs = self._open.pop(rec.id, None) if rec else None
         if fs is not None:
             fs.flush()
+            self._dropped(fs.io.rec.id, fs)
 
     def forget_all(self) -> None:
         for ds_id in list(self._open):

@@ -56,9 +56,8 @@ log = logging.getLogger("fusezfs.log")
 LOG_MAX = 32 << 20          # bytes of records above which fsync commits the txg instead
 LIGHT = 1 << 20             # bytes of writes an fsync logs on the FUSE loop's thread at most
 # itx kinds
-W, T, A, X, N, P = range(6)     # write (a, b: byte range), truncate (a: size), attributes,
-#                                 xattr (a: name), names (a: the encoded record),
-#                                 punch (a, b: the byte range freed, size kept)
+W, T, A, X, P = range(5)    # per file: write (a, b: byte range), truncate (a: size),
+#                             attributes, xattr (a: name), punch (a, b: the range freed)
 
 
 class IntentLogging:
@@ -66,27 +65,36 @@ class IntentLogging:
     self.tree, self._inode, self._inodes, self._read, self._write, self._truncate, ..."""
 
     def _log_init(self) -> None:
-        self._itxs: deque[tuple] = deque()      # (txg, kind, ino, a, b), in order
+        self._names: deque[tuple[int, bytes]] = deque()     # (txg, record) of name changes
+        self._files: dict[int, list[tuple]] = {}    # ino -> [(txg, kind, a, b)], in order
         self._sync_now: set[int] = set()        # files to commit when the operation ends
         self._barrier = 0                       # txg that must be durable before logging
         self._replaying = False
+        self._log_on = getattr(self.io, "sync_mode", "disabled") != "disabled"
 
     # ---- noting --------------------------------------------------------------------------
     def _logging(self) -> bool:
-        return getattr(self.io, "sync_mode", "disabled") != "disabled" and not self._replaying
+        on = getattr(self.io, "sync_mode", "disabled") != "disabled"
+        if on != self._log_on:                  # `zfs set sync` reached this filesystem
+            self._log_on = on
+            if on:              # what changed while it was off was never noted: the log is
+                self._barrier = max(self._barrier, self.io.txg)    # usable from the next txg
+        return on and not self._replaying
 
     def _note(self, kind: int, ino: int, a=0, b=0) -> None:
         if not self._logging():
             return
         txg = self.io.txg
-        itxs = self._itxs
-        if kind == W and itxs:
-            last = itxs[-1]
-            if last[1] == W and last[2] == ino and last[0] == txg and last[3] <= a <= last[4]:
-                itxs[-1] = (txg, W, ino, last[3], max(b, last[4]))     # an appending writer
+        mine = self._files.get(ino)
+        if mine is None:
+            mine = self._files[ino] = []
+        elif kind == W:
+            last = mine[-1]
+            if last[1] == W and last[0] == txg and last[2] <= a <= last[3]:
+                mine[-1] = (txg, W, last[2], max(b, last[3]))     # an appending writer
                 self._always(ino)
                 return
-        itxs.append((txg, kind, ino, a, b))
+        mine.append((txg, kind, a, b))
         self._always(ino)
 
     def _always(self, ino: int) -> None:
@@ -96,7 +104,7 @@ class IntentLogging:
     def _note_names(self, record: bytes) -> None:
         """A change of names, encoded now (zil.*_record): what replay needs to redo it."""
         if self._logging():
-            self._itxs.append((self.io.txg, N, 0, record, 0))
+            self._names.append((self.io.txg, record))
             self._always(0)
 
     def _log_ds(self) -> int:
@@ -124,15 +132,28 @@ class IntentLogging:
                                                new_name, flags))
 
     # ---- committing ----------------------------------------------------------------------
-    def _log_trim(self, durable: int) -> None:
-        """Forget itxs of durable txgs: the tree holds their changes."""
-        itxs = self._itxs
-        while itxs and itxs[0][0] <= durable:
-            itxs.popleft()
+    def _log_trim(self, durable: int, inos=None) -> None:
+        """Forget itxs of durable txgs (the tree holds their changes): of the names, and of
+        files `inos` (None: of every file)."""
+        names = self._names
+        while names and names[0][0] <= durable:
+            names.popleft()
+        files = self._files
+        for ino in list(files) if inos is None else [i for i in inos if i in files]:
+            mine = files[ino]
+            if mine[-1][0] <= durable:
+                del files[ino]
+            elif mine[0][0] <= durable:
+                files[ino] = [x for x in mine if x[0] > durable]
+
+    @property
+    def pending_itxs(self) -> int:
+        """Changes noted and not yet logged or durable (for tests and tools)."""
+        return len(self._names) + sum(map(len, self._files.values()))
 
     def _log_flushed(self) -> None:
         """After a flush (every txg sync runs one): drop the itxs durable txgs hold."""
-        if self._itxs:
+        if self._names or self._files:
             ilog = getattr(self.io, "intent_log", None)
             if ilog is not None:
                 self._log_trim(ilog().pool.synced_txg)
@@ -155,45 +176,44 @@ class IntentLogging:
         if not ilog.ready() or pool.synced_txg < self._barrier:
             self.io.sync()
             return
-        self._log_trim(pool.synced_txg)
-        records, picked = self._log_records(inos, ilog)
+        inos = list(self._files) if inos is None else [i for i in inos if i in self._files]
+        self._log_trim(pool.synced_txg, inos)
+        records = self._log_records(inos, ilog)
         if not records:
             return
         if sum(map(len, records)) > LOG_MAX or not ilog.commit(records):
             self.io.sync()
             return
-        self._itxs = deque(x for i, x in enumerate(self._itxs) if i not in picked)
+        self._names.clear()                     # logged: durable now, with their files
+        for ino in inos:
+            self._files.pop(ino, None)
 
-    def _log_records(self, inos: set[int] | None, ilog) -> tuple[list[bytes], set[int]]:
+    def _log_records(self, inos: list[int], ilog) -> list[bytes]:
+        """Every change of names, in order (replay then finds the files where they are),
+        then each file's writes with its bytes of now, its truncates and punches in their
+        places, its xattrs and last its attributes."""
         ds = self._log_ds()
-        out: list[bytes] = []
-        picked: set[int] = set()
-        files: dict[int, None] = {}             # files committed, in order of first change
-        writes: dict[int, list] = {}
-        xattrs: dict[int, set] = {}
-        for i, (_txg, kind, ino, a, b) in enumerate(self._itxs):
-            if kind == N:
-                out.append(a)
-                picked.add(i)
+        out: list[bytes] = [record for _txg, record in self._names]
+        for ino in inos:
+            if ino not in self._files:
                 continue
-            if inos is not None and ino not in inos:
-                continue
-            picked.add(i)
-            files.setdefault(ino)
-            if kind == W:
-                writes.setdefault(ino, []).append((a, b))
-            elif kind in (T, P):        # in their place among the file's writes
-                out += self._write_records(ds, ino, writes.pop(ino, []), ilog)
-                out.append(zil.truncate_record(ds, ino, a) if kind == T else
-                           zil.free_record(ds, ino, a, b - a))
-            elif kind == X:
-                xattrs.setdefault(ino, set()).add(a)
-        for ino in files:
             node = self._log_node(ino)
             if node is None:
                 continue
-            out += self._write_records(ds, ino, writes.pop(ino, []), ilog)
-            for name in sorted(xattrs.get(ino, ())):
+            writes: list = []
+            xattrs: set = set()
+            for _txg, kind, a, b in self._files[ino]:
+                if kind == W:
+                    writes.append((a, b))
+                elif kind in (T, P):        # in their place among the file's writes
+                    out += self._write_records(ds, ino, writes, ilog)
+                    writes = []
+                    out.append(zil.truncate_record(ds, ino, a) if kind == T else
+                               zil.free_record(ds, ino, a, b - a))
+                elif kind == X:
+                    xattrs.add(a)
+            out += self._write_records(ds, ino, writes, ilog)
+            for name in sorted(xattrs):
                 item = self.tree.get_item(xattr_key(ino, name))
                 if item is None:
                     out.append(zil.rmxattr_record(ds, ino, name))
@@ -205,7 +225,7 @@ class IntentLogging:
                     out.append(zil.setxattr_record(ds, ino, name, value))
             out.append(zil.attr_record(ds, ino, node.mode, node.uid, node.gid, node.size,
                                        node.atime, node.mtime, node.ctime))
-        return out, picked
+        return out
 
     def _log_node(self, ino: int) -> Inode | None:
         try:
@@ -277,13 +297,14 @@ class IntentLogging:
             ilog = self.io.intent_log()
             if not ilog.appendable() or ilog.pool.synced_txg < self._barrier:
                 return False
-            ino = None if fh is None else self._handles[fh].ino
+            inos = self._files if fh is None else [self._handles[fh].ino]
             pending = 0
-            for _txg, kind, i, a, b in self._itxs:
-                if kind == W and (ino is None or i == ino):
-                    pending += b - a
-                    if pending > LIGHT:
-                        return False
+            for ino in inos:
+                for _txg, kind, a, b in self._files.get(ino, ()):
+                    if kind == W:
+                        pending += b - a
+                        if pending > LIGHT:
+                            return False
             return True
 
     # ---- public --------------------------------------------------------------------------
@@ -297,7 +318,8 @@ class IntentLogging:
 
     def _after_reload(self) -> None:
         """The tree was replaced (rollback): forget itxs; log again once that is durable."""
-        self._itxs.clear()
+        self._names.clear()
+        self._files.clear()
         self._sync_now.clear()
         self._barrier = self.io.txg
 

@@ -333,3 +333,40 @@ def test_records_and_blocks_round_trip_and_reject_anything_else():
     head, tail = zil.split_write(big, zil.WRITE_HDR + 600)
     h, t = zil.decode_record(head), zil.decode_record(tail)
     assert h.data + t.data == bytes(range(256)) * 8 and t.offset == 600
+
+
+def test_sync_turned_on_mid_txg_commits_what_was_never_noted():
+    """Changes made under sync=disabled were never noted: after `zfs set sync=standard` the
+    first fsync commits the txg instead of logging half a story."""
+    r = Rig()
+    first_fsync(r)                              # the pool's log is there
+    r.h.dsl.create("tank/d", {"sync": "disabled"})
+    r.pool.sync()
+    fs = r.h.filesystem("tank/d")
+    fh, _a = fs.create(1, "f")
+    fs.write(fh, 0, b"made while disabled")
+    rec = r.h.dsl.get("tank/d")
+    rec.props["sync"] = "standard"
+    r.h.dsl.touch(rec)
+    from fusezfs.objset import DatasetIO
+    fs.io = DatasetIO(r.h.dsl, rec)             # as the daemon applies a property change
+    fs.write(fh, 0, b"M")
+    fs.fsync(fh)
+    got = Handle(r.crash().pool).filesystem("tank/d")
+    assert got.read_file("/f") == b"Made while disabled"
+
+
+def test_a_filesystem_object_dropped_with_notes_pending_does_not_log_half():
+    """Handle.forget drops a Posix object whose creates were noted but not logged; the next
+    one for that dataset commits the txg at fsync rather than log writes to a file whose
+    create no record holds."""
+    r = Rig()
+    first_fsync(r)
+    r.fs.release(r.new("/g", b"created"))
+    r.h.forget("tank/fs")
+    fs = r.h.filesystem("tank/fs")
+    assert fs is not r.fs
+    fh = fs.open(fs.resolve("/g"), os.O_RDWR)
+    fs.write(fh, 7, b" and written")
+    fs.fsync(fh)
+    assert r.crash().fs().read_file("/g") == b"created and written"
