@@ -17,7 +17,7 @@ zfs answers with its usage text and exit code 2.
 
 Support levels (`Prop.support`): "native" properties change what fusezfs does; "stored" ones are
 validated, stored, inherited and shown exactly as OpenZFS would but change nothing (sharenfs,
-logbias, sync, ...); "fixed" ones can only hold their default value (encryption, normalization,
+zoned, dnodesize, ...); "fixed" ones can only hold their default value (encryption, normalization,
 casesensitivity, version): every other value OpenZFS knows is refused with the words OpenZFS uses
 when the pool lacks the feature. `Prop.unsupported` lists values OpenZFS accepts that fusezfs
 refuses the same way (lz4, lzjb, zle and zstd-fast* for compression; checksums other than on and
@@ -269,8 +269,7 @@ _TABLE: list[Prop] = [
     _num("usedbyrefreservation", READONLY, _FS_VOL, "<size>", "USEDREFRESERV", fmt="bytes"),
     _idx("defer_destroy", READONLY, _SNAP, "yes | no", "DEFER_DESTROY", _BOOL, None),
     _num("userrefs", READONLY, _SNAP, "<count>", "USERREFS"),
-    _idx("logbias", INHERIT, _FS_VOL, "latency | throughput", "LOGBIAS", _LOGBIAS, "latency",
-         support="stored"),
+    _idx("logbias", INHERIT, _FS_VOL, "latency | throughput", "LOGBIAS", _LOGBIAS, "latency"),
     _num("objsetid", READONLY, DATASET, "<uint64>", "OBJSETID", fmt="raw"),
     _idx("dedup", INHERIT, _FS_VOL,
          "on | off | verify | sha256[,verify] | sha512[,verify] | skein[,verify] | "
@@ -278,8 +277,7 @@ _TABLE: list[Prop] = [
          unsupported=_DEDUP_UNSUPPORTED),
     _str("mlslabel", INHERIT, DATASET, "<sensitivity label>", "MLSLABEL", "none",
          support="fixed"),
-    _idx("sync", INHERIT, _FS_VOL, "standard | always | disabled", "SYNC", _SYNC, "standard",
-         support="stored"),
+    _idx("sync", INHERIT, _FS_VOL, "standard | always | disabled", "SYNC", _SYNC, "standard"),
     _idx("dnodesize", INHERIT, _FS, "legacy | auto | 1k | 2k | 4k | 8k | 16k", "DNSIZE", _DNSIZE,
          "legacy", support="stored"),
     _num("refcompressratio", READONLY, DATASET, "<1.00x or higher if compressed>", "REFRATIO",
