@@ -241,18 +241,20 @@ class Allocator:
                 return DVA(v, off, size)
         raise NoSpace()
 
-    def allocate_low(self, size: int, scan: int = 64) -> DVA | None:
-        """`size` bytes at the lowest free address among the first `scan` free extents of the
-        vdevs, or None (the caller then allocates as usual). For the intent log: its blocks,
-        freed at every txg, are written again in the same few places, which a pool file has
-        already allocated, so the flush that follows each log write costs its file system no
-        new block allocation."""
+    def allocate_low(self, size: int, align: int = 4096, scan: int = 64) -> DVA | None:
+        """`size` bytes at the lowest free address, a multiple of `align`, among the first
+        `scan` free extents of the vdevs, or None (the caller then allocates as usual). For
+        the intent log: its blocks, freed at every txg, are written again in the same few
+        places, which a pool file has already allocated, so the flush that follows each log
+        write costs its file system no new block allocation; whole aligned pages are written
+        without reading the page first."""
         size = round_up(size)
         for v in sorted(self.spaces):
             space = self.spaces[v]
             for j in range(min(scan, len(space.starts))):
-                if space.lens[j] >= size:
-                    off = space.starts[j]
+                start, length = space.starts[j], space.lens[j]
+                off = -(-start // align) * align
+                if off + size <= start + length:
                     space._take(j, off, size)
                     self.changes += 1
                     return DVA(v, off, size)

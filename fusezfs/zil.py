@@ -74,6 +74,7 @@ assert _HEADER.size == 48 and BLOCK_HDR == 80
 
 FLAG_COMMIT = 1             # the last block of one commit (an fsync's records end here)
 SECTOR = 512
+PAGE = 4096                 # log blocks are written in whole pages (sizes are multiples of it)
 MIN_BLOCK = 4 << 10         # a record larger than the block at hand goes to the next, sized for it
 MAX_BLOCK = 1 << 20
 GUESS_MAX = 128 << 10       # the next commit's first block: the last commit's size, up to this
@@ -272,13 +273,14 @@ class Block:
 
 def encode_block(guid: int, seq: int, txg: int, nxt: DVA, flags: int,
                  records: list[bytes]) -> bytes:
-    """The bytes to write: the header, the records, zeros to a whole sector."""
+    """The bytes to write: the header, the records, zeros to a whole page (a partial page
+    would make the kernel read the rest of it first)."""
     body = b"".join(records)
     used = BLOCK_HDR + len(body)
     head = _BLOCK.pack(BLOCK_MAGIC, guid, seq, txg, nxt.vdev, nxt.asize, nxt.offset, used,
                        len(records), flags, 0, bytes(16))
     digest = xxhash.xxh3_128_digest(head[:64] + body)
-    pad = -used % SECTOR
+    pad = -used % PAGE
     return head[:64] + digest + body + bytes(pad)
 
 
