@@ -256,6 +256,7 @@ class Posix(Names, Allocation, FileData, IntentLogging, PathHelpers):
         self._dirty.discard(ino)
         self._opens.pop(ino, None)
         self._lookups.pop(ino, None)
+        self._files.pop(ino, None)      # its intent-log notes: no record of it would apply
         self.tree.delete_range(ino_prefix(ino), ino_prefix(ino + 1))
         if ino in self._unlinked_new:
             self._unlinked_new.discard(ino)

@@ -180,6 +180,8 @@ class IntentLogging:
         self._log_trim(pool.synced_txg, inos)
         records = self._log_records(inos, ilog)
         if not records:
+            for ino in inos:                # (files gone since: nothing of them to log)
+                self._files.pop(ino, None)
             return
         if sum(map(len, records)) > LOG_MAX or not ilog.commit(records):
             self.io.sync()
