@@ -33,6 +33,7 @@ FILESYSTEMS = {
     "crash/off": {"recordsize": "4096", "compression": "off", "sync": "disabled"},
 }
 PATHS = [b"f0", b"f1", b"f2", b"d/f3", b"d/f4"]
+MAX_FILE = 24 << 10         # bytes a file of the workload holds at most
 
 
 @dataclass
@@ -224,8 +225,10 @@ def fsync_workload(pool: Pool, seed: int, steps: int, committing: dict,
             if names.get(path) == DIR:
                 continue
             size = len(model.now.content[names[path]]) if path in names else 0
-            offset = rng.choice([0, rng.randrange(0, size + 1), size, rng.randrange(0, 20000)])
             data = _text(rng, rng.choice([10, 700, 5000, 9000, 17000]))
+            room = MAX_FILE - len(data)         # files stay small: the pool is nearly full
+            offset = min(room, rng.choice([0, rng.randrange(0, size + 1), size,
+                                           rng.randrange(0, 20000)]))
 
             if path not in names:           # a create is an operation of its own
                 def create(path=path) -> None:
@@ -242,7 +245,7 @@ def fsync_workload(pool: Pool, seed: int, steps: int, committing: dict,
             run(ds, "write", (path, offset, data), write)
         elif r < 0.50:
             path = rng.choice(files)
-            size = rng.choice([0, 100, 4096, 6000, 30000])
+            size = rng.choice([0, 100, 4096, 6000, MAX_FILE])
             run(ds, "truncate", (path, size),
                 lambda: fs.setattr(fs.resolve(b"/" + path), size=size))
         elif r < 0.56:
@@ -306,6 +309,6 @@ def fsync_check(pool: Pool) -> tuple[State, list[str]]:
     return fsync_content(h), h.dsl.check()
 
 
-WORKLOAD = Workload(fsync_workload, fsync_check, 320 << 10, slop=True)
+WORKLOAD = Workload(fsync_workload, fsync_check, 640 << 10, slop=True)
 
 __all__ = ["FsyncModel", "FsyncExpect", "WORKLOAD", "WrongData"]

@@ -150,7 +150,7 @@ def test_nothing_an_fsync_returned_for_is_lost(kind):
     pool imports its durable txg, the log's whole commits are replayed, and every filesystem
     holds names of one instant since its last promise and every file what it held at some
     instant since its own: nothing an fsync returned for is lost (crashsim_fsync.py)."""
-    summary = crashsim.run([kind], ["keep", "drop", "reorder"], 2, 40, load="fsync")
+    summary = crashsim.run([kind], ["keep", "drop", "reorder"], 2, 60, load="fsync")
     assert summary.cuts > 250
     assert not summary.damaged, summary.damaged[:3]
 
