@@ -21,7 +21,7 @@ import os
 import random
 from dataclasses import dataclass, field
 
-from .crashsim import State, Workload, WrongData, _text, check_read
+from .crashsim import State, Workload, _text, check_read
 from .pool import Pool
 
 DIR = b"<directory>"
@@ -311,4 +311,4 @@ def fsync_check(pool: Pool) -> tuple[State, list[str]]:
 
 WORKLOAD = Workload(fsync_workload, fsync_check, 640 << 10, slop=True)
 
-__all__ = ["FsyncModel", "FsyncExpect", "WORKLOAD", "WrongData"]
+__all__ = ["FsyncModel", "FsyncExpect", "WORKLOAD"]
