@@ -23,7 +23,6 @@ exposes zeros, as POSIX wants.
 from __future__ import annotations
 
 import errno
-import os
 
 from .formats.bp import decode_bp, encode_bp
 from .posix_layout import K_DATA, MAX_FILE_SIZE, Inode, blkid_of, data_key, kind_hi

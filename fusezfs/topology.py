@@ -93,6 +93,7 @@ def attach(pool: Pool, existing: str, new: str | Device, force: bool = False) ->
     with pool.lock:
         top.leaves.append(side)
         top.kind = "mirror"
+        top.changed()
         commit(pool)
     Scrubber(pool).start("resilver")
     return side
@@ -106,6 +107,7 @@ def detach(pool: Pool, name: str) -> None:
         raise TopologyError(f"cannot detach {name}: no valid replicas")
     with pool.lock:
         top.leaves.remove(leaf)
+        top.changed()
         if len(top.leaves) == 1:
             top.kind = "file"
         commit(pool)
@@ -120,6 +122,7 @@ def offline(pool: Pool, name: str, temporary: bool = False) -> None:
         raise TopologyError(f"cannot offline {name}: no valid replicas")
     with pool.lock:
         leaf.offline, leaf.temporary = True, temporary
+        top.changed()
         commit(pool)
 
 
@@ -137,6 +140,7 @@ def online(pool: Pool, name: str) -> str | None:
             leaf.device = dev
         leaf.offline = leaf.temporary = False
         leaf.resilvering = True
+        top.changed()
         commit(pool)
     Scrubber(pool).start("resilver")
     return None

@@ -124,8 +124,16 @@ class TopVdev:
 
     @property
     def live(self) -> list[Leaf]:
-        """The leaves that are read and written."""
-        return [leaf for leaf in self.leaves if leaf.live]
+        """The leaves that are read and written: asked by every block read and write, so
+        kept until `changed()` says the leaves or their states changed."""
+        live = self.__dict__.get("_live")
+        if live is None:
+            live = self.__dict__["_live"] = [leaf for leaf in self.leaves if leaf.live]
+        return live
+
+    def changed(self) -> None:
+        """A leaf was attached, detached, taken offline, brought back or reopened."""
+        self.__dict__.pop("_live", None)
 
     @property
     def state(self) -> str:

@@ -41,3 +41,29 @@ def random_files(tmp, capsys, dataset: str, n: int, seed: int,
         assert run(capsys, "cp", str(src), f"{dataset}:/f{seed}_{i}")[0] == 0
         files[f"/f{seed}_{i}"] = data
     return files
+
+
+def ok(capsys, *argv: str) -> str:
+    """`fusezfs ARGV`, which must succeed: its stdout."""
+    code, out, err = run(capsys, *argv)
+    assert code == 0, (argv, out, err)
+    return out
+
+
+def check_pools(skip_exported: bool = False) -> None:
+    """The consistency checker after a test: every imported pool's space accounting recounts
+    right and `verify` finds everything reachable whole and allocated exactly once."""
+    from fusezfs import registry
+    from fusezfs.cli_pool import open_pool
+    from fusezfs.datasets import Datasets
+    from fusezfs.verify import verify
+    for name, entry in registry.load().items():
+        if skip_exported and entry.get("state") == "exported":
+            continue
+        pool = open_pool(name)
+        try:
+            assert Datasets(pool).check() == []
+            report = verify(pool)
+            assert report.ok, report.faults
+        finally:
+            pool.close()

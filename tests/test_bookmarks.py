@@ -10,10 +10,10 @@ import os
 
 import pytest
 
-from fusezfs import cli, registry
+from clitools import check_pools, ok, run
+from fusezfs import cli
 from fusezfs.cli_pool import open_pool
 from fusezfs.datasets import Datasets
-from fusezfs.verify import verify
 
 MiB = 1 << 20
 USAGE = ("usage:\n\tbookmark <snapshot|bookmark> <newbookmark>\n\n"
@@ -30,26 +30,7 @@ def env(tmp_path, monkeypatch, capsys):
     assert cli.main(["pool", "create", "-O", "compression=off", "tank", str(disk)]) == 0
     yield tmp_path
     capsys.readouterr()
-    for name in list(registry.load()):
-        pool = open_pool(name)
-        try:
-            assert Datasets(pool).check() == []
-            report = verify(pool)
-            assert report.ok, report.faults
-        finally:
-            pool.close()
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def ok(capsys, *argv: str) -> str:
-    code, out, err = run(capsys, *argv)
-    assert code == 0, (argv, err)
-    return out
+    check_pools()
 
 
 def put(tmp, capsys, dest: str, data: bytes) -> None:

@@ -16,11 +16,9 @@ import sys
 
 import pytest
 
-from fusezfs import cli, registry
+from clitools import check_pools, ok, run
 from fusezfs.api import Handle
 from fusezfs.cli_pool import open_pool
-from fusezfs.datasets import Datasets
-from fusezfs.verify import verify
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -48,28 +46,7 @@ def env(tmp_path, monkeypatch, capsys):
     signal.alarm(0)
     signal.signal(signal.SIGALRM, old)
     capsys.readouterr()
-    for name in list(registry.load()):
-        if registry.load()[name].get("state") == "exported":
-            continue
-        pool = open_pool(name)
-        try:
-            assert Datasets(pool).check() == []
-            report = verify(pool)
-            assert report.ok, report.faults
-        finally:
-            pool.close()
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def ok(capsys, *argv: str) -> str:
-    code, out, err = run(capsys, *argv)
-    assert code == 0, (argv, err)
-    return out
+    check_pools(skip_exported=True)
 
 
 def in_dataset(name: str, path: str):

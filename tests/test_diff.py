@@ -17,7 +17,8 @@ from contextlib import contextmanager
 
 import pytest
 
-from fusezfs import cli, diff, registry
+from clitools import check_pools, ok, run
+from fusezfs import cli, diff
 from fusezfs.api import Handle
 from fusezfs.cli_pool import open_pool
 from fusezfs.datasets import Datasets
@@ -41,26 +42,7 @@ def env(tmp_path, monkeypatch, capsys):
     assert cli.main(["create", "tank/fs"]) == 0
     yield tmp_path
     capsys.readouterr()
-    for name in list(registry.load()):
-        pool = open_pool(name)
-        try:
-            assert Datasets(pool).check() == []
-            report = verify(pool)
-            assert report.ok, report.faults
-        finally:
-            pool.close()
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def ok(capsys, *argv: str) -> str:
-    code, out, err = run(capsys, *argv)
-    assert code == 0, (argv, err)
-    return out
+    check_pools()
 
 
 class Files:

@@ -14,11 +14,9 @@ import subprocess
 
 import pytest
 
-from fusezfs import cli, registry
+from clitools import check_pools, ok, run
 from fusezfs.api import Handle
 from fusezfs.cli_pool import open_pool
-from fusezfs.datasets import Datasets
-from fusezfs.verify import verify
 from imagekit import (D, E, F, L, OPQ, S, WH, RefTree, diff_trees, docker_save, dump_fs,
                       layer_tar, oci_files, sha, write_layout)
 from prerequisites import skip_or_fail
@@ -37,32 +35,7 @@ def env(tmp_path, monkeypatch, capsys):
     ok(capsys, "pool", "create", "tank", str(tmp_path / "disk"))
     yield tmp_path
     capsys.readouterr()
-    check_pools()
-
-
-def check_pools() -> None:
-    for name, entry in registry.load().items():
-        if entry.get("state") == "exported":
-            continue
-        pool = open_pool(name)
-        try:
-            assert Datasets(pool).check() == []
-            report = verify(pool)
-            assert report.ok, report.faults
-        finally:
-            pool.close()
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def ok(capsys, *argv: str) -> str:
-    code, out, err = run(capsys, *argv)
-    assert code == 0, (argv, out, err)
-    return out
+    check_pools(skip_exported=True)
 
 
 def chains(tars: list[bytes]) -> list[str]:

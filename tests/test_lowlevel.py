@@ -13,7 +13,7 @@ from fusezfs.allocator import REWIND_TXGS, Allocator, FreeSpace, NoSpace
 from fusezfs.devices import FaultyDevice, MemoryDevice, PowerCut
 from fusezfs.formats import label as fl
 from fusezfs.formats import spacemap
-from fusezfs.formats.bp import (BP_SIZE, BT_DATA, CKSUM_SHA256, CKSUM_XXH3_128, COMP_GZIP,
+from fusezfs.formats.bp import (BP_SIZE, CKSUM_SHA256, CKSUM_XXH3_128, COMP_GZIP,
                                 COMP_OFF, COMP_ZSTD, DVA, BlockPointer, checksum, decode_bp,
                                 encode_bp)
 

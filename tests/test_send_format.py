@@ -4,7 +4,6 @@ quoted (its trivial ACLs, its master node)."""
 from __future__ import annotations
 
 import io
-import os
 import random
 import struct
 

@@ -27,9 +27,12 @@ import os
 import sys
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from ..cli import Failed, Usage, error, nicenum, parse, print_table
+
+if TYPE_CHECKING:           # (imported where used: a command loads only what it needs)
+    from .store import Store
 
 STORE_ENV = "FUSEZFS_IMAGE_STORE"
 OPTS = {("image", "import"): "qm:t:", ("image", "ls"): "Hps:", ("image", "list"): "Hps:",
@@ -93,7 +96,7 @@ def route_argv(argv: list[str], cwd: str) -> list[str]:
 # ---- opening a store -------------------------------------------------------------------------
 @contextmanager
 def opened(name: str | None, *, create: bool = False,
-           mountpoint: str | None = None) -> Iterator["Store"]:
+           mountpoint: str | None = None) -> Iterator[Store]:
     from .. import sessions
     from ..api import Handle
     from ..cli_pool import imported_names, open_pool
