@@ -85,8 +85,8 @@ VERB_MODULES = {"pool": "cli_pool", "cp": "cli_cp", "mount": "cli_mount", "unmou
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    from . import control
-    from .registry import RegistryError
+    from .host import control
+    from .host.registry import RegistryError
     try:
         code = control.route(argv)  # a pool served by a daemon: the command runs there
         if code is not None:

@@ -15,7 +15,8 @@ import os
 import stat
 import sys
 
-from . import registry, sessions
+from . import sessions
+from .host import registry
 from .cli import Failed, Usage, error, parse
 from .cp_sides import DatasetSide, LocalSide
 from .cp_walk import Copier, quote

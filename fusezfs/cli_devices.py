@@ -6,7 +6,8 @@ to the end in this command when the command owns the pool itself (`-w` waits in 
 """
 from __future__ import annotations
 
-from . import registry, sessions, topology
+from . import sessions, topology
+from .host import registry
 from .cli import Failed, Usage, error, parse
 from .cli_pool import open_pool, parse_vdevs
 from .pool import Pool, PoolError

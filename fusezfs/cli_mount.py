@@ -37,7 +37,7 @@ import subprocess
 import sys
 import time
 
-from . import control, daemon, registry
+from .host import control, daemon, registry
 from .cli import Failed, Usage, error, parse
 
 USAGE = {
@@ -134,7 +134,7 @@ def _forward(pool: str, argv: list[str]) -> int:
 def _spawn(pool: str, mountpoint: str | None, texts: list[str],
            for_dataset: str | None = None) -> int:
     r, w = os.pipe()
-    cmd = [sys.executable, "-m", "fusezfs.daemon", "--ready-fd", str(w)]
+    cmd = [sys.executable, "-m", "fusezfs.host.daemon", "--ready-fd", str(w)]
     if for_dataset is not None:
         cmd += ["--for-dataset", for_dataset]
     for t in texts:

@@ -11,9 +11,10 @@ import sys
 import time
 from typing import Callable
 
-from . import dsprops, poolprops, registry, sessions
+from . import dsprops, poolprops, sessions
+from .host import registry
 from .api import Handle, format_filesystem
-from .daemon import serving_pid
+from .host.daemon import serving_pid
 from .datasets import Datasets
 from .cli import Failed, Usage, error, nicenum, parse, print_table
 from .devices import FileDevice
@@ -31,7 +32,7 @@ USAGE = {
     "import": "\timport [-d dir] [-f]\n\timport [-d dir] [-f] [-F [-n] [-X]] [-o property=value] ... "
               "<pool | id> [newpool]",
     "list": "\tlist [-Hp] [-o property[,...]] [pool] ...",
-    "status": "\tstatus [-vx] [pool] ...",
+    "status": "\tstatus [-vxD] [pool] ...",
     "get": "\tget [-Hp] [-o \"all\" | field[,...]] <\"all\" | property[,...]> <pool> ...",
     "set": "\tset <property=value> <pool>",
     "sync": "\tsync [pool] ...",
@@ -115,8 +116,8 @@ def prop_value(pool: Pool, prop: str, parsable: bool) -> tuple[str, str]:
     if prop == "capacity":
         cap = alloc * 100 // size if size else 0
         return (str(cap) if parsable else f"{cap}%"), "-"
-    if prop == "dedupratio":
-        return ("1.00" if parsable else "1.00x"), "-"
+    if prop == "dedupratio":           # "%llu.%02llux" of the table's ratio, truncated
+        return dsprops.format_ratio(pool.blocks.ddt.ratio_percent(), parsable), "-"
     if prop == "health":
         return pool_health(pool), "-"
     if prop in ("guid", "load_guid"):
@@ -405,8 +406,9 @@ def cmd_set(args: list[str]) -> int:
 
 
 def cmd_status(args: list[str]) -> int:
-    opts, names = parse(args, "vx")
+    opts, names = parse(args, "vxD")
     verbose = ("-v", "") in opts
+    dedup_stats = ("-D", "") in opts
     only_bad = ("-x", "") in opts
     if not names and not imported_names():
         error("no pools available")   # stderr, as OpenZFS 2.x (zfs-fuse: stdout)
@@ -417,7 +419,8 @@ def cmd_status(args: list[str]) -> int:
         errors = sum(leaf.read_errors + leaf.write_errors + leaf.cksum_errors
                      for leaf in pool.leaves())
         if not only_bad or errors or pool.blocks.permanent_errors:
-            texts.append(format_status(pool, verbose))
+            texts.append(format_status(pool, verbose)
+                         + (dedup_stats_text(pool) if dedup_stats else ""))
     status = for_each_pool(names or imported_names(), show,
                            lambda name: texts.append(format_unavailable(name)))
     if texts:
@@ -506,6 +509,34 @@ def format_status(pool: Pool, verbose: bool) -> str:
         out.append("errors: Permanent errors have been detected in the following files:")
         out.append("")
         out += [f"        {what}" for what in sorted(permanent)]
+    return "\n".join(out)
+
+
+def dedup_stats_text(pool: Pool) -> str:
+    """What `zpool status -D` adds after the errors line (print_dedup_stats, zpool_dump_ddt):
+    the table's entry count with its size per entry on disk and in core, then the histogram
+    of entries by refcount, allocated and referenced, and the totals."""
+    from .dsprops import nicebytes, nicenum
+    ddt = pool.blocks.ddt
+    count, on_disk, in_core = ddt.object_stats()
+    if not count:
+        return "\n\n dedup: no DDT entries"
+    row = "%6s   %6s   %5s   %5s   %5s   %6s   %5s   %5s   %5s"
+    out = ["", "", f" dedup: DDT entries {count}, size {nicebytes(on_disk)} on disk, "
+                   f"{nicebytes(in_core)} in core", "",
+           "bucket              allocated                       referenced          ",
+           "______   ______________________________   ______________________________",
+           row % ("refcnt", "blocks", "LSIZE", "PSIZE", "DSIZE",
+                  "blocks", "LSIZE", "PSIZE", "DSIZE"),
+           row % ("------", "------", "-----", "-----", "-----",
+                  "------", "-----", "-----", "-----")]
+
+    def line(label: str, st: list[int]) -> str:
+        return row % (label, nicenum(st[0]), nicebytes(st[1]), nicebytes(st[2]), nicebytes(st[3]),
+                      nicenum(st[4]), nicebytes(st[5]), nicebytes(st[6]), nicebytes(st[7]))
+    stats = ddt.stats()
+    out += [line(nicenum(1 << h), stats[h]) for h in sorted(stats)]
+    out += [line("Total", ddt.totals()), ""]
     return "\n".join(out)
 
 

@@ -509,7 +509,7 @@ class Operations(pyfuse3.Operations):
         that shows it. Never with the pool lock held: the kernel may wait for a request in
         progress, and that request for the lock. Never the name a child is mounted on: the
         kernel would detach the mount (d_invalidate)."""
-        from . import fuse_sessions
+        from .host import fuse_sessions
         covered = set(self.mount_entries)
         for item in inval:
             idx, local = item[1] >> SHIFT, item[1] & LOCAL_MASK

@@ -53,7 +53,7 @@ def ok(capsys, *argv: str) -> str:
 def check_pools(skip_exported: bool = False) -> None:
     """The consistency checker after a test: every imported pool's space accounting recounts
     right and `verify` finds everything reachable whole and allocated exactly once."""
-    from fusezfs import registry
+    from fusezfs.host import registry
     from fusezfs.cli_pool import open_pool
     from fusezfs.datasets import Datasets
     from fusezfs.verify import verify

@@ -335,7 +335,7 @@ def test_idle_slow_and_oversized_clients_cost_no_threads(env):
     """Idle connections wait in the accept thread's selector, not on threads of their own; a
     request announcing more than REQUEST_MAX bytes is dropped before it is read; commands keep
     working throughout."""
-    from fusezfs import control
+    from fusezfs.host import control
     pid = env.daemon_pid()
     path = os.path.join(env.state, "tank.sock")
     before = _threads(pid)

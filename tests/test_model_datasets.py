@@ -37,7 +37,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from fusezfs import cli, registry, sessions
+from fusezfs import cli, sessions
+from fusezfs.host import registry
 from fusezfs.api import Handle
 from fusezfs.datasets import ROOT_ID, DatasetError
 from fusezfs.devices import MemoryDevice

@@ -49,7 +49,7 @@ import threading
 import pyfuse3
 import trio
 
-from .posix import ROOT_INO
+from ..posix import ROOT_INO
 
 log = logging.getLogger("fusezfs.fuse")
 
@@ -108,7 +108,7 @@ def fuse_mount(path: str, fsname: str, options: set[str]) -> int:
     descriptor. `options`: default_permissions, allow_other, ro. Root mounts with mount(2);
     anyone else through the setuid fusermount3, which passes the descriptor back over a
     socket (libfuse's protocol: the socket's number in _FUSE_COMMFD, one byte with the fd)."""
-    from .fuse_ops import libc_call
+    from ..fuse_ops import libc_call
     flags = sorted(o for o in options if o in ("default_permissions", "allow_other"))
     if os.geteuid() == 0:
         fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
@@ -262,7 +262,7 @@ class SessionOps(pyfuse3.Operations):
 def unmount(path: str, lazy: bool) -> tuple[bool, str]:
     """Unmount `path` (root: umount2; others: fusermount3 -u): (done, error text)."""
     if os.geteuid() == 0:
-        from .fuse_ops import libc_call
+        from ..fuse_ops import libc_call
         try:
             libc_call("umount2", os.fsencode(path), 2 if lazy else 0)     # MNT_DETACH
             return True, ""
@@ -346,7 +346,7 @@ class Sessions:
             return e.strerror
         try:
             mod.init(SessionOps(core, view), f"/dev/fd/{fd}", self.fuse_opts)
-            from .fuse_extra import install
+            from ..fuse_extra import install
             install(mod, core)          # fallocate and SEEK_DATA/SEEK_HOLE, for this session
         except Exception:
             with core.lock:

@@ -306,7 +306,7 @@ class SingleMounts:
     def _child(self, dataset: str, verb: str):
         """The record of a filesystem the tree mounts, for `zfs mount`/`zfs unmount` of it;
         DaemonError in zfs's words."""
-        from .fuse_ops import mountpoint_of
+        from ..fuse_ops import mountpoint_of
         with self.ops.lock:
             rec = self.ops.dsl.lookup(dataset)
             if rec is None:
@@ -514,9 +514,9 @@ def default_mountpoint(handle, private: bool = False) -> str:
     """The root dataset's mountpoint. `private` (a daemon started to mount a dataset alone):
     a root with none to use (none, legacy, canmount=off or noauto) is mounted at
     private_mountpoint, in the state directory (mode 0700)."""
-    from . import properties
-    from .datasets import ROOT_ID
-    from .fuse_ops import mountpoint_of
+    from .. import properties
+    from ..datasets import ROOT_ID
+    from ..fuse_ops import mountpoint_of
     root = handle.dsl.record(ROOT_ID)
     mp = mountpoint_of(handle.dsl, root)
     if private and (not mp.startswith("/") or
@@ -555,14 +555,14 @@ def serve(pool_name: str, mountpoint: str | None, options: dict[str, str],
     import pyfuse3
     import trio
 
-    from . import properties
-    from . import scrub
-    from .api import Handle
-    from .cli import Failed
-    from .cli_pool import open_pool
+    from .. import properties
+    from .. import scrub
+    from ..api import Handle
+    from ..cli import Failed
+    from ..cli_pool import open_pool
     from . import fuse_sessions
     from .control import Server
-    from .fuse_ops import Operations
+    from ..fuse_ops import Operations
 
     def fail(msg: str) -> int:
         log.error("%s", msg)
@@ -629,7 +629,7 @@ def serve(pool_name: str, mountpoint: str | None, options: dict[str, str],
             pyfuse3.init(ops, mp, fuse_opts)
         except RuntimeError as e:
             raise DaemonError(f"cannot mount '{pool_name}' at '{mp}': {e}") from None
-        from .fuse_extra import install
+        from ..fuse_extra import install
         install(pyfuse3, ops)           # fallocate and SEEK_DATA/SEEK_HOLE (pyfuse3 lacks them)
     except DaemonError as e:
         if server is not None:

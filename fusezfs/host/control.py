@@ -177,7 +177,7 @@ def pools_named(argv: list[str]) -> tuple[list[str], bool] | None:
         names = [t for t in rest[1:] if not t.startswith("-") and t in imported]
         return names, rest[0] in ALL_POOL_VERBS
     if verb == "cp":
-        from .cli_cp import split_spec
+        from ..cli_cp import split_spec
         names = []
         for t in rest:
             if not t.startswith("-"):
@@ -186,10 +186,10 @@ def pools_named(argv: list[str]) -> tuple[list[str], bool] | None:
                     names.append(pool_of(ds))
         return names, False
     if verb in ("image", "container"):
-        from .images.cli import store_of
+        from ..images.cli import store_of
         store = store_of(argv)
         return ([pool_of(store)] if store and pool_of(store) in imported else []), False
-    from .cli import ZFS_VERBS      # (not cli_zfs: a client forwarding a command imports little)
+    from ..cli import ZFS_VERBS      # (not cli_zfs: a client forwarding a command imports little)
     if verb not in ZFS_VERBS:
         return None
     names = [pool_of(t) for t in rest if not t.startswith("-") and pool_of(t) in imported]
@@ -197,7 +197,7 @@ def pools_named(argv: list[str]) -> tuple[list[str], bool] | None:
 
 
 def _absolute_cp_paths(argv: list[str], cwd: str) -> list[str]:
-    from .cli_cp import split_spec
+    from ..cli_cp import split_spec
     out = [argv[0]]
     dashdash = False
     for t in argv[1:]:
@@ -225,8 +225,8 @@ def route(argv: list[str]) -> int | None:
     if not served:
         return None
     if argv[0] == "pool" and argv[1] in UNMOUNT_POOL_VERBS:
-        from .cli_mount import cmd_unmount
-        from .cli import Failed
+        from ..cli_mount import cmd_unmount
+        from ..cli import Failed
         for p in served:
             try:
                 cmd_unmount([p])
@@ -261,7 +261,7 @@ def forward(pool: str, argv: list[str]) -> int | None:
     if argv and argv[0] == "cp":
         argv = _absolute_cp_paths(argv, cwd)
     elif argv and argv[0] in ("image", "container"):
-        from .images.cli import route_argv      # the store and archive paths made explicit
+        from ..images.cli import route_argv      # the store and archive paths made explicit
         argv = route_argv(argv, cwd)
     path = socket_path(pool)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -533,7 +533,7 @@ class Server:
                 caller: tuple[int, int] | None = None) -> tuple[int, str, str]:
         """Run one command here, for the peer `caller` (uid, gid: the owner of a filesystem
         it creates); (exit code, stdout, stderr)."""
-        from . import cli, sessions
+        from .. import cli, sessions
         if argv and argv[0] in self.REFUSED and self.singles is not None:
             with self.cmd_lock:
                 if self.stopping:
@@ -591,7 +591,7 @@ class Server:
         """Run a streaming command (send, receive) for the peer on `conn`, beside the other
         commands (see the module comment); its output reaches the client as it is written.
         Returns the exit code."""
-        from . import cli, sessions
+        from .. import cli, sessions
         from .control_streams import Channel, RemoteStdin, RemoteStdout, RemoteText
         chan = Channel(conn, self)
         stdio = sessions.Stdio(RemoteStdin(chan), RemoteStdout(chan), RemoteText(chan, "out"),
@@ -630,7 +630,7 @@ class Server:
     def _critical(self, pool, fn, verb: str):
         """sessions.critical in the daemon: `fn` in turn with the other commands, the mount
         committed before it and brought in line after it (as `execute` does for a command)."""
-        from . import sessions
+        from .. import sessions
         with self.cmd_lock:
             if self.stopping:
                 raise OSError(f"the fusezfs daemon serving '{self.pool_name}' is stopping")
