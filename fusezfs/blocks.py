@@ -14,6 +14,11 @@ bytes; wrong bytes are never returned.
 
 Free: a block born in the open txg is freed at once; an older one is deferred (allocator.py).
 
+Dedup (dedup.py): a policy with `dedup` set looks each prepared block up in the pool's dedup
+table (`ddt`) before allocating; a hit returns the stored block's pointer with the open txg as
+birth and the dedup flag, writing nothing; a free of such a pointer drops a reference, and only
+the last one frees the space (deferred by the block's physical birth).
+
 CPU-heavy work (compression, hashing of large buffers) of `write_many` runs on a thread pool:
 zstandard, zlib, hashlib and xxhash release the GIL, so two cores compress in parallel.
 `prepare_ahead` starts that work earlier, while a writer is still filling records, and for
@@ -34,7 +39,8 @@ from dataclasses import dataclass
 
 from . import compress as compression
 from .allocator import Allocator
-from .formats.bp import (CKSUM_XXH3_128, COMP_OFF, BlockPointer, checksum)
+from .dedup import DEDUP_OFF, DEDUP_VERIFY, table_key
+from .formats.bp import (CKSUM_XXH3_128, COMP_OFF, FLAG_DEDUP, BlockPointer, checksum)
 from .vdevs import TopVdev
 
 
@@ -53,6 +59,7 @@ class Policy:
     level: int = 0
     cksum: int = CKSUM_XXH3_128
     copies: int = 1
+    dedup: int = DEDUP_OFF          # dedup.DEDUP_ON / DEDUP_VERIFY: through the dedup table
 
 
 def describe(bp: BlockPointer) -> str:
@@ -133,6 +140,8 @@ class BlockIO:
         self.ahead_bytes = 0            # space early writes hold that no block pointer has yet
         # blocks the intent log names (zil.IntentLog.pin): freed in their own txg, deferred still
         self.pinned: set = set()
+        self.ddt = None                 # the pool's dedup.DedupTable (set by the pool)
+        self.dedup_hits = 0
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)
@@ -216,6 +225,8 @@ class BlockIO:
             dvas = self._allocate(want, policy.copies)
 
     def write(self, data: bytes | memoryview, btype: int, policy: Policy, level: int = 0) -> BlockPointer:
+        if policy.dedup:
+            return self.write_many([data], btype, policy)[0]
         return self._store(len(data), self._prepare(data, policy), policy, btype, level)
 
     def prepare_ahead(self, data: bytes, policy: Policy) -> None:
@@ -226,7 +237,7 @@ class BlockIO:
         written (ZFS's early write: the space was free in the last durable txg and nothing
         durable points at it before the txg that takes it commits, so a crash loses nothing).
         `data` must never change (bytes). Work nobody took is undone by `forget_ahead`."""
-        if policy.comp == COMP_OFF:
+        if policy.comp == COMP_OFF and not policy.dedup:   # (dedup: a hit allocates nothing)
             try:
                 dvas = self._allocate(len(data), policy.copies)
             except OSError:
@@ -305,6 +316,9 @@ class BlockIO:
         out = []
         runs = _Runs(self)
         for buf, (comp, phys, digest, dvas) in zip(bufs, self._prepared(bufs, policy)):
+            if policy.dedup:
+                out.append(self._write_dedup(len(buf), comp, phys, digest, btype, policy, runs))
+                continue
             if dvas is None:
                 dvas = self._allocate(len(phys), policy.copies)
                 for copy, dva in enumerate(dvas):
@@ -313,6 +327,33 @@ class BlockIO:
                                     policy.cksum, btype, digest, 0))
         runs.flush()
         return out
+
+    def _write_dedup(self, lsize: int, comp: int, phys, digest: bytes, btype: int,
+                     policy: Policy, runs: _Runs) -> BlockPointer:
+        """One block through the dedup table (module comment): a reference to the stored
+        block when the table has it (and, with verify, its bytes are the same), else a new
+        block, entered in the table unless verify found a different one under its key."""
+        copies = max(1, min(3, policy.copies))
+        key = table_key(digest, lsize, len(phys), comp, copies)
+        entry = self.ddt.lookup(key)
+        collision = False
+        if entry is not None and policy.dedup == DEDUP_VERIFY:
+            runs.flush()                # the stored block may be one this batch wrote
+            try:
+                collision = bytes(self.read(entry.bp, verify_only=True)) != bytes(phys)
+            except ChecksumError:
+                collision = True        # unreadable: keep this block's bytes apart
+        if entry is not None and not collision:
+            self.dedup_hits += 1
+            return self.ddt.add_reference(key, entry)
+        dvas = self._allocate(len(phys), copies)
+        for copy, dva in enumerate(dvas):
+            runs.add(copy, dva, phys)
+        bp = BlockPointer(tuple(dvas), lsize, len(phys), self.txg, comp, policy.cksum, btype,
+                          digest, 0, flags=0 if collision else FLAG_DEDUP)
+        if not collision:
+            self.ddt.insert(key, bp)
+        return bp
 
     # ---- read -----------------------------------------------------------------------------
     def read(self, bp: BlockPointer, *, verify_only: bool = False, cache: bool = True) -> bytes:
@@ -481,6 +522,11 @@ class BlockIO:
         old = self.cache.pop((bp.dvas[0], bp.birth), None)
         if old is not None:
             self.cached -= len(old) + CACHE_ENTRY
+        if bp.flags & FLAG_DEDUP:
+            stored = self.ddt.release(bp)
+            if stored is None:          # other references remain
+                return
+            bp = stored                 # its birth is the physical one
         deferred = bp.birth < self.txg or bp.dvas[0] in self.pinned
         for dva in bp.dvas:
             self.allocator.free(dva, deferred=deferred)

@@ -37,9 +37,9 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 
-from . import dsprops
+from . import dedup, dsprops
 from .blocks import Policy
-from .formats.bp import BT_DATA, BT_NODE, BlockPointer, decode_bp, encode_bp
+from .formats.bp import BT_DATA, BT_NODE, FLAG_DEDUP, BlockPointer, decode_bp, encode_bp
 from .formats.spacemap import SECTOR
 from .names import dataset_name_error
 from .pool import META_POLICY, NodeStore, OnePerPool, Pool, new_guid
@@ -332,11 +332,24 @@ class Datasets(OnePerPool):
             rec.written -= bp.asize
             self.pool.blocks.free(bp)
         else:
-            self.deadlist(rec.deadlist).put(deadlist_key(bp), encode_bp(bp))
+            self._dead_put(rec.deadlist, bp)
             if bp.birth > rec.origin_txg:
                 rec.used_snap += bp.asize
         assert rec.refer >= 0 and rec.used_head >= 0 and rec.written >= 0, rec
         self.touch(rec)
+
+    def _dead_put(self, dl_id: int, bp: BlockPointer, key: bytes | None = None) -> None:
+        """Put `bp` on a deadlist. Dedup hits written in one txg are identical pointers yet
+        distinct references (dedup.py): such a pointer gets a sequence number after its key
+        until the key is free, so no reference overwrites another."""
+        dl = self.deadlist(dl_id)
+        key = key or deadlist_key(bp)
+        if bp.flags & FLAG_DEDUP:
+            base, n = key[:20], 0
+            while dl.get(key) is not None:
+                key = base + n.to_bytes(4, "big")
+                n += 1
+        dl.put(key, encode_bp(bp))
 
     def write_block(self, rec: Record, data: bytes | memoryview, policy: Policy) -> BlockPointer:
         bp = self.pool.blocks.write(data, BT_DATA, policy)
@@ -487,7 +500,7 @@ class Datasets(OnePerPool):
             self.pool.blocks.free(bp)
             freed += bp.asize
         for key, bp in self.dead_entries(snap.deadlist):
-            self.deadlist(nxt.deadlist).put(key, encode_bp(bp))
+            self._dead_put(nxt.deadlist, bp, key)
         head.used_snap -= freed
         assert head.used_snap >= 0, head
         if self.pool.has_objset(deadlist_name(snap.deadlist)):
@@ -859,6 +872,9 @@ class Datasets(OnePerPool):
                 if refer != snap.refer:
                     faults.append(f"{self.name(snap.id)}: referenced is {snap.refer}, "
                                   f"recounted {refer}")
+        ddt = self.pool.blocks.ddt
+        if ddt.totals()[0] or self.pool.has_objset(dedup.DDT_OBJSET):
+            faults += ddt.check(dedup.reference_counts(self))
         return faults + self._check_bookmarks()
 
     def _check_bookmarks(self) -> list[str]:

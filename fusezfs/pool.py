@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from . import poolprops
 from .allocator import REWIND_TXGS, Allocator
 from .blocks import BlockIO, ChecksumError, Policy
+from .dedup import DedupTable
 from .devices import Device, FileDevice
 from .formats import label as fl
 from .formats import spacemap
@@ -157,6 +158,7 @@ class Pool:
         self.closed = False
         self.state = "active"
         self.rewound: tuple[fl.Uberblock, fl.Uberblock] | None = None   # (loaded, given up)
+        self.blocks.ddt = DedupTable(self)  # dedup.py: reference counts of deduped blocks
 
     # ---- properties of the open txg --------------------------------------------------------
     @property

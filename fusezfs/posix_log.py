@@ -249,7 +249,10 @@ class IntentLogging:
             else:
                 merged.append([a, b])
         out = []
-        indirect = getattr(self.io, "logbias", "latency") == "throughput"
+        # (never for dedup: the record would name a block other references share, which the
+        # import's claim and the free after replay must not touch; its bytes are logged)
+        indirect = getattr(self.io, "logbias", "latency") == "throughput" and \
+            not getattr(getattr(self.io, "policy", None), "dedup", 0)
         for a, b in merged:
             b = min(b, node.size)
             if a >= b:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import errno
 
-from . import compress, dsprops
+from . import compress, dedup, dsprops
 from .blocks import Policy
 from .datasets import DatasetError, Datasets, Record, ROOT_ID
 from .formats.bp import CKSUM_SHA256, CKSUM_XXH3_128
@@ -62,8 +62,11 @@ def write_policy(dsl: Datasets, rec: Record) -> Policy:
     algorithm, lvl = compress.parse(comp_name)
     strong = str(value(dsl, rec, "checksum")).startswith(("sha256", "sha512", "skein", "edonr",
                                                           "blake3"))
-    return Policy(algorithm, lvl, CKSUM_SHA256 if strong else CKSUM_XXH3_128,
-                  int(value(dsl, rec, "copies")))
+    # dedup keys its table by a strong checksum, whatever `checksum` says (as OpenZFS's
+    # zio_checksum_dedup_select): deduped blocks are written with sha256
+    dedup_mode = dedup.mode(str(value(dsl, rec, "dedup")))
+    return Policy(algorithm, lvl, CKSUM_SHA256 if strong or dedup_mode else CKSUM_XXH3_128,
+                  int(value(dsl, rec, "copies")), dedup_mode)
 
 
 # ---- space ----------------------------------------------------------------------------------

@@ -6,7 +6,9 @@ every block the trees own and the space map. For each block pointer it reads eve
 DVA, each mirror side: `BlockIO.scrub`), checks it against the checksum the parent holds, counts
 a bad copy on the device that returned it, and rewrites it from a good copy. A block with no
 good copy goes on the pool's permanent error list. Subtrees that snapshots and clones share are
-walked once (Tree.walk's `seen`).
+walked once (Tree.walk's `seen`). A deduplicated block is scrubbed once, from its dedup table
+entry when the table's tree has its turn (`objset\0ddt` sorts before every dataset's tree), not
+at each of the block pointers that name it.
 
 Guarantees. Repairs are the only writes in place a pool makes, and they write exactly the bytes
 the parent's checksum names, to a copy whose bytes are wrong: a torn repair leaves a copy that
@@ -29,9 +31,10 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 
-from .formats.bp import decode_bp
+from .dedup import DDT_OBJSET
+from .formats.bp import FLAG_DEDUP, decode_bp
 from .formats.node import REF_TREE
-from .pool import OnePerPool, Pool
+from .pool import OBJSET_PREFIX, OnePerPool, Pool
 from .tree import Tree
 
 SCAN_KEY = b"scan"
@@ -167,6 +170,9 @@ class Scrubber(OnePerPool):
                 root = decode_bp(raw)
                 if root is not None:
                     self._scan(Tree(pool.mos.store, root), st)
+                    if key == OBJSET_PREFIX + DDT_OBJSET:
+                        for _k, entry in pool.blocks.ddt.entries(root):
+                            self._scan_block(entry.bp, st)
             st.cursor = key.hex()
         st.save(pool)
         if commit:
@@ -179,6 +185,8 @@ class Scrubber(OnePerPool):
                 if nested:
                     self._scan(Tree(tree.store, bp), st)
             elif kind == "block":
+                if bp.flags & FLAG_DEDUP:
+                    continue            # scrubbed with its dedup table entry
                 if bp.identity() not in self.seen:
                     self.seen.add(bp.identity())
                     self._scan_block(bp, st)

@@ -8,17 +8,23 @@ then compares the set of extents reached with the set the space map says is allo
 * reached but not allocated: the allocator could hand it out again (corruption waiting to happen);
 * allocated but not reached: a leak (space lost until the pool is recreated).
 
+Deduplicated blocks are named by many block pointers (dedup.py): those pointers are not counted
+as owners of their extents; the dedup table's entries are, once each, and every dedup pointer
+must match an entry (same key, same DVAs), every entry must be named by some pointer. Exact
+reference counts need the datasets' lineages: `Datasets.check` compares them.
+
 Every copy of every block is read and checked (each DVA, each mirror side: `BlockIO.scrub`), so
 damage to a second copy or a mirror's other side is found, counted on its device and repaired
 from a good copy, not hidden behind the first good one; a block with no good copy is a fault.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .blocks import ChecksumError, describe
+from .dedup import key_of
 from .formats import spacemap
-from .formats.bp import BlockPointer
+from .formats.bp import FLAG_DEDUP, BlockPointer
 from .tree import Tree
 
 
@@ -82,7 +88,12 @@ def verify(pool) -> Report:
         seen: set[tuple] = set()   # a block shared by several trees is one block
         walked: set[tuple] = set()     # nodes walked: subtrees snapshots share are walked once
 
+        dedup_refs: dict[bytes, BlockPointer] = {}      # table key -> a pointer naming it
+
         def note(bp: BlockPointer, what: str) -> None:
+            if bp.flags & FLAG_DEDUP:       # the table's entry owns the extents (below)
+                dedup_refs.setdefault(key_of(bp), bp)
+                return
             if bp.identity() in seen:
                 return
             seen.add(bp.identity())
@@ -110,6 +121,20 @@ def verify(pool) -> Report:
                 report.faults.append(f"{what}: {e.strerror}")
 
         walk_tree(Tree(pool.mos.store, pool.mos.root), "mos")
+        try:
+            entries = {key: entry.bp for key, entry in pool.blocks.ddt.entries()}
+        except (ChecksumError, ValueError) as e:
+            report.faults.append(f"dedup table unreadable: {e}")
+            entries = {}
+        for key, bp in entries.items():
+            note(replace(bp, flags=0), "dedup table entry")
+            ref = dedup_refs.get(key)
+            if ref is None:
+                report.faults.append(f"dedup table entry {describe(bp)}: no block pointer "
+                                     f"names it (leaked)")
+        for key, bp in dedup_refs.items():
+            if key not in entries or entries[key].dvas != bp.dvas:
+                report.faults.append(f"dedup block {describe(bp)}: not in the dedup table")
         from .zil import chain_extents          # the intent log: reached through its header
         for d in chain_extents(pool):
             if d.vdev in reached:
