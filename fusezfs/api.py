@@ -32,6 +32,8 @@ class Handle(OnePerPool):
         self.dsl = Datasets(pool)
         self.dsl.format_hook = lambda rec: format_filesystem(self.dsl, rec)
         self.dsl.replaced_hook = self._replaced
+        from .volumes import geometry
+        self.dsl.geometry_hook = geometry
         self._open: dict[int, Posix] = {}
         self._log_barriers: dict[int, int] = {}     # ds id -> txg (filesystem_of)
         pool.sync_hooks.insert(0, self._flush)

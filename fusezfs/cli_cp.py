@@ -8,6 +8,7 @@ zfs's words, never taken for a host file whose name has a colon: that one is wri
 Semantics are GNU cp's (cp_walk.py says what that means for links, special files, holes,
 attributes and errors); the options are cp's: -r/-R, -p, -a (-rp, no dereference, xattrs and
 hard links too), -d, -P, -L, -H. Contents move as data extents (cp_sides.py): holes stay holes.
+A volume's operand is `POOL/VOL:` (or `POOL/VOL@SNAP:`): its bytes as one file (volumes.py).
 """
 from __future__ import annotations
 
@@ -104,8 +105,12 @@ class Sides:
             except Failed as e:
                 raise Failed(f"cp: {e.message}") from None
         from .datasets import DatasetError
+        from .volumes import VolumeSide, is_volume
         try:
             with h.pool.lock:
+                rec = h.dsl.get(ds)
+                if is_volume(h.dsl, rec):       # POOL/VOL: is the volume's bytes
+                    return VolumeSide(h, rec, ds)
                 fs = h.filesystem(ds)
         except DatasetError as e:
             raise Failed(f"cp: cannot open '{ds}': {e.message}") from None

@@ -17,11 +17,13 @@ from . import properties as props_
 from .cli import Failed, Usage, error, parse, print_table
 from .api import Handle
 from .cli_pool import imported_names, open_pool
-from .datasets import DatasetError, Datasets, Record, ROOT_ID
+from .datasets import HEADS, DatasetError, Datasets, Record, ROOT_ID
 from .names import dataset_name_error
+from .volumes import geometry, is_volume, rollback_refreservation, set_properties
 
 USAGE = {
-    "create": "\tcreate [-p] [-o property=value] ... <filesystem>",
+    "create": "\tcreate [-p] [-o property=value] ... <filesystem>\n"
+              "\tcreate [-ps] [-b blocksize] [-o property=value] ... -V <size> <volume>",
     "destroy": "\tdestroy [-fnpRrv] <filesystem|volume>\n"
                "\tdestroy [-dnpRrv] <filesystem|volume>@<snap>[%<snap>][,...]\n"
                "\tdestroy <filesystem|volume>#<bookmark>",
@@ -188,11 +190,27 @@ def create_ancestors(dsl: Datasets, name: str) -> None:
         raise dserr("create", name, e) from None
 
 
+def ready_to_create(dsl: Datasets, name: str, parents: bool) -> bool:
+    """zfs_create's checks of a new dataset's place: with -p, an existing `name` is fine (False:
+    nothing to do) and its missing ancestors are made; then its parent must be a filesystem
+    and `name` must not exist."""
+    if parents:
+        if dsl.lookup(name) is not None:
+            return False
+        create_ancestors(dsl, name)
+    check_parents(dsl, name)
+    check_new(dsl, name)
+    return True
+
+
 # ---- create, clone, snapshot ---------------------------------------------------------------
 def cmd_create(args: list[str]) -> int:
     opts, rest = parse(args, "po:V:sb:")
     if any(o == "-V" for o, _ in opts):
-        raise Failed("cannot create volumes: fusezfs has no volume support")
+        from .cli_volumes import create_volume
+        return create_volume(opts, rest)
+    if any(o in ("-s", "-b") for o, _ in opts):
+        raise Usage("'-s' and '-b' can only be used when creating a volume")
     props = parse_props(opts)
     name = one_argument(rest, "filesystem")
     parents = ("-p", "") in opts
@@ -205,12 +223,8 @@ def cmd_create(args: list[str]) -> int:
         raise Failed(f"cannot create '{name}': missing dataset name")
     check_pool(name)
     with session(pool, name) as dsl:
-        if parents:
-            if dsl.lookup(name) is not None:
-                return 0
-            create_ancestors(dsl, name)
-        check_parents(dsl, name)
-        check_new(dsl, name)
+        if not ready_to_create(dsl, name, parents):
+            return 0
         raw = creation_props(name, props)
         try:
             dsl.create(name, raw)
@@ -267,7 +281,7 @@ def cmd_snapshot(args: list[str]) -> int:
         for name in rest:
             fs, _, snap = name.partition("@")
             head = dsl.lookup(fs)
-            if head is None or head.kind != "filesystem":
+            if head is None or head.kind not in HEADS:
                 raise Usage(f"cannot open '{fs}': dataset does not exist")
             names.append(name)
             if recursive:
@@ -337,6 +351,8 @@ def _destroy_one(dsl: Datasets, rec: Record, defer: bool = False) -> None:
     if rec.kind == "snapshot" and dsl.destroyed(rec):
         return
     name = dsl.name(rec.id)
+    if is_volume(dsl, rec):
+        Handle(dsl.pool).forget(rec.id)     # its data object's buffers go with it
     try:
         if rec.kind == "snapshot":
             dsl.destroy_snapshot(rec, defer=defer)
@@ -457,10 +473,10 @@ def cmd_destroy(args: list[str]) -> int:
             children = [n for n in names if _below(n, name)]
             clones = [n for n in names if not _below(n, name)]
             if children and not recursive:
-                raise Failed(f"cannot destroy '{name}': filesystem has children\n"
+                raise Failed(f"cannot destroy '{name}': {rec.kind} has children\n"
                              f"use '-r' to destroy the following datasets:\n" + "\n".join(children))
             if clones and recursive:
-                raise Failed(f"cannot destroy '{name}': filesystem has dependent clones\n"
+                raise Failed(f"cannot destroy '{name}': {rec.kind} has dependent clones\n"
                              f"use '-R' to destroy the following datasets:\n" + "\n".join(clones))
         if not dry and "-f" not in flags:
             for r in below + [rec]:
@@ -508,7 +524,11 @@ def cmd_rollback(args: list[str]) -> int:
                 _destroy_one(dsl, r)
         for b in marks:                         # zfs_rollback's rollback_destroy
             dsl.destroy_bookmark(b)
+        before = geometry(dsl, head).get("volsize") if head.kind == "volume" else None
         dsl.rollback(head)
+        if before is not None:
+            rollback_refreservation(Handle(dsl.pool), head, before,
+                                    props_.as_int(head.props.get("refreservation")))
     return 0
 
 
@@ -713,7 +733,7 @@ def _types(text: str) -> set[str]:
 def _collect(dsl: Datasets, rec: Record, depth: int, types: set[str]) -> list[Record]:
     """rec and what is below it down to `depth` (-1: unlimited), filtered by type."""
     out = [rec] if rec.kind in types else []
-    if rec.kind != "filesystem" or depth == 0:
+    if rec.kind not in HEADS or depth == 0:
         return out
     if "snapshot" in types:
         out += dsl.snapshots(rec.id)
@@ -876,7 +896,8 @@ def _raw(dsl: Datasets, rec: Record, prop: str):
     if prop in comp:
         return comp[prop]
     if dsprops.is_user(prop) or dsprops.canonical(prop):
-        if not dsprops.is_user(prop) and not dsprops.applies(prop, rec.kind):
+        if not dsprops.is_user(prop) and not dsprops.applies(prop, rec.kind,
+                                                             head_type(dsl, rec)):
             return None
         return dsprops.resolve(prop, props_.chain(dsl, rec)).value
     return None
@@ -886,8 +907,14 @@ def _value(dsl: Datasets, rec: Record, prop: str, parsable: bool) -> tuple[str, 
     if prop == "name":
         return dsl.name(rec.id), "-"
     comp = props_.computed(dsl, rec, [prop] if dsprops.is_written(prop) else None)
-    got = dsprops.get_property(prop, rec.kind, props_.chain(dsl, rec), comp, parsable=parsable)
+    got = dsprops.get_property(prop, rec.kind, props_.chain(dsl, rec), comp, parsable=parsable,
+                               head_type=head_type(dsl, rec))
     return got if got is not None else ("-", "-")
+
+
+def head_type(dsl: Datasets, rec: Record) -> str:
+    """The type of a snapshot's head (dsprops.applies asks: volsize is a volume snapshot's)."""
+    return dsl.record(rec.parent).kind if rec.kind == "snapshot" else rec.kind
 
 
 def cmd_get(args: list[str]) -> int:
@@ -933,7 +960,7 @@ def cmd_get(args: list[str]) -> int:
                 continue
             rows = entries.setdefault(dsl.name(rec.id), (_sort_key(dsl, rec), []))[1]
             names = wanted if wanted is not None else \
-                dsprops.all_properties(rec.kind) + sorted(
+                dsprops.all_properties(rec.kind, head_type(dsl, rec)) + sorted(
                     set(rec.props) | {k for lv in props_.chain(dsl, rec) for k in lv.local
                                       if dsprops.is_user(k)})
             comp = props_.computed(dsl, rec, [n for n in names if dsprops.is_written(n)])
@@ -942,7 +969,8 @@ def cmd_get(args: list[str]) -> int:
                 if prop == "name" and wanted is None:
                     continue
                 got = dsprops.get_property(prop, rec.kind, chain, comp,
-                                           parsable="-p" in flags)
+                                           parsable="-p" in flags,
+                                           head_type=head_type(dsl, rec))
                 if got is None:
                     if wanted is None:
                         continue
@@ -1006,7 +1034,7 @@ def cmd_set(args: list[str]) -> int:
 
     def visit(dsl: Datasets, rec: Record, name: str) -> None:
         try:
-            props_.set_props(dsl, rec, props)
+            set_properties(Handle(dsl.pool), rec, props)
         except DatasetError as e:
             raise Failed(f"cannot set property for '{name}': {e.message}") from None
     return each_dataset(targets, visit)

@@ -51,6 +51,7 @@ NEXT_ID_KEY = b"dsnextid"
 ROOT_ID = 1
 DELIMITER = {"snapshot": "@", "bookmark": "#"}    # between a head's name and theirs
 HIDDEN = "%"        # in a filesystem's name: a receive's temporary dataset (no command names it)
+HEADS = ("filesystem", "volume")   # kinds that own a live tree (volumes: fusezfs/volumes.py)
 
 
 
@@ -74,7 +75,7 @@ class DatasetError(Exception):
 @dataclass
 class Record:
     id: int
-    kind: str                      # "filesystem", "snapshot" or "bookmark"
+    kind: str                      # "filesystem", "volume", "snapshot" or "bookmark"
     component: str                 # last name component ("" for the pool's root dataset)
     parent: int = 0                # filesystem: parent's id; snapshot, bookmark: its head's id
     guid: int = 0
@@ -179,6 +180,9 @@ class Datasets(OnePerPool):
         if self.mos.get(REC_PREFIX + _id_bytes(ROOT_ID)) is None:
             self._create_root()
 
+        # (dsl, rec) -> {"volsize", "volblocksize"} of a volume or its snapshot, read from its
+        # tree by the layer that knows the layout (volumes.geometry); {} where none is set
+        self.geometry_hook = None
     @property
     def mos(self) -> Tree:
         return self.pool.mos
@@ -225,7 +229,7 @@ class Datasets(OnePerPool):
     # ---- names ----------------------------------------------------------------------------
     def name(self, ds_id: int) -> str:
         rec = self.record(ds_id)
-        if rec.kind != "filesystem":
+        if rec.kind in DELIMITER:
             return f"{self.name(rec.parent)}{DELIMITER[rec.kind]}{rec.component}"
         parts = []
         while rec.id != ROOT_ID:
@@ -389,13 +393,15 @@ class Datasets(OnePerPool):
                 self.create("/".join(parts[:i]))
 
     def create(self, name: str, props: dict[str, str] | None = None, *,
-               parents: bool = False, hidden: bool = False) -> Record:
+               parents: bool = False, hidden: bool = False, kind: str = "filesystem") -> Record:
+        """A new head: a filesystem (formatted by `format_hook`), or with kind "volume" a
+        volume, whose tree the caller (volumes.create_volume) fills in the same txg."""
         if parents:
             self.create_parents(name)
         parent = self.check_new_name(name, hidden=hidden)
         if parent.kind != "filesystem":
             raise DatasetError("parent is not a filesystem")
-        rec = Record(self._new_id(), "filesystem", name.rpartition("/")[2], parent.id,
+        rec = Record(self._new_id(), kind, name.rpartition("/")[2], parent.id,
                      new_guid(), self.pool.txg, int(time.time()), deadlist=self._new_id(),
                      props=dict(props or {}))
         self._link(rec)
@@ -432,7 +438,7 @@ class Datasets(OnePerPool):
                 raise DatasetError(why)
             fs, _, snap = name.partition("@")
             head = self.lookup(fs)
-            if head is None or head.kind != "filesystem":
+            if head is None or head.kind not in HEADS:
                 raise DatasetError("dataset does not exist", errno.ENOENT)
             if self.lookup(name) is not None:
                 raise DatasetError("dataset already exists", errno.EEXIST)
@@ -533,8 +539,8 @@ class Datasets(OnePerPool):
         if parents:
             self.create_parents(name)
         parent = self.check_new_name(name, hidden=hidden)
-        rec = Record(self._new_id(), "filesystem", name.rpartition("/")[2], parent.id,
-                     new_guid(), self.pool.txg, int(time.time()), origin=snap.id,
+        rec = Record(self._new_id(), self.record(snap.parent).kind, name.rpartition("/")[2],
+                     parent.id, new_guid(), self.pool.txg, int(time.time()), origin=snap.id,
                      origin_txg=snap.createtxg, prev_txg=snap.createtxg,
                      deadlist=self._new_id(), refer=snap.refer, refer_lsize=snap.refer_lsize,
                      refer_psize=snap.refer_psize, props=dict(props or {}))
@@ -549,7 +555,7 @@ class Datasets(OnePerPool):
     def destroy_filesystem(self, rec: Record) -> None:
         """Destroy a head with no snapshots and no children: free what it alone owns. Its
         bookmarks go with it, as OpenZFS destroys a head's bookmark ZAP."""
-        assert rec.kind == "filesystem" and rec.id != ROOT_ID
+        assert rec.kind in HEADS and rec.id != ROOT_ID
         if self.snapshots(rec.id) or self.children(rec.id, hidden=True):
             raise DatasetError("filesystem has children", errno.EEXIST)
         for bookmark in self.bookmarks(rec.id):
@@ -701,7 +707,7 @@ class Datasets(OnePerPool):
         expects a filesystem or a snapshot is ever handed one."""
         fs, _, short = name.partition("#")
         head = self.lookup(fs)
-        if head is None or head.kind != "filesystem":
+        if head is None or head.kind not in HEADS:
             return None
         raw = self.mos.get(self._child_key(head.id, "#" + short))
         return None if raw is None else self.record(int.from_bytes(raw, "big"))
@@ -891,7 +897,7 @@ class Datasets(OnePerPool):
                 head = self.record(rec.parent)
             except KeyError:
                 head = None
-            if head is None or head.kind != "filesystem" or self.destroyed(head):
+            if head is None or head.kind not in HEADS or self.destroyed(head):
                 faults.append(f"bookmark {ds_id} ({rec.component}) outlived its filesystem")
             elif self.lookup_bookmark(self.name(ds_id)) is not rec:
                 faults.append(f"{self.name(ds_id)}: its name does not lead to it")

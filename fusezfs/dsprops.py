@@ -61,6 +61,8 @@ UINT64_MAX = (1 << 64) - 1
 MIN_BLOCKSIZE = 512                # SPA_MINBLOCKSIZE
 MAX_RECORDSIZE = 1 << 20           # the largest record fusezfs writes (OpenZFS: pool maxblocksize)
 DEFAULT_RECORDSIZE = 128 << 10
+DEFAULT_VOLBLOCKSIZE = 8 << 10     # ZVOL_DEFAULT_BLOCKSIZE of OpenZFS 2.1 (2.2: 16K)
+REFRESERVATION_AUTO = UINT64_MAX   # refreservation=auto on a volume: fusezfs/volumes.py sizes it
 ZFS_MAXPROPLEN = 4096              # native string values must be shorter (MAXPATHLEN)
 ZAP_MAXNAMELEN = 256               # user property names must be shorter
 ZAP_MAXVALUELEN = 8192             # user property values must be shorter
@@ -212,9 +214,9 @@ _TABLE: list[Prop] = [
     _str("origin", READONLY, _FS_VOL, "<snapshot>", "ORIGIN"),
     _num("quota", DEFAULT, _FS, "<size> | none", "QUOTA", fmt="quota"),
     _num("reservation", DEFAULT, _FS_VOL, "<size> | none", "RESERV", fmt="quota"),
-    _num("volsize", DEFAULT, _SNAP_VOL, "<size>", "VOLSIZE", support="fixed"),
-    _num("volblocksize", ONETIME, _VOL, "512 to 128k, power of 2", "VOLBLOCK", 16384,
-         support="fixed"),
+    _num("volsize", DEFAULT, _SNAP_VOL, "<size>", "VOLSIZE", fmt="bytes"),
+    _num("volblocksize", ONETIME, _VOL, "512 to 128k, power of 2", "VOLBLOCK",
+         DEFAULT_VOLBLOCKSIZE),
     _num("recordsize", INHERIT, _FS, "512 to 1M, power of 2", "RECSIZE", DEFAULT_RECORDSIZE),
     _str("mountpoint", INHERIT, _FS, "<path> | legacy | none", "MOUNTPOINT", "/"),
     _str("sharenfs", INHERIT, _FS, "on | off | NFS share options", "SHARENFS", "off",
@@ -579,6 +581,14 @@ def _check_value(typed: str, value: str, ds_type: str, creating: bool,
         raw: Any = value
     elif p.type == NUMBER:
         isnone = value == "none"
+        if value == "auto":
+            # zprop_parse_value: the sentinel the volume layer replaces with the size a
+            # volume's refreservation would be given at creation
+            if canon != "refreservation":
+                raise PropError(f"'auto' is invalid value for '{typed}'")
+            if ds_type != VOLUME:
+                raise PropError(f"'{typed}=auto' only allowed on volumes")
+            return canon, REFRESERVATION_AUTO
         raw = 0 if isnone else parse_size(value)
         if raw == 0 and not isnone and canon in ("quota", "refquota"):
             raise PropError("use 'none' to disable quota/refquota")
@@ -944,6 +954,15 @@ def get_property(name: str, ds_type: str, chain: Sequence[Any],
         return None
     if p.name == "type":
         return computed.get("type", ds_type), "-"
+    if p.name in ("volsize", "volblocksize") and p.name in computed:
+        # a volume's geometry is its data object's (volumes.py), as OpenZFS reads volsize
+        # from the zvol's ZAP and volblocksize from the object: a snapshot has its own
+        raw = computed[p.name]
+        if p.name == "volsize":
+            source = "-" if ds_type == SNAPSHOT else "local"
+        else:
+            source = "default" if raw == p.default else "-"
+        return format_value(p.name, raw, parsable), source
     if p.name == "name":
         return levels[0].name, "-"
     if p.attr == READONLY and p.name not in ("filesystem_count", "snapshot_count"):

@@ -200,6 +200,9 @@ def computed(dsl: Datasets, rec: Record, wanted: list[str] | None = None) -> dic
         })
     for name in wanted or []:
         if dsprops.is_written(name):
+    head = dsl.record(rec.parent) if snap else rec
+    if head.kind == "volume" and dsl.geometry_hook is not None:
+        out.update(dsl.geometry_hook(dsl, rec))
             out[name] = written_since(dsl, rec, name)
     return out
 

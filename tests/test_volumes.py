@@ -1,0 +1,331 @@
+"""Volumes (zfs create -V), driven as a user would: the command line for creating, listing,
+properties, snapshots, clones, rollback, rename, destroy and space; `fusezfs cp POOL/VOL:` and
+the library (volumes.Volume) for the bytes. The consistency checker runs after every test."""
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+
+from clitools import check_pools, ok, pool_files, run
+from fusezfs import cli
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch, capsys):
+    disk, = pool_files(tmp_path, monkeypatch, 1, 256)
+    assert cli.main(["pool", "create", "tank", disk]) == 0
+    yield tmp_path
+    capsys.readouterr()
+    check_pools()
+
+
+def props(capsys, name: str, *names: str) -> dict[str, tuple[str, str]]:
+    """`zfs get -Hp` of `names`: {property: (value, source)}."""
+    out = ok(capsys, "get", "-Hp", "-o", "property,value,source", ",".join(names), name)
+    return {p: (v, s) for p, v, s in (line.split("\t") for line in out.splitlines())}
+
+
+def fails(capsys, *argv: str) -> tuple[int, str]:
+    code, _out, err = run(capsys, *argv)
+    assert code != 0, argv
+    return code, err.strip()
+
+
+def reservation(volsize: int, blocksize: int, copies: int = 1) -> int:
+    """zvol_volsize_to_reservation written out for the test: data, plus 7 meta-dnode levels and
+    one 128 KiB indirect block per 1024 block pointers at each level, with copies + 1 DVAs."""
+    blocks = volsize // blocksize
+    indirect = 7
+    level = blocks
+    while level > 1:
+        level = -(-level // 1024)
+        indirect += level
+    return volsize * copies + indirect * min(3, copies + 1) * 128 * 1024
+
+
+def cp_in(env, capsys, data: bytes, target: str) -> None:
+    src = env / "in.img"
+    src.write_bytes(data)
+    ok(capsys, "cp", str(src), target)
+
+
+def cp_out(env, capsys, spec: str) -> bytes:
+    out = env / "out.img"
+    if out.exists():
+        out.unlink()
+    ok(capsys, "cp", spec, str(out))
+    return out.read_bytes()
+
+
+# ---- create --------------------------------------------------------------------------------
+def test_create_lists_and_gets_a_volume(env, capsys):
+    ok(capsys, "create", "-V", "100M", "tank/vol")
+    got = props(capsys, "tank/vol", "type", "volsize", "volblocksize", "refreservation",
+                "mountpoint", "usedbyrefreservation", "used")
+    assert got["type"] == ("volume", "-")
+    assert got["volsize"] == (str(100 * MiB), "local")
+    assert got["volblocksize"] == ("8192", "default")           # OpenZFS 2.1's default
+    assert got["refreservation"] == (str(reservation(100 * MiB, 8192)), "local")
+    assert got["mountpoint"] == ("-", "-")
+    # nothing written: the refreservation is what it uses, beside its few metadata blocks
+    assert int(got["usedbyrefreservation"][0]) > 100 * MiB
+    assert int(got["used"][0]) >= reservation(100 * MiB, 8192)
+    out = ok(capsys, "list", "-H", "-t", "volume", "-o", "name,type,volsize")
+    assert out == "tank/vol\tvolume\t100M\n"
+    assert ok(capsys, "list", "-H", "-t", "filesystem", "-o", "name") == "tank\n"
+    assert "tank/vol" in ok(capsys, "list", "-H", "-o", "name")
+    assert "tank/vol\tvolume" in ok(capsys, "list", "-H", "-t", "all", "-o", "name,type")
+    # the parent's used counts the volume's refreservation
+    assert int(props(capsys, "tank", "used")["used"][0]) >= reservation(100 * MiB, 8192)
+
+
+def test_create_options(env, capsys):
+    ok(capsys, "create", "-b", "16K", "-V", "10M", "tank/b16")
+    got = props(capsys, "tank/b16", "volblocksize", "refreservation")
+    assert got["volblocksize"] == (str(16384), "-")
+    assert got["refreservation"][0] == str(reservation(10 * MiB, 16384))
+    ok(capsys, "create", "-s", "-V", "1G", "tank/sparse")          # more than the pool
+    assert props(capsys, "tank/sparse", "refreservation")["refreservation"] == ("0", "default")
+    ok(capsys, "create", "-V", "10M", "-o", "refreservation=1M", "tank/given")
+    assert props(capsys, "tank/given", "refreservation")["refreservation"] == (str(MiB), "local")
+    ok(capsys, "create", "-V", "10M", "-o", "copies=2", "-o", "compression=off", "tank/two")
+    assert props(capsys, "tank/two", "refreservation")["refreservation"][0] == \
+        str(reservation(10 * MiB, 8192, copies=2))
+    ok(capsys, "create", "-V", "1000", "tank/round")                # rounded up to a block
+    assert props(capsys, "tank/round", "volsize")["volsize"][0] == "8192"
+    code, _o, err = run(capsys, "create", "-b", "4K", "-V", "8K", "tank/small")
+    assert code == 0 and err.startswith("Warning: volblocksize (4096) is less than the default")
+    ok(capsys, "create", "-p", "-V", "8K", "tank/a/b/vol")
+    assert ok(capsys, "list", "-H", "-o", "type", "tank/a/b") == "filesystem\n"
+    ok(capsys, "create", "-p", "-V", "8K", "tank/a/b/vol")          # -p: exists, fine
+
+
+def test_create_errors_in_openzfs_words(env, capsys):
+    ok(capsys, "create", "-V", "8M", "tank/vol")
+    cases = [
+        (["-V", "0", "tank/z"], "cannot create 'tank/z': volume size cannot be zero"),
+        (["-V", "abc", "tank/z"], "bad volume size 'abc': bad numeric value 'abc'"),
+        (["-b", "x", "-V", "8M", "tank/z"], "bad volume block size 'x': bad numeric value 'x'"),
+        (["-b", "1000", "-V", "8M", "tank/z"],
+         "cannot create 'tank/z': 'volblocksize' must be power of 2 from 512B to 128K"),
+        (["-V", "8M", "tank/no/z"], "cannot create 'tank/no/z': parent does not exist"),
+        (["-V", "8M", "tank/vol/z"], "cannot create 'tank/vol/z': parent is not a filesystem"),
+        (["tank/vol/z"], "cannot create 'tank/vol/z': parent is not a filesystem"),
+        (["-V", "8M", "tank/vol"], "cannot create 'tank/vol': dataset already exists"),
+        (["-V", "8M", "-o", "mountpoint=/x", "tank/z"],
+         "cannot create 'tank/z': 'mountpoint' does not apply to datasets of this type"),
+        (["-V", "8M", "-o", "recordsize=8K", "tank/z"],
+         "cannot create 'tank/z': 'recordsize' does not apply to datasets of this type"),
+        (["-V", "8M", "-o", "volsize=8M", "tank/z"],
+         "property 'volsize' specified multiple times"),
+        (["-V", "1G", "tank/z"], "cannot create 'tank/z': out of space"),
+        (["-V", "8M", "nopool/z"], "cannot open 'nopool': no such pool"),
+        (["-V", "8M", "tank/z@s"],
+         "cannot create 'tank/z@s': snapshot delimiter '@' is not expected here"),
+    ]
+    for argv, message in cases:
+        code, err = fails(capsys, "create", *argv)
+        assert (code, err) == (1, message), argv
+    for argv, message in [(["-s", "tank/z"], "'-s' and '-b' can only be used when creating a "
+                                             "volume"),
+                          (["-b", "8K", "tank/z"], "'-s' and '-b' can only be used when "
+                                                   "creating a volume"),
+                          (["-V", "8M"], "missing volume argument")]:
+        code, err = fails(capsys, "create", *argv)
+        assert code == 2 and err.splitlines()[0] == message, argv
+    assert ok(capsys, "list", "-H", "-o", "name", "-r", "tank") == "tank\ntank/vol\n"
+
+
+def test_library_create_checks_geometry(env):
+    from fusezfs.api import Handle
+    from fusezfs.cli_pool import open_pool
+    from fusezfs.datasets import DatasetError
+    from fusezfs.volumes import create_volume
+    pool = open_pool("tank")
+    try:
+        with pool.lock:
+            with pytest.raises(DatasetError, match="must be a multiple of volume block size"):
+                create_volume(Handle(pool), "tank/v", 10000, {"volblocksize": 8192})
+            with pytest.raises(DatasetError, match="volume size cannot be zero"):
+                create_volume(Handle(pool), "tank/v", 0)
+            assert Handle(pool).dsl.lookup("tank/v") is None
+    finally:
+        pool.close()
+
+
+# ---- properties ----------------------------------------------------------------------------
+def test_volsize_moves_the_refreservation_with_it(env, capsys):
+    ok(capsys, "create", "-V", "20M", "tank/vol")
+    ok(capsys, "set", "volsize=40M", "tank/vol")
+    got = props(capsys, "tank/vol", "volsize", "refreservation")
+    assert got["volsize"][0] == str(40 * MiB)
+    assert got["refreservation"][0] == str(reservation(40 * MiB, 8192))
+    ok(capsys, "set", "volsize=16M", "tank/vol")
+    assert props(capsys, "tank/vol", "refreservation")["refreservation"][0] == \
+        str(reservation(16 * MiB, 8192))
+    # a refreservation set by hand stays where it was put
+    ok(capsys, "set", "refreservation=2M", "tank/vol")
+    ok(capsys, "set", "volsize=24M", "tank/vol")
+    assert props(capsys, "tank/vol", "refreservation")["refreservation"][0] == str(2 * MiB)
+    ok(capsys, "set", "refreservation=auto", "tank/vol")
+    assert props(capsys, "tank/vol", "refreservation")["refreservation"][0] == \
+        str(reservation(24 * MiB, 8192))
+    # sparse: none before, none after
+    ok(capsys, "create", "-s", "-V", "8M", "tank/sparse")
+    ok(capsys, "set", "volsize=64M", "tank/sparse")
+    assert props(capsys, "tank/sparse", "refreservation")["refreservation"][0] == "0"
+
+
+def test_property_errors_in_openzfs_words(env, capsys):
+    ok(capsys, "create", "-V", "8M", "tank/vol")
+    ok(capsys, "snapshot", "tank/vol@s")
+    cases = [
+        ("volsize=1000", "tank/vol", "'volsize' must be a multiple of volume block size (8K)"),
+        ("volsize=0", "tank/vol", "'volsize' cannot be zero"),
+        ("volblocksize=16K", "tank/vol", "'volblocksize' is readonly"),
+        ("mountpoint=/x", "tank/vol", "'mountpoint' does not apply to datasets of this type"),
+        ("atime=off", "tank/vol", "'atime' does not apply to datasets of this type"),
+        ("volsize=8M", "tank", "'volsize' does not apply to datasets of this type"),
+        ("refreservation=auto", "tank", "'refreservation=auto' only allowed on volumes"),
+        ("quota=auto", "tank", "'auto' is invalid value for 'quota'"),
+        ("volsize=16M", "tank/vol@s", "this property can not be modified for snapshots"),
+        ("volsize=1G", "tank/vol", "size is greater than available space"),
+    ]
+    for assignment, name, message in cases:
+        code, err = fails(capsys, "set", assignment, name)
+        assert err == f"cannot set property for '{name}': {message}", assignment
+    got = props(capsys, "tank/vol", "volsize", "refreservation")
+    assert got["volsize"][0] == str(8 * MiB)                        # nothing changed
+    assert got["refreservation"][0] == str(reservation(8 * MiB, 8192))
+    assert props(capsys, "tank/vol@s", "volsize")["volsize"] == (str(8 * MiB), "-")
+    all_props = ok(capsys, "get", "-H", "-o", "property", "all", "tank/vol").split()
+    assert "volsize" in all_props and "volblocksize" in all_props
+    assert "mountpoint" not in all_props and "recordsize" not in all_props
+    snap_props = ok(capsys, "get", "-H", "-o", "property", "all", "tank/vol@s").split()
+    assert "volsize" in snap_props and "volblocksize" not in snap_props
+
+
+# ---- data, snapshots, clones, rollback ---------------------------------------------------------
+def test_bytes_through_cp_snapshots_clones_and_rollback(env, capsys):
+    ok(capsys, "create", "-V", "16M", "tank/vol")
+    rng = random.Random(7)
+    first = rng.randbytes(3 * MiB)
+    cp_in(env, capsys, first, "tank/vol:")
+    image = cp_out(env, capsys, "tank/vol:")
+    assert len(image) == 16 * MiB and image[:3 * MiB] == first and not image[3 * MiB:].strip(b"\0")
+    ok(capsys, "snapshot", "tank/vol@one")
+    second = rng.randbytes(MiB)
+    cp_in(env, capsys, second, "tank/vol:")
+    assert cp_out(env, capsys, "tank/vol@one:")[:3 * MiB] == first
+    now = cp_out(env, capsys, "tank/vol:")
+    assert now[:MiB] == second and now[MiB:3 * MiB] == first[MiB:]
+    ok(capsys, "clone", "tank/vol@one", "tank/copy")
+    assert props(capsys, "tank/copy", "type", "origin", "volsize") == {
+        "type": ("volume", "-"), "origin": ("tank/vol@one", "-"),
+        "volsize": (str(16 * MiB), "local")}
+    assert cp_out(env, capsys, "tank/copy:")[:3 * MiB] == first
+    ok(capsys, "rollback", "tank/vol@one")
+    assert cp_out(env, capsys, "tank/vol:") == image
+    # shrinking drops the end; growing again shows zeros there
+    ok(capsys, "set", "volsize=2M", "tank/copy")
+    ok(capsys, "set", "volsize=4M", "tank/copy")
+    back = cp_out(env, capsys, "tank/copy:")
+    assert back[:2 * MiB] == first[:2 * MiB] and back[2 * MiB:] == bytes(2 * MiB)
+    ok(capsys, "rename", "tank/copy", "tank/renamed")
+    assert ok(capsys, "get", "-H", "-o", "value", "type", "tank/renamed") == "volume\n"
+    assert cp_out(env, capsys, "tank/renamed:")[:MiB] == first[:MiB]
+    code, err = fails(capsys, "cp", str(env / "in.img"), "tank/vol@one:")
+    assert "Read-only file system" in err
+    code, err = fails(capsys, "cp", "tank/vol:/x", str(env / "x"))
+    assert err == "cp: cannot stat 'tank/vol:/x': No such file or directory"
+    (env / "big.img").write_bytes(b"")
+    os.truncate(env / "big.img", 17 * MiB)
+    code, err = fails(capsys, "cp", str(env / "big.img"), "tank/vol:")
+    assert "No space left on device" in err
+    assert cp_out(env, capsys, "tank/vol:") == image               # nothing past the end
+
+
+def test_holes_stay_holes_and_writing_a_shorter_image_keeps_the_rest(env, capsys):
+    ok(capsys, "create", "-V", "8M", "tank/vol")
+    cp_in(env, capsys, b"\xff" * (8 * MiB), "tank/vol:")
+    sparse = env / "sparse.img"
+    with open(sparse, "wb") as f:
+        f.truncate(4 * MiB)
+        f.seek(MiB)
+        f.write(b"x" * 100)
+    ok(capsys, "cp", str(sparse), "tank/vol:")
+    got = cp_out(env, capsys, "tank/vol:")
+    want = bytearray(4 * MiB)
+    want[MiB:MiB + 100] = b"x" * 100
+    assert got[:4 * MiB] == want and got[4 * MiB:] == b"\xff" * (4 * MiB)
+
+
+def test_library_reads_writes_discards(env):
+    from fusezfs.api import Handle
+    from fusezfs.cli_pool import open_pool
+    from fusezfs.volumes import create_volume, open_volume
+    pool = open_pool("tank")
+    try:
+        with pool.lock:
+            h = Handle(pool)
+            create_volume(h, "tank/v", 4 * MiB, {"volblocksize": 4096})
+            vol = open_volume(h, "tank/v")
+            assert (vol.size, vol.blocksize) == (4 * MiB, 4096)
+            vol.write(0, b"a" * 10000)
+            with pytest.raises(OSError) as e:
+                vol.write(4 * MiB - 1, b"zz")
+            assert e.value.errno == 28
+            assert vol.read(4 * MiB - 1, 10) == b"\0"
+            vol.discard(4096, 4096)
+            assert vol.read(0, 10000) == b"a" * 4096 + bytes(4096) + b"a" * 1808
+            assert vol.extents() == [(0, 4096), (8192, 12288)]
+            vol.fsync()
+            vol.close()
+    finally:
+        pool.close()
+
+
+# ---- space -------------------------------------------------------------------------------------
+def test_space_accounting(env, capsys):
+    before = int(props(capsys, "tank", "available")["available"][0])
+    ok(capsys, "create", "-V", "32M", "tank/vol")
+    resv = reservation(32 * MiB, 8192)
+    got = props(capsys, "tank/vol", "used", "usedbydataset", "usedbyrefreservation",
+                "referenced", "available")
+    assert int(got["usedbydataset"][0]) + int(got["usedbyrefreservation"][0]) == resv
+    assert int(got["used"][0]) == resv
+    # the pool's other datasets lost what was promised to the volume
+    assert before - int(props(capsys, "tank", "available")["available"][0]) in \
+        range(resv, resv + MiB)
+    cp_in(env, capsys, random.Random(1).randbytes(8 * MiB), "tank/vol:")
+    got = props(capsys, "tank/vol", "used", "usedbydataset", "usedbyrefreservation",
+                "referenced")
+    assert int(got["usedbydataset"][0]) >= 8 * MiB
+    assert int(got["used"][0]) == resv                 # still within its refreservation
+    ok(capsys, "snapshot", "tank/vol@s")
+    cp_in(env, capsys, random.Random(2).randbytes(8 * MiB), "tank/vol:")
+    got = props(capsys, "tank/vol", "used", "usedbysnapshots", "usedbydataset",
+                "usedbyrefreservation")
+    assert int(got["usedbysnapshots"][0]) >= 8 * MiB
+    assert int(got["used"][0]) == sum(int(got[k][0]) for k in (
+        "usedbysnapshots", "usedbydataset", "usedbyrefreservation"))
+    ok(capsys, "destroy", "-r", "tank/vol")
+    assert abs(int(props(capsys, "tank", "available")["available"][0]) - before) < MiB
+
+
+def test_snapshot_recursive_destroy_and_verify(env, capsys):
+    ok(capsys, "create", "tank/fs")
+    ok(capsys, "create", "-V", "4M", "tank/fs/vol")
+    cp_in(env, capsys, b"v" * MiB, "tank/fs/vol:")
+    ok(capsys, "snapshot", "-r", "tank/fs@r")
+    assert ok(capsys, "list", "-H", "-t", "snapshot", "-o", "name", "-r", "tank") == \
+        "tank/fs@r\ntank/fs/vol@r\n"
+    code, err = fails(capsys, "destroy", "tank/fs/vol")
+    assert err.splitlines()[0] == "cannot destroy 'tank/fs/vol': volume has children"
+    ok(capsys, "destroy", "-r", "tank/fs")
+    assert ok(capsys, "list", "-H", "-o", "name", "-t", "all") == "tank\n"
+    assert ok(capsys, "pool", "verify", "tank").strip().endswith("no errors found")
