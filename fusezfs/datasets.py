@@ -405,7 +405,7 @@ class Datasets(OnePerPool):
                      new_guid(), self.pool.txg, int(time.time()), deadlist=self._new_id(),
                      props=dict(props or {}))
         self._link(rec)
-        if self.format_hook is not None:
+        if self.format_hook is not None and kind == "filesystem":
             self.format_hook(rec)
         return rec
 
