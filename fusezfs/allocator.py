@@ -20,7 +20,9 @@ referenced by a committed uberblock and is freed at once.
 
 The on-disk space map (formats/spacemap.py) records allocated = everything that is neither
 free nor deferred; since a txg's map is only used once that txg is durable, deferred frees count
-as free there.
+as free there. `view` (mapview.py) keeps that set as allocations and frees happen, and encodes
+it by pieces: a commit re-encodes only what its txg changed. `allocated_extents` computes the
+same set from the free lists, the reference the consistency checks compare it with.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from collections import deque
 
 from .formats.bp import DVA
 from .formats.spacemap import SECTOR, Extents
+from .mapview import MapView
 
 
 DITTO_SHIFT = 3         # copies of a block on one vdev: at least 1/8 of it apart
@@ -168,6 +171,7 @@ def round_up(n: int) -> int:
 class Allocator:
     def __init__(self, ranges: dict[int, tuple[int, int]]) -> None:
         self.spaces = {v: FreeSpace(s, e) for v, (s, e) in ranges.items()}
+        self.view = MapView(ranges)         # the space map as of now (mapview.py)
         self.deferred: list[DVA] = []
         self.releasing: list[DVA] = []      # frees of the txg being committed
         self.held: deque[list[DVA]] = deque()   # frees of the last REWIND_TXGS durable txgs
@@ -179,12 +183,14 @@ class Allocator:
         """A new top-level vdev (zpool add): all of it free."""
         assert vdev not in self.spaces
         self.spaces[vdev] = FreeSpace(start, end)
+        self.view.add_vdev(vdev, start, end)
         self.changes += 1
 
     # ---- loading and saving ---------------------------------------------------------------
     def load(self, allocated: dict[int, Extents]) -> None:
         for v, space in self.spaces.items():
             space.set_allocated(allocated.get(v, []))
+        self.view.load(allocated)
         self.deferred = []
         self.releasing = []
         self.held = deque()
@@ -238,6 +244,7 @@ class Allocator:
             if off is None:
                 off = space.allocate(size)
             if off is not None:
+                self.view.add(v, off, size)
                 return DVA(v, off, size)
         raise NoSpace()
 
@@ -256,6 +263,7 @@ class Allocator:
                 off = -(-start // align) * align
                 if off + size <= start + length:
                     space._take(j, off, size)
+                    self.view.add(v, off, size)
                     self.changes += 1
                     return DVA(v, off, size)
         return None
@@ -268,11 +276,13 @@ class Allocator:
             return False
         j = bisect_right(space.starts, dva.offset) - 1
         space._take(j, dva.offset, dva.asize)
+        self.view.add(dva.vdev, dva.offset, dva.asize)
         self.changes += 1
         return True
 
     def free(self, dva: DVA, *, deferred: bool) -> None:
         self.changes += 1
+        self.view.remove(dva.vdev, dva.offset, dva.asize)    # free in the map either way
         if deferred:
             self.deferred.append(dva)
             self.deferred_bytes += dva.asize

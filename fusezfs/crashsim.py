@@ -285,12 +285,13 @@ class DatasetModel:
 
 
 def dataset_workload(pool: Pool, seed: int, steps: int, committing: dict[int, Expect],
-                     model: DatasetModel | None = None) -> None:
+                     model: DatasetModel | None = None, *, dedup: bool = False) -> None:
     """Files written and removed through the POSIX layer in several filesystems, with
     snapshots, clones, snapshot destruction and rollbacks between them, each step applied to
     the pool and to a DatasetModel. Every txg committed during a step (dataset operations sync
     inside; a full dirty budget syncs in the middle of a write) is recorded with the model's
-    state before and after that step."""
+    state before and after that step. With `dedup` the filesystems deduplicate (on and
+    verify) and files are made of a few records repeated (`_repeated`)."""
     from .api import Handle          # the workload sits on top of every layer
     from .datasets import ROOT_ID
 
@@ -315,10 +316,14 @@ def dataset_workload(pool: Pool, seed: int, steps: int, committing: dict[int, Ex
     if not model.heads():
         # small records, so files fill whole records: full uncompressed records are written
         # early, on worker threads (BlockIO.prepare_ahead), and compressed ones in "crash/z"
-        step(lambda: dsl.create("crash/fs", {"recordsize": "4096", "compression": "off"}),
+        more = ({"dedup": "on"}, {"dedup": "verify"}) if dedup else ({}, {})
+        step(lambda: dsl.create("crash/fs", {"recordsize": "4096", "compression": "off",
+                                             **more[0]}),
              lambda: model.create("crash/fs"))
-        step(lambda: dsl.create("crash/z", {"recordsize": "8192", "compression": "zstd"}),
+        step(lambda: dsl.create("crash/z", {"recordsize": "8192", "compression": "zstd",
+                                            **more[1]}),
              lambda: model.create("crash/z"))
+    text = _repeated if dedup else _text
     for n in range(steps):
         heads = model.heads()
         head = rng.choice(heads)
@@ -326,7 +331,7 @@ def dataset_workload(pool: Pool, seed: int, steps: int, committing: dict[int, Ex
         snaps = model.all_snapshots()
         r = rng.random()
         if r < 0.45:
-            path, data = f"f{rng.randrange(5)}".encode(), _text(rng, rng.randrange(1, 30000))
+            path, data = f"f{rng.randrange(5)}".encode(), text(rng, rng.randrange(1, 30000))
             step(lambda: fs.write_file(b"/" + path, data), lambda: model.write(head, path, data),
                  (head.encode() + b":/" + path, data))
         elif r < 0.55:
@@ -361,6 +366,24 @@ def dataset_workload(pool: Pool, seed: int, steps: int, committing: dict[int, Ex
         if n % 4 == 3:
             step(pool.sync, lambda: None)
     step(pool.sync, lambda: None)
+
+
+def _repeated(rng: random.Random, n: int) -> bytes:
+    """About `n` bytes of whole 4 KiB pieces drawn from two fixed ones (a short tail now and
+    then): records that repeat within and across files, filesystems, snapshots and clones
+    (the dedup workload)."""
+    pieces = [_text(random.Random(i), 4096) for i in range(2)]
+    data = b"".join(rng.choice(pieces) for _ in range(-(-n // 4096)))
+    return data if rng.random() < 0.7 else data[:n]
+
+
+def dedup_workload(pool: Pool, seed: int, steps: int, committing: dict[int, Expect],
+                   model: DatasetModel | None = None) -> None:
+    """The datasets workload on deduplicating filesystems (dedup=on, dedup=verify): every
+    write, unlink, snapshot, clone, destroy and rollback moves reference counts, and the
+    oracle adds the dedup table's counts against the references the trees hold
+    (Datasets.check) to the contents."""
+    dataset_workload(pool, seed, steps, committing, model, dedup=True)
 
 
 def scrubbing_workload(pool: Pool, seed: int, steps: int, committing: dict[int, Expect],
@@ -485,6 +508,7 @@ WORKLOADS = {
     "pipelined": Workload(pipelined_workload, dataset_check, 192 << 10, slop=True),
     "scrubbing": Workload(scrubbing_workload, scrubbing_check, 192 << 10, slop=True),
     "resilver": Workload(resilver_workload, resilver_check, 192 << 10, slop=True),
+    "dedup": Workload(dedup_workload, dataset_check, 192 << 10, slop=True),
 }
 
 

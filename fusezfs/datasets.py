@@ -168,6 +168,10 @@ class Datasets(OnePerPool):
         # called with every new (non-clone) filesystem: the POSIX layer above gives it its
         # root directory (zfs create makes the ZPL at once); None for bare object trees
         self.records_changed = 0     # bumped when datasets come or go or properties change
+        # bumped when a dataset with a reservation or refreservation property comes or goes,
+        # or such a property is set or inherited: properties.reserving's cache is keyed to it,
+        # so that creating a dataset with none costs no walk over every dataset
+        self.reservations_changed = 0
         self._reserving: list[int] | None = None      # properties.reserving's cache
         self._reserving_gen = -1
         self._pool_limited: dict[int, bool] = {}      # properties.only_pool_limits's cache
@@ -176,13 +180,13 @@ class Datasets(OnePerPool):
         # called after a head's tree was replaced (rollback): whoever caches a view of the
         # old tree (the POSIX layer above) must drop it before it writes there again
         self.replaced_hook = None
+        # (dsl, rec) -> {"volsize", "volblocksize"} of a volume or its snapshot, read from its
+        # tree by the layer that knows the layout (volumes.geometry); {} where none is set
+        self.geometry_hook = None
         pool.sync_hooks.append(self._write_records)
         if self.mos.get(REC_PREFIX + _id_bytes(ROOT_ID)) is None:
             self._create_root()
 
-        # (dsl, rec) -> {"volsize", "volblocksize"} of a volume or its snapshot, read from its
-        # tree by the layer that knows the layout (volumes.geometry); {} where none is set
-        self.geometry_hook = None
     @property
     def mos(self) -> Tree:
         return self.pool.mos
@@ -411,6 +415,7 @@ class Datasets(OnePerPool):
 
     def _link(self, rec: Record) -> None:
         self.records_changed += 1
+        self.note_reservations(rec)
         self.records[rec.id] = rec
         self.touch(rec)
         key = DELIMITER.get(rec.kind, "") + rec.component
@@ -418,9 +423,16 @@ class Datasets(OnePerPool):
 
     def _unlink(self, rec: Record) -> None:
         self.records_changed += 1
+        self.note_reservations(rec)
         key = DELIMITER.get(rec.kind, "") + rec.component
         self.mos.delete(self._child_key(rec.parent, key))
         self.deleted.add(rec.id)
+
+    def note_reservations(self, rec: Record) -> None:
+        """`rec` came, went or had its properties changed: if it has a reservation or
+        refreservation property (of any value), the set of reserving datasets may differ."""
+        if "reservation" in rec.props or "refreservation" in rec.props:
+            self.reservations_changed += 1
 
     # ---- snapshots ------------------------------------------------------------------------
     def snapshot(self, names: list[str], props: dict[str, str] | None = None, *,

@@ -7,7 +7,10 @@ uberblock reaches), tree nodes stay dirty in memory. `sync()` commits the txg:
   1. sync hooks push buffered data of upper layers into their trees;
   2. every dirty object tree writes its dirty nodes (new blocks, free space only) and its new
      root goes into the MOS (meta object set) tree, which is then written the same way;
-  3. the space map, describing every allocation including its own block, is written;
+     a tree tells the pool when it first goes dirty (Tree.on_dirty), so a commit visits the
+     trees its txg changed, not every tree open (a pool of many datasets, clones, containers);
+  3. the space map, describing every allocation including its own block, is written (kept up
+     to date as blocks come and go and re-encoded only where the txg changed it: mapview.py);
   4. every device is flushed;                       <- crash before here: the old txg stands
   5. the uberblock for this txg goes to slot txg % 128 of both labels of every device;
   6. every device is flushed;                       <- crash after here: the new txg stands
@@ -39,6 +42,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 from . import poolprops
 from .allocator import REWIND_TXGS, Allocator
@@ -146,6 +150,8 @@ class Pool:
         self.trees: dict[bytes, Tree] = {}
         self.attached: dict[type, object] = {}   # OnePerPool instances of upper layers
         self._roots: dict[bytes, BlockPointer | None] = {}   # roots recorded in the MOS
+        self._dirtied: set[bytes] = set()   # open trees gone dirty since their last sync
+        self._moved: set[bytes] = set()     # trees synced since their root went into the MOS
         self.sync_hooks: list = []          # callables(pool) run at the start of every sync
         self.txg_bytes = 0                  # bytes written in the open txg (dirty budget)
         self.dirty_max = 256 << 20
@@ -361,6 +367,7 @@ class Pool:
         if raw is not None:
             root = decode_bp(raw)
         tree = Tree(store or NodeStore(self.blocks, META_POLICY), root, cache=self.node_cache)
+        tree.on_dirty = partial(self._dirtied.add, name)
         if raw is None:
             self.mos.put(OBJSET_PREFIX + name, encode_bp(root), REF_TREE)
         self.trees[name] = tree
@@ -412,7 +419,9 @@ class Pool:
 
     # ---- transaction groups ---------------------------------------------------------------
     def dirty_bytes(self) -> int:
-        return self.txg_bytes + sum(t.dirty_bytes for t in self.trees.values()) + self.mos.dirty_bytes
+        trees = (self.trees.get(n) for n in self._dirtied)
+        return self.txg_bytes + sum(t.dirty_bytes for t in trees if t is not None) + \
+            self.mos.dirty_bytes
 
     def note_written(self, nbytes: int) -> None:
         """Upper layers report data written in the open txg; a full budget forces a sync, so
@@ -455,11 +464,8 @@ class Pool:
             for _round in range(16):
                 for hook in list(self.sync_hooks):
                     hook(self)
-                dirty = [t for t in self.trees.values() if t.dirty]
-                if not dirty:
+                if not self._sync_dirty_trees():
                     break
-                for tree in dirty:
-                    tree.sync()
             else:
                 raise AssertionError("sync did not converge")
             self.blocks.forget_ahead()      # early writes no buffer took: free before the map
@@ -467,10 +473,12 @@ class Pool:
             if counts != self._saved_errors:
                 self.mos.put(b"errors", json.dumps(counts, sort_keys=True).encode())
                 self._saved_errors = counts
-            for name, tree in self.trees.items():
-                if tree.root != self._roots[name]:
+            for name in sorted(self._moved):
+                tree = self.trees.get(name)
+                if tree is not None and tree.root != self._roots[name]:
                     self.mos.put(OBJSET_PREFIX + name, encode_bp(tree.root), REF_TREE)
                     self._roots[name] = tree.root
+            self._moved.clear()
             changed = self.mos.dirty or self.allocator.changes != self._synced_changes
             if not (changed or force):
                 return self.synced_txg
@@ -479,7 +487,7 @@ class Pool:
             if self.spacemap_bp is not None:
                 self.blocks.free(self.spacemap_bp)
             self.spacemap_bp = self.blocks.write_self_describing(
-                lambda: spacemap.encode(self.allocator.allocated_extents()), BT_SPACEMAP,
+                self.allocator.view.encode, BT_SPACEMAP,
                 META_POLICY)
             ub = fl.Uberblock(txg, self.guid, int(time.time()), mos_root, self.spacemap_bp)
             self.allocator.begin_release()
@@ -493,6 +501,25 @@ class Pool:
                 self._committer = ThreadPoolExecutor(1, thread_name_prefix=f"txg-{self.name}")
             self._commit = (txg, self._committer.submit(self._write_uberblock, ub))
             return self.synced_txg
+
+    def _sync_dirty_trees(self) -> bool:
+        """Write every tree dirtied since its last sync (step 2); False if none was. A tree
+        that a failed write leaves dirty stays listed for the next try; one that another tree's
+        sync dirties again (its deadlist) lists itself again, for the next round."""
+        synced = False
+        for name in sorted(self._dirtied):
+            self._dirtied.discard(name)
+            tree = self.trees.get(name)
+            if tree is None or not tree.dirty:
+                continue
+            try:
+                tree.sync()
+            except BaseException:
+                self._dirtied.add(name)
+                raise
+            self._moved.add(name)
+            synced = True
+        return synced
 
     def _write_uberblock(self, ub: fl.Uberblock) -> None:
         """Steps 4-6: everything the txg wrote reaches the disk, then its uberblock does. On

@@ -72,13 +72,15 @@ def write_policy(dsl: Datasets, rec: Record) -> Policy:
 # ---- space ----------------------------------------------------------------------------------
 def reserving(dsl: Datasets) -> list[Record]:
     """The datasets with a reservation or refreservation set. Cached on the dataset directory
-    (every write asks, through check_space) and dropped whenever a property is set or
-    inherited or a dataset is created or destroyed."""
+    (every write asks, through check_space) and dropped only when a dataset carrying either
+    property comes or goes or either property is set or inherited
+    (`Datasets.reservations_changed`): creating datasets without them (a container, a clone)
+    costs no walk over every dataset."""
     ids = dsl._reserving
-    if ids is None or dsl.records_changed != dsl._reserving_gen:
+    if ids is None or dsl.reservations_changed != dsl._reserving_gen:
         ids = [r.id for r in dsl.descendants(ROOT_ID)
                if as_int(r.props.get("reservation")) or as_int(r.props.get("refreservation"))]
-        dsl._reserving, dsl._reserving_gen = ids, dsl.records_changed
+        dsl._reserving, dsl._reserving_gen = ids, dsl.reservations_changed
     return [dsl.record(i) for i in ids]
 
 
@@ -198,11 +200,11 @@ def computed(dsl: Datasets, rec: Record, wanted: list[str] | None = None) -> dic
                 computed(dsl, c)["logicalused"] for c in dsl.children(rec.id)),
             "origin": dsl.name(rec.origin) if rec.origin else None,
         })
-    for name in wanted or []:
-        if dsprops.is_written(name):
     head = dsl.record(rec.parent) if snap else rec
     if head.kind == "volume" and dsl.geometry_hook is not None:
         out.update(dsl.geometry_hook(dsl, rec))
+    for name in wanted or []:
+        if dsprops.is_written(name):
             out[name] = written_since(dsl, rec, name)
     return out
 
@@ -251,19 +253,23 @@ def set_props(dsl: Datasets, rec: Record, props: dict[str, str]) -> None:
         if name in ("reservation", "refreservation") and as_int(val) > available(dsl, rec) + \
                 as_int(rec.props.get(name)):
             raise DatasetError(dsprops.MSG_RESV_TOO_BIG, errno.ENOSPC)
+    dsl.note_reservations(rec)                  # before (a reservation unset) and after
     for name, val in raw.items():
         level_ = level(dsl, rec)
         dsprops.apply_set(level_, name, val)
         rec.props = dict(level_.local)
         rec.masked = sorted(level_.masked)
+    dsl.note_reservations(rec)
     dsl.touch(rec)
     dsl.records_changed += 1
 
 
 def inherit(dsl: Datasets, rec: Record, name: str, *, received: bool = False) -> None:
+    dsl.note_reservations(rec)
     level_ = level(dsl, rec)
     dsprops.apply_inherit(level_, name, received=received)
     rec.props = dict(level_.local)
     rec.masked = sorted(level_.masked)
+    dsl.note_reservations(rec)
     dsl.touch(rec)
     dsl.records_changed += 1

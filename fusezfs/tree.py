@@ -44,7 +44,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
 from .formats import node as fmt
 from .formats.bp import BP_SIZE, BT_NODE, BlockPointer, decode_bp
@@ -167,6 +167,9 @@ class Tree:
         self._pending: list[BlockPointer] = []  # to free at the next sync
         self._dirty_bytes = 0
         self._cache = cache if cache is not None else NodeCache(cache_nodes)
+        # called when the tree goes from clean to dirty: the pool's list of trees to write at
+        # the next sync (Pool.objset), so that a commit need not ask every open tree
+        self.on_dirty: Callable[[], None] | None = None
 
     # ---- state -------------------------------------------------------------------------------
     @property
@@ -231,6 +234,8 @@ class Tree:
             else:
                 top = self._cow(self._root)
             self._top = top
+            if self.on_dirty is not None:
+                self.on_dirty()
         path = [top]
         idxs: list[int] = []
         node = top

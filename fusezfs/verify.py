@@ -165,6 +165,9 @@ def verify(pool) -> Report:
             if _coalesce(in_memory.get(vdev, [])) != allocated:
                 report.faults.append(f"vdev {vdev}: the allocator in memory differs from the "
                                      f"space map on disk")
+            if pool.allocator.view.vdevs[vdev].extents() != in_memory.get(vdev, []):
+                report.faults.append(f"vdev {vdev}: the space map kept for the next txg "
+                                     f"(mapview) differs from the allocator's free lists")
         return report
 
 
