@@ -94,3 +94,83 @@ def test_commits_write_the_view(tmp_path):
         assert pool.allocator.view.encode() == reference(pool.allocator)
         assert not verify(pool).faults
     pool.close()
+
+
+def _pool(tmp_path, name="cc"):
+    from fusezfs.devices import FileDevice
+    from fusezfs.pool import Pool
+    path = str(tmp_path / f"{name}.img")
+    with open(path, "wb") as f:
+        f.truncate(256 * MiB)
+    return Pool.create(name, [("file", [FileDevice(path)])])
+
+
+def test_reservations_follow_changes_without_walks(tmp_path, monkeypatch):
+    """Creating datasets with no reservation walks no dataset list; a reservation set, moved by
+    a rename, inherited away or destroyed with its dataset changes what the pool has free."""
+    from fusezfs import properties
+    from fusezfs.datasets import Datasets
+    pool = _pool(tmp_path)
+    with pool.lock:
+        dsl = Datasets(pool)
+        for i in range(5):
+            dsl.create(f"cc/a{i}")
+        free0 = properties.pool_available(dsl)
+        walks = []
+        real = Datasets.descendants
+        monkeypatch.setattr(Datasets, "descendants",
+                            lambda self, ds_id: walks.append(ds_id) or real(self, ds_id))
+        for i in range(40):
+            dsl.create(f"cc/b{i}")
+            properties.pool_available(dsl)
+        dsl.snapshot(["cc/b1@s"])
+        dsl.clone("cc/b1@s", "cc/c1")
+        properties.pool_available(dsl)
+        assert walks == []
+        properties.set_props(dsl, dsl.get("cc/b3"), {"reservation": str(8 * MiB)})
+        assert properties.pool_available(dsl) <= free0 - 7 * MiB
+        properties.set_props(dsl, dsl.get("cc/b4"), {"refreservation": str(4 * MiB)})
+        assert properties.pool_available(dsl) <= free0 - 11 * MiB
+        properties.inherit(dsl, dsl.get("cc/b3"), "reservation")
+        assert free0 - 5 * MiB <= properties.pool_available(dsl) <= free0 - 3 * MiB
+        dsl.destroy_filesystem(dsl.get("cc/b4"))
+        assert properties.pool_available(dsl) >= free0 - MiB
+        rec = dsl.create("cc/r", {"reservation": str(2 * MiB)})
+        assert properties.pool_available(dsl) <= free0 - MiB
+        assert [r.id for r in properties.reserving(dsl)] == [rec.id]
+    pool.close()
+
+
+def test_commit_writes_only_trees_that_changed(tmp_path, monkeypatch):
+    """A txg that changed one dataset among many syncs that one tree (and the MOS), not every
+    open tree; what it wrote survives a reopen."""
+    from fusezfs.datasets import Datasets
+    from fusezfs.devices import FileDevice
+    from fusezfs.pool import Pool
+    from fusezfs.tree import Tree
+    pool = _pool(tmp_path)
+    with pool.lock:
+        dsl = Datasets(pool)
+        recs = [dsl.create(f"cc/d{i}") for i in range(30)]
+        for rec in recs:
+            dsl.tree(rec).put(b"k", b"first")
+        pool.sync()
+        asked, synced = [], []
+        real_sync, real_dirty = Tree.sync, Tree.dirty
+        monkeypatch.setattr(Tree, "sync", lambda self: synced.append(self) or real_sync(self))
+        monkeypatch.setattr(Tree, "dirty", property(
+            lambda self: asked.append(self) or real_dirty.fget(self)))
+        dsl.tree(recs[7]).put(b"k", b"second")
+        pool.sync()
+        monkeypatch.undo()
+        mine = dsl.tree(recs[7])
+        others = {id(dsl.tree(r)) for r in recs if r is not recs[7]}
+        assert mine in synced
+        assert not [t for t in asked + synced if id(t) in others]
+    pool.close()
+    pool = Pool.open([FileDevice(str(tmp_path / "cc.img"))])
+    with pool.lock:
+        dsl = Datasets(pool)
+        assert dsl.tree(dsl.get("cc/d7")).get(b"k") == b"second"
+        assert dsl.tree(dsl.get("cc/d8")).get(b"k") == b"first"
+    pool.close()
