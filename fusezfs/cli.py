@@ -9,6 +9,8 @@ import getopt
 import sys
 from typing import Callable
 
+from .backends import delegate   # which backend answers (cheap: the standard library only)
+
 
 class Usage(Exception):
     """Bad usage: `message` (may be empty) then the verb's usage text, exit 2."""
@@ -84,6 +86,8 @@ VERB_MODULES = {"pool": "cli_pool", "cp": "cli_cp", "mount": "cli_mount", "unmou
 
 
 def main(argv: list[str] | None = None) -> int:
+    if (code := delegate("fusezfs", argv)) is not None:    # the passthrough backend answers
+        return code
     argv = sys.argv[1:] if argv is None else argv
     from .host import control
     from .host.registry import RegistryError
@@ -101,11 +105,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def zfs_main(argv: list[str] | None = None) -> int:
     """The `zfs` program: `zfs VERB ...` is `fusezfs VERB ...`."""
+    if (code := delegate("zfs", argv)) is not None:    # the passthrough backend answers
+        return code
     return _program("zfs", sys.argv[1:] if argv is None else argv, [])
 
 
 def zpool_main(argv: list[str] | None = None) -> int:
     """The `zpool` program: `zpool VERB ...` is `fusezfs pool VERB ...`."""
+    if (code := delegate("zpool", argv)) is not None:    # the passthrough backend answers
+        return code
     return _program("zpool", sys.argv[1:] if argv is None else argv, ["pool"])
 
 

@@ -102,7 +102,10 @@ def _images_usage() -> str:
 
 def real_zfs_loaded() -> str | None:
     """The real command to use when a ZFS kernel module is loaded here, else None. The zfs and
-    zpool programs of fusezfs must not stand in for a real ZFS silently."""
+    zpool programs of fusezfs must not stand in for a real ZFS silently; FUSEZFS_BACKEND=emulated
+    is the user's choice to have them do so (fusezfs/backends)."""
+    if os.environ.get("FUSEZFS_BACKEND") == "emulated":
+        return None
     if not os.path.isdir(os.environ.get("FUSEZFS_SYS_MODULE_ZFS", "/sys/module/zfs")):
         return None
     me = os.path.realpath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
