@@ -24,7 +24,7 @@ from test_images_import import env, every_kind, ok, run  # noqa: F401  (env: the
 
 def trees(store: str, ref: str, capsys) -> list:
     info = json.loads(ok(capsys, "image", "inspect", "-s", store, ref))[0]
-    h = Handle(open_pool("tank"))
+    h = Handle(open_pool(store.split("/")[0]))
     try:
         return [dump_fs(h.filesystem(l["Snapshot"])) for l in info["Layers"]]
     finally:

@@ -134,6 +134,21 @@ class Archive:
         assert f is not None
         return f
 
+    def size(self, name: str) -> int | None:
+        """The size of a file of the archive, None if it cannot be told."""
+        try:
+            with self.open(name) as f:
+                return f.seek(0, os.SEEK_END)
+        except (OSError, LayerError):
+            return None
+
+    def canonical(self, name: str) -> str:
+        """The name a file is stored under (a hard link's target): two names of one blob."""
+        m = self._members.get(_clean(name))
+        if m is not None and m.islnk():
+            return _clean(m.linkname)
+        return _clean(name)
+
     def read(self, name: str, digest: str | None = None, limit: int = 64 << 20) -> bytes:
         """A small file (manifest, config, index), checked against `digest` if given."""
         with self.open(name) as f:

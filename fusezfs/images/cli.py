@@ -1,6 +1,6 @@
 """`fusezfs image VERB` and `fusezfs container VERB`: images and containers on a pool, no FUSE.
 
-    fusezfs image import [-q] [-m MOUNTPOINT] [-t REF]... DATASET ARCHIVE
+    fusezfs image import [-q] [-m MOUNTPOINT] [-t REF]... DATASET [ARCHIVE | -]
     fusezfs image ls [-Hp] [-s STORE]
     fusezfs image inspect [-s STORE] IMAGE...
     fusezfs image rm [-f] [-s STORE] IMAGE...
@@ -14,6 +14,12 @@ The store (store.py) is the dataset `image import` is given; the other verbs fin
 `-s STORE`, else from $FUSEZFS_IMAGE_STORE. IMAGE is a tag (`alpine` is alpine:latest), an
 image id or a unique prefix of one. Messages and exit codes as the zfs verbs: 0, 1 for a
 command that failed, 2 for bad usage.
+
+`image import` reads the archive from standard input when ARCHIVE is "-" or left out, as
+`docker load` does without -i (`docker save IMAGE | fusezfs image import STORE`): a tar
+stream, read forward once (stream.py: layers applied as they stream in where the archive's
+order allows, else spooled to a temporary file); `image export IMAGE... -` writes to standard
+output.
 
 A pool served by a mount daemon runs these commands in the daemon, as every other command
 (control.py): `route_argv` makes the client's implicit things explicit first (the store from
@@ -41,7 +47,7 @@ OPTS = {("image", "import"): "qm:t:", ("image", "ls"): "Hps:", ("image", "list")
         ("container", "list"): "Hps:", ("container", "rm"): "fs:",
         ("container", "commit"): "m:s:"}
 USAGE = {
-    "image": "\timage import [-q] [-m mountpoint] [-t ref]... <dataset> <archive>\n"
+    "image": "\timage import [-q] [-m mountpoint] [-t ref]... <dataset> [<archive> | -]\n"
              "\timage ls [-Hp] [-s store]\n"
              "\timage inspect [-s store] <image> ...\n"
              "\timage rm [-f] [-s store] <image> ...\n"
@@ -84,7 +90,8 @@ def route_argv(argv: list[str], cwd: str) -> list[str]:
         return argv
     opts, rest = found
     verb = argv[1]
-    if verb in ("import", "export") and rest and rest[-1] != "-":
+    archive_given = len(rest) >= (2 if verb == "import" else 1)
+    if verb in ("import", "export") and archive_given and rest[-1] != "-":
         rest = rest[:-1] + [os.path.join(cwd, rest[-1])]
     flat = [x for o, v in opts if o != "-s" for x in ((o, v) if v else (o,))]
     store = store_of(argv)
@@ -158,9 +165,15 @@ def image_import(args: list[str]) -> int:
     from .. import sessions
     from .importer import Progress, import_archive
     opts, rest = parse(args, OPTS[("image", "import")])
-    if len(rest) != 2:
-        raise Usage("missing dataset or archive" if len(rest) < 2 else "too many arguments")
-    store_name, path = rest
+    if not rest or len(rest) > 2:
+        raise Usage("missing dataset" if not rest else "too many arguments")
+    store_name, path = rest[0], (rest[1] if len(rest) == 2 else "-")
+    stream = None
+    if path == "-":
+        io = sessions.stdio()
+        if io.stdin_tty:            # docker load's words for a terminal on its stdin
+            raise Failed("requested load from stdin, but stdin is empty")
+        stream = io.stdin
     quiet = any(o == "-q" for o, _v in opts)
     tags = [v for o, v in opts if o == "-t"]
     mountpoint = next((v for o, v in opts if o == "-m"), None)
@@ -171,7 +184,7 @@ def image_import(args: list[str]) -> int:
     from .archive import familiar
     with opened(store_name, create=True, mountpoint=mountpoint) as store:
         done = import_archive(store, path, [familiar(t) for t in tags],
-                              Progress(None if quiet else sys.stderr, tty))
+                              Progress(None if quiet else sys.stderr, tty), stream)
     for image, names in done:
         for n in names:
             print(f"Loaded image: {n}")

@@ -20,7 +20,10 @@ image arrived in is rarely the one fusezfs writes), the config is rewritten with
 The archive is Docker 25's `docker save` layout, which is an OCI image layout too: blobs under
 blobs/sha256/, index.json and oci-layout, and manifest.json (Config, RepoTags, Layers as paths)
 that `docker load` of every version reads. Members come in a fixed order with fixed owners,
-modes and times. Layer tars are spooled to temporary files beside the archive (their size is
+modes and times: manifest.json, index.json and oci-layout first, then the configs and manifests,
+then the layer tars in the order they are applied (each image's base first), so that an import
+reading the archive from a pipe applies each layer as it streams in, with nothing to spool
+(stream.py); `docker load` and skopeo read members in any order. Layer tars are spooled to temporary files beside the archive (their size is
 needed before their bytes in a tar), and the archive is written under a temporary name and
 renamed into place, so a failed export leaves nothing half written.
 """
@@ -258,19 +261,23 @@ def _members(out: BinaryIO, spool, blobs, index, docker) -> None:
         return ti
 
     with tarfile.open(fileobj=out, mode="w|", **TAR_OPTS) as tar:   # type: ignore[arg-type]
+        for name, data in (("manifest.json", _dumps(docker)), ("index.json", _dumps(index)),
+                           ("oci-layout", _dumps({"imageLayoutVersion": "1.0.0"}))):
+            tar.addfile(info(name, len(data)), io.BytesIO(data))
         tar.addfile(info("blobs", directory=True))
         tar.addfile(info("blobs/sha256", directory=True))
         done = set()
-        for digest in sorted(spool):
-            f = spool[digest]
-            size = _length(f)
-            f.seek(0)
-            tar.addfile(info(f"blobs/sha256/{hexof(digest)}", size), f)
-            done.add(digest)
         for digest, data in sorted(blobs):
             if digest not in done:
                 done.add(digest)
                 tar.addfile(info(f"blobs/sha256/{hexof(digest)}", len(data)), io.BytesIO(data))
-        for name, data in (("index.json", _dumps(index)), ("manifest.json", _dumps(docker)),
-                           ("oci-layout", _dumps({"imageLayoutVersion": "1.0.0"}))):
-            tar.addfile(info(name, len(data)), io.BytesIO(data))
+        applied = [p.rpartition("/")[2] for entry in docker for p in entry["Layers"]]
+        for hexd in dict.fromkeys(applied):          # in the order applied, each once
+            digest = "sha256:" + hexd
+            if digest in done:
+                continue
+            done.add(digest)
+            f = spool[digest]
+            size = _length(f)
+            f.seek(0)
+            tar.addfile(info(f"blobs/sha256/{hexd}", size), f)

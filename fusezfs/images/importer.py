@@ -81,16 +81,24 @@ class Progress:
 
 
 def import_archive(store: Store, path: str, tags: list[str] | None = None,
-                   progress: Progress | None = None) -> list[tuple[Image, list[str]]]:
-    """Import every image of the archive at `path`; returns (image, its tags) for each."""
+                   progress: Progress | None = None,
+                   stream: BinaryIO | None = None) -> list[tuple[Image, list[str]]]:
+    """Import every image of the archive at `path` (or read from `stream`: stream.py);
+    returns (image, its tags) for each."""
     progress = progress or Progress(None)
     out = []
-    with Archive(path) as archive:
+    if stream is not None:
+        from .stream import StreamArchive
+        opened: Archive = StreamArchive(stream, path)
+    else:
+        opened = Archive(path)
+    verified: Verified = {}
+    with opened as archive:
         sources = archive.images()
         if tags and len(sources) != 1:
             raise LayerError(f"'{path}' holds {len(sources)} images: -t names one")
         for src in sources:
-            image = import_image(store, archive, src, progress)
+            image = import_image(store, archive, src, progress, verified)
             names = list(dict.fromkeys(src.tags + list(tags or [])))
             if names:
                 store.set_tags(names, image.id)
@@ -98,8 +106,13 @@ def import_archive(store: Store, path: str, tags: list[str] | None = None,
     return out
 
 
+# blobs of this archive read and checked already: name -> (blob digest, diff id) (an archive
+# read from a pipe cannot give a blob twice: a layer two images share is checked once)
+Verified = dict[str, tuple[str, str]]
+
+
 def import_image(store: Store, archive: Archive, src: ImageSource,
-                 progress: Progress) -> Image:
+                 progress: Progress, verified: Verified | None = None) -> Image:
     try:
         config = json.loads(src.config)
         diff_ids = list(config["rootfs"]["diff_ids"])
@@ -114,16 +127,22 @@ def import_image(store: Store, archive: Archive, src: ImageSource,
     parent = None
     for i, (layer, diff_id) in enumerate(zip(src.layers, diff_ids), 1):
         chain = chain_id(parent, diff_id)
-        progress.start(i, len(src.layers), diff_id, _size(archive, layer))
+        progress.start(i, len(src.layers), diff_id, archive.size(layer.path))
+        seen = verified.get(archive.canonical(layer.path)) if verified is not None else None
+        if seen is not None:
+            _check(layer.path, layer.digest, diff_id, *seen)
         if store.layer_done(chain):
-            verify_blob(archive, layer, diff_id, progress.update)
+            if seen is None:
+                seen = verify_blob(archive, layer, diff_id, progress.update)
             size = int(store.layer_props(chain).get(P_SIZE) or 0)
             progress.done("already present")
         else:
             with archive.open(layer.path) as raw:
-                size = build_layer(store, raw, layer.path, layer.digest, chain, parent,
-                                   diff_id, progress.update)
+                size, seen = build_layer(store, raw, layer.path, layer.digest, chain, parent,
+                                         diff_id, progress.update)
             progress.done(f"loaded {_nice(size)}")
+        if verified is not None:
+            verified[archive.canonical(layer.path)] = seen
         refs.append(LayerRef(diff_id, chain, size))
         parent = chain
     image = Image(src.id, refs, str(config.get("created") or ""), store.now(),
@@ -133,15 +152,6 @@ def import_image(store: Store, archive: Archive, src: ImageSource,
                    **({"manifest": src.manifest} if src.manifest else {})})
     store.save_image(image, src.config, [])
     return image
-
-
-def _size(archive: Archive, layer: LayerSource) -> int | None:
-    try:
-        with archive.open(layer.path) as f:
-            f.seek(0, os.SEEK_END)
-            return f.tell()
-    except (OSError, LayerError):
-        return None
 
 
 def _check(what: str, digest: str | None, diff_id: str, blob: str, plain: str) -> None:
@@ -154,27 +164,34 @@ def _check(what: str, digest: str | None, diff_id: str, blob: str, plain: str) -
 
 
 def verify_blob(archive: Archive, layer: LayerSource, diff_id: str,
-                update: Callable[[int], None]) -> None:
+                update: Callable[[int], None]) -> tuple[str, str]:
     """Check a blob that is not applied (its layer is shared): the blob digest where the
-    archive names one, else the diff id of its uncompressed bytes."""
+    archive names one, else the diff id of its uncompressed bytes. Returns (blob digest,
+    diff id) as checked."""
     with archive.open(layer.path) as raw:
         if layer.digest is not None:
             h = HashingReader(raw)
-            while h.read(1 << 20):
-                update(h.count)
+            try:
+                while h.read(1 << 20):
+                    update(h.count)
+            except Exception as e:          # a cut stream (tar's ReadError), a read error
+                raise LayerError(f"layer {layer.path}: cannot read it: {e}") from None
             _check(layer.path, layer.digest, diff_id, h.digest, diff_id)
-            return
+            return h.digest, diff_id
         try:
             blob, _n, plain, _m = LayerStream(raw).finish()
         except Exception as e:
             raise LayerError(f"layer {layer.path}: cannot read it: {e}") from None
         _check(layer.path, None, diff_id, blob, plain)
+        return blob, plain
 
 
 def build_layer(store: Store, raw: BinaryIO, what: str, digest: str | None, chain: str,
-                parent: str | None, diff_id: str, update: Callable[[int], None]) -> int:
+                parent: str | None, diff_id: str,
+                update: Callable[[int], None]) -> tuple[int, tuple[str, str]]:
     """Build one layer from the blob `raw` (see the module comment); returns the size of its
-    uncompressed tar. `what` names the blob in messages; `digest` is the blob's, if known."""
+    uncompressed tar and (blob digest, diff id) as checked. `what` names the blob in
+    messages; `digest` is the blob's, if known."""
     dsl, h = store.dsl, store.h
     name = store.layer_name(chain)
     stale = dsl.lookup(name)
@@ -204,7 +221,7 @@ def build_layer(store: Store, raw: BinaryIO, what: str, digest: str | None, chai
         properties.set_props(dsl, rec, store._props({P_SIZE: str(size)}))
         h.forget(rec.id)                    # flushed into its tree, and not kept open
         dsl.snapshot([store.layer_snap(chain)])
-        return size
+        return size, (blob, plain)
     except BaseException:
         h.drop(rec.id)
         if dsl.lookup(store.layer_snap(chain)) is None:
