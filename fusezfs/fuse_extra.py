@@ -95,18 +95,20 @@ def load_base(path: str) -> int | None:
     return found[0] if found else None
 
 
-def _lib():
+def libfuse():
     global _libfuse
     if _libfuse is None:
         lib = ctypes.CDLL(ctypes.util.find_library("fuse3") or "libfuse3.so.3")
         lib.fuse_reply_err.argtypes = [ctypes.c_void_p, ctypes.c_int]
         lib.fuse_reply_lseek.argtypes = [ctypes.c_void_p, ctypes.c_int64]
+        lib.fuse_session_fd.argtypes = [ctypes.c_void_p]
+        lib.fuse_session_exited.argtypes = [ctypes.c_void_p]
         _libfuse = lib
     return _libfuse
 
 
 def _reply(req: int, result: int | None, errno_: int) -> None:
-    lib = _lib()
+    lib = libfuse()
     if result is not None:
         lib.fuse_reply_lseek(req, result)
     else:
@@ -126,21 +128,40 @@ async def _serve(req: int, call, *args) -> None:
     _reply(req, result if code == 0 else None, code)
 
 
+def session_of(mod) -> tuple[int, int, dict]:
+    """(load address, libfuse session pointer, symbols) of pyfuse3 instance `mod` after its
+    init; LookupError when they cannot be found."""
+    import pyfuse3
+    src = pyfuse3.__file__              # copies (fuse_sessions.instance) are the same bytes
+    if src not in _symbols:
+        _symbols[src] = elf_symbols(src, {SESSION_SYM, OPS_SYM})
+    syms = _symbols[src] or {}
+    base = load_base(mod.__file__)
+    if base is None or SESSION_SYM not in syms:
+        raise LookupError("pyfuse3's symbols or load address not found")
+    session = ctypes.c_void_p.from_address(base + syms[SESSION_SYM][0]).value
+    if not session:
+        raise LookupError("no session (install after init)")
+    return base, session, syms
+
+
 def install(mod, core) -> bool:
     """Give the session of pyfuse3 instance `mod` (after its init) FALLOCATE and LSEEK
     handlers calling `core.fallocate(fh, mode, offset, length)` and `core.lseek(fh, offset,
-    whence)` (fuse_ops.Operations, with the handle numbers all sessions share). False, with a
-    warning, when the session cannot be patched safely (module comment)."""
-    import pyfuse3
-    path = mod.__file__
-    src = pyfuse3.__file__              # copies (fuse_sessions.instance) are the same bytes
+    whence)` (fuse_ops.Operations, with the handle numbers all sessions share), and the
+    request wait of fuse_loop. False, with a warning, when the session cannot be patched
+    safely (module comment)."""
     try:
-        if src not in _symbols:
-            _symbols[src] = elf_symbols(src, {SESSION_SYM, OPS_SYM})
-        syms = _symbols[src] or {}
-        base = load_base(path)
-        if base is None or SESSION_SYM not in syms or OPS_SYM not in syms:
-            raise LookupError("pyfuse3's symbols or load address not found")
+        base, session, syms = session_of(mod)
+    except (OSError, LookupError, ValueError, struct.error) as e:
+        log.warning("fallocate, SEEK_DATA/SEEK_HOLE and the fast request wait not installed: "
+                    "%s", e)
+        return False
+    from . import fuse_loop
+    fuse_loop.install(mod, session, libfuse())
+    try:
+        if OPS_SYM not in syms:
+            raise LookupError("pyfuse3's table of operations not found")
         ops_at, ops_size = syms[OPS_SYM]
         if ops_size != SLOTS * 8:
             raise LookupError(f"struct fuse_lowlevel_ops of {ops_size} bytes, not {SLOTS * 8}")
@@ -148,9 +169,6 @@ def install(mod, core) -> bool:
         slots = struct.unpack(f"<{SLOTS}Q", table)
         if slots[FALLOCATE] or slots[LSEEK] or not slots[READDIRPLUS]:
             raise LookupError("pyfuse3's table is not the one expected")
-        session = ctypes.c_void_p.from_address(base + syms[SESSION_SYM][0]).value
-        if not session:
-            raise LookupError("no session (install after init)")
         window = ctypes.string_at(session, 512)     # the table is near the start, in any 3.x
         at = window.find(table)
         while at >= 0 and at % 8:

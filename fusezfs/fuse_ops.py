@@ -50,6 +50,7 @@ import trio
 
 from . import dsprops, properties
 from .datasets import ROOT_ID, Record
+from .fuse_loop import run_sync_in_thread
 from .posix import Posix, ROOT_INO
 
 log = logging.getLogger("fusezfs.fuse")
@@ -662,10 +663,10 @@ class Operations(pyfuse3.Operations):
                 return self._guarded(fn, args)
             finally:
                 lock.release()
-        return await trio.to_thread.run_sync(self._call, fn, *args)
+        return await run_sync_in_thread(self._call, fn, *args)
 
     async def _run_thread(self, fn, *args):
-        return await trio.to_thread.run_sync(self._call, fn, *args)
+        return await run_sync_in_thread(self._call, fn, *args)
 
     # ---- lookups ------------------------------------------------------------------------
     async def lookup(self, parent_inode, name, ctx=None):
@@ -962,7 +963,7 @@ class Operations(pyfuse3.Operations):
         data it still holds would look like a hole, so it is written to us first (syncfs of
         the file's mount, on a worker thread: those writes are requests we answer)."""
         if self.enable_writeback_cache:
-            await trio.to_thread.run_sync(self._flush_file_mount, fh)
+            await run_sync_in_thread(self._flush_file_mount, fh)
         return await self._run(self._lseek, fh, offset, whence)
 
     def _flush_file_mount(self, gfh) -> None:
