@@ -239,3 +239,58 @@ def test_inspect_space_really_used_against_the_sum_of_layers(env, capsys):
     assert space["SumOfReferenced"] >= 6 * 512 * 1024
     assert 512 * 1024 <= space["Used"] < 1.2 * 512 * 1024
     assert [l["ChainID"] for l in info["Layers"]][0] == info["RootFS"]["Layers"][0]
+
+
+def mount_props(capsys, names: list[str]) -> dict[str, tuple[str, str, str, str]]:
+    """name -> (mountpoint, its source, canmount, its source), as `zfs get` shows them."""
+    out: dict[str, list[str]] = {}
+    for line in ok(capsys, "get", "-H", "-o", "name,property,value,source",
+                   "mountpoint,canmount", *names).splitlines():
+        name, _prop, value, source = line.split("\t")
+        out.setdefault(name, []).extend([value, source])
+    return {n: tuple(v) for n, v in out.items()}
+
+
+def test_mount_properties_as_dockers_driver(env, capsys):
+    """Layers and init layers: mountpoint=legacy and canmount=noauto (Docker's driver makes
+    every dataset legacy; nothing mounts them by path). A container: canmount=on, and its
+    mountpoint the store's graph directory/<id>: inherited from the store by default, its own
+    once the store has a graph directory (Docker's /var/lib/docker/zfs/graph, outside the
+    pool's tree: a host mounting datasets at their mountpoints puts it there), legacy when the
+    graph directory is "legacy". A commit's layer is legacy too."""
+    image(env, capsys)
+    info = json.loads(ok(capsys, "image", "inspect", "app:1"))[0]
+    layers = [l["Dataset"] for l in info["Layers"]]
+    c1 = ok(capsys, "container", "create", "app:1", "one").strip()
+    got = mount_props(capsys, layers + [f"tank/images/{c1}-init", f"tank/images/{c1}",
+                                        "tank/images"])
+    for name in layers + [f"tank/images/{c1}-init"]:
+        assert got[name] == ("legacy", "local", "noauto", "local"), name
+    assert got[f"tank/images/{c1}"] == (f"/tank/images/{c1}", "default", "on", "local")
+    # a graph directory outside the pool's tree, given at import
+    graph = "/var/lib/docker/zfs/graph"
+    docker_save(str(env / "b.tar"), [([layer_tar([F("b", b"b")])], ["b:1"])])
+    ok(capsys, "image", "import", "-q", "-g", graph, "tank/images", "b.tar")
+    assert ok(capsys, "get", "-H", "-o", "value", "fusezfs:image.graph",
+              "tank/images").strip() == graph
+    c2 = ok(capsys, "container", "create", "app:1", "two").strip()
+    assert mount_props(capsys, [f"tank/images/{c2}"])[f"tank/images/{c2}"] == \
+        (f"{graph}/{c2}", "local", "on", "local")
+    # the earlier container keeps the mountpoint it was made with
+    assert mount_props(capsys, [f"tank/images/{c1}"])[f"tank/images/{c1}"][0] == \
+        f"/tank/images/{c1}"
+    # Docker's own way: legacy, mounted only when asked for
+    ok(capsys, "set", "fusezfs:image.graph=legacy", "tank/images")
+    c3 = ok(capsys, "container", "create", "app:1", "three").strip()
+    assert mount_props(capsys, [f"tank/images/{c3}"])[f"tank/images/{c3}"][:3] == \
+        ("legacy", "local", "on")
+    # a commit's new layer is a layer like any other
+    new = ok(capsys, "container", "commit", "two", "app:2").strip()
+    top = json.loads(ok(capsys, "image", "inspect", new))[0]["Layers"][-1]["Dataset"]
+    assert mount_props(capsys, [top])[top] == ("legacy", "local", "noauto", "local")
+    # a relative graph directory is refused, and nothing changes
+    code, _out, err = run(capsys, "image", "import", "-q", "-g", "graph", "tank/images",
+                          "b.tar")
+    assert code == 1 and "must be an absolute path" in err
+    assert ok(capsys, "get", "-H", "-o", "value", "fusezfs:image.graph",
+              "tank/images").strip() == "legacy"

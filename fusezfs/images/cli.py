@@ -1,6 +1,6 @@
 """`fusezfs image VERB` and `fusezfs container VERB`: images and containers on a pool, no FUSE.
 
-    fusezfs image import [-q] [-m MOUNTPOINT] [-t REF]... DATASET [ARCHIVE | -]
+    fusezfs image import [-q] [-g GRAPH] [-m MOUNTPOINT] [-t REF]... DATASET [ARCHIVE | -]
     fusezfs image ls [-Hp] [-s STORE]
     fusezfs image inspect [-s STORE] IMAGE...
     fusezfs image rm [-f] [-s STORE] IMAGE...
@@ -41,13 +41,14 @@ if TYPE_CHECKING:           # (imported where used: a command loads only what it
     from .store import Store
 
 STORE_ENV = "FUSEZFS_IMAGE_STORE"
-OPTS = {("image", "import"): "qm:t:", ("image", "ls"): "Hps:", ("image", "list"): "Hps:",
+OPTS = {("image", "import"): "qg:m:t:", ("image", "ls"): "Hps:", ("image", "list"): "Hps:",
         ("image", "inspect"): "s:", ("image", "rm"): "fs:", ("image", "export"): "s:",
         ("container", "create"): "s:", ("container", "ls"): "Hps:",
         ("container", "list"): "Hps:", ("container", "rm"): "fs:",
         ("container", "commit"): "m:s:"}
 USAGE = {
-    "image": "\timage import [-q] [-m mountpoint] [-t ref]... <dataset> [<archive> | -]\n"
+    "image": "\timage import [-q] [-g graph] [-m mountpoint] [-t ref]... <dataset> "
+             "[<archive> | -]\n"
              "\timage ls [-Hp] [-s store]\n"
              "\timage inspect [-s store] <image> ...\n"
              "\timage rm [-f] [-s store] <image> ...\n"
@@ -103,7 +104,7 @@ def route_argv(argv: list[str], cwd: str) -> list[str]:
 # ---- opening a store -------------------------------------------------------------------------
 @contextmanager
 def opened(name: str | None, *, create: bool = False,
-           mountpoint: str | None = None) -> Iterator[Store]:
+           mountpoint: str | None = None, graph: str | None = None) -> Iterator[Store]:
     from .. import sessions
     from ..api import Handle
     from ..cli_pool import imported_names, open_pool
@@ -119,7 +120,7 @@ def opened(name: str | None, *, create: bool = False,
         with pool.lock:
             h = provided or Handle(pool)
             try:
-                yield Store(h, name, create=create, mountpoint=mountpoint)
+                yield Store(h, name, create=create, mountpoint=mountpoint, graph=graph)
             except StoreError as e:
                 raise Failed(str(e)) from None
     finally:
@@ -177,12 +178,13 @@ def image_import(args: list[str]) -> int:
     quiet = any(o == "-q" for o, _v in opts)
     tags = [v for o, v in opts if o == "-t"]
     mountpoint = next((v for o, v in opts if o == "-m"), None)
+    graph = next((v for o, v in opts if o == "-g"), None)
     try:
         tty = sessions.handle(store_name.split("/")[0]) is None and sys.stderr.isatty()
     except (AttributeError, ValueError):
         tty = False
     from .archive import familiar
-    with opened(store_name, create=True, mountpoint=mountpoint) as store:
+    with opened(store_name, create=True, mountpoint=mountpoint, graph=graph) as store:
         done = import_archive(store, path, [familiar(t) for t in tags],
                               Progress(None if quiet else sys.stderr, tty), stream)
     for image, names in done:

@@ -9,8 +9,11 @@ files every container needs (daemon/initlayer: /dev/pts, /dev/shm, /proc, /sys, 
 each only if the image lacks it), and `<id>`, a clone of the init layer's snapshot: the
 container's writable root filesystem. Both are clones, O(1) whatever the image's size, and
 share every block with the image until the container writes. The container's dataset is
-mounted with the pool (canmount=on) at `<graph>/<id>`, the graph directory being the store's
-mountpoint; the init layer is not (canmount=noauto), as Docker unmounts it once written.
+mounted with the pool (canmount=on) at `<graph>/<id>`, with the mountpoint the store gives it
+(Store.container_props: its own `<graph directory>/<id>` when the store has one, Docker's
+/var/lib/docker/zfs/graph for one, else inherited from the store); the init layer, as every
+layer, has mountpoint=legacy and canmount=noauto: never mounted by path (Docker unmounts it
+once written).
 
 Creating one costs two txg commits: the init layer's files (before its snapshot), then the
 snapshot, the clone and the record together.
@@ -42,7 +45,7 @@ from ..datasets import DatasetError
 from .archive import familiar, sha256
 from .exporter import layer_changes, write_layer
 from .importer import build_layer
-from .store import (LAYER_SNAP, P_CIMAGE, P_CNAME, Container, Image, LayerRef, Store,
+from .store import (LAYER_SNAP, LEGACY, P_CIMAGE, P_CNAME, Container, Image, LayerRef, Store,
                     StoreError, chain_id)
 
 NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
@@ -99,7 +102,7 @@ def create(store: Store, image_ref: str, name: str) -> Container:
     made = []
     try:
         rec = dsl.clone(store.layer_snap(image.top), init,
-                        store._props({"canmount": "noauto", P_CNAME: name + "-init"}))
+                        store._props({**LEGACY, P_CNAME: name + "-init"}))
         made.append(rec)
         fs = h.filesystem_of(rec)
         _init_layer(fs)
@@ -108,7 +111,8 @@ def create(store: Store, image_ref: str, name: str) -> Container:
         # here before anyone can write into the clone (Datasets.snapshot's `commit`)
         made += dsl.snapshot([f"{init}@{LAYER_SNAP}"], commit=False)
         made.append(dsl.clone(f"{init}@{LAYER_SNAP}", ds,
-                              store._props({P_CNAME: name, P_CIMAGE: image.id})))
+                              store._props({**store.container_props(c.id), P_CNAME: name,
+                                            P_CIMAGE: image.id})))
         store.save_container(c)
         dsl.pool.sync()
     except BaseException:

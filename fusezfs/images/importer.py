@@ -31,8 +31,8 @@ from ..posix import ROOT_INO
 from .applier import Applier
 from .archive import Archive, ImageSource, LayerSource
 from .layertar import HashingReader, LayerError, LayerStream
-from .store import (P_DIFF, P_LAYER, P_PARENT, P_SIZE, Image, LayerRef, Store, chain_id,
-                    short)
+from .store import (LEGACY, P_DIFF, P_LAYER, P_PARENT, P_SIZE, Image, LayerRef, Store,
+                    chain_id, short)
 
 
 def _nice(n: float) -> str:
@@ -198,8 +198,7 @@ def build_layer(store: Store, raw: BinaryIO, what: str, digest: str | None, chai
     if stale is not None:                   # an import interrupted while building it
         h.drop(stale.id)
         dsl.destroy_filesystem(stale)
-    props = store._props({P_LAYER: chain, P_DIFF: diff_id, P_PARENT: parent or "-",
-                          "canmount": "noauto"})
+    props = store._props({P_LAYER: chain, P_DIFF: diff_id, P_PARENT: parent or "-", **LEGACY})
     try:
         rec = dsl.clone(store.layer_snap(parent), name, props) if parent else \
             dsl.create(name, props)

@@ -22,10 +22,21 @@ base's datasets by name and builds only its own layers above them.
 
 A layer is finished when its `@layer` snapshot exists: the snapshot is taken after the tar is
 applied and verified, so a dataset without it is the debris of an interrupted import and is
-destroyed and built again by the next one. Layers and containers are never mounted with the
-pool (canmount=noauto), containers are (canmount=on, mountpoint inherited from STORE: the
-graph directory is STORE's mountpoint, by default under the pool's, and set to Docker's
-/var/lib/docker/zfs/graph with `zfs set mountpoint=... STORE` or `image import -m`).
+destroyed and built again by the next one.
+
+Mounting, as Docker's ZFS driver lays it out: every layer and init layer has
+mountpoint=legacy (and canmount=noauto), as the driver gives every dataset it makes, so
+nothing mounts them by their mountpoint; a container's dataset is the one mounted with the
+pool (canmount=on), at `<graph directory>/<container id>`. The graph directory is the store's
+`fusezfs:image.graph` property (`image import -g DIR`, or `zfs set fusezfs:image.graph=DIR
+STORE`), e.g. Docker's /var/lib/docker/zfs/graph, anywhere outside the pool's tree: a
+container made while it is set gets mountpoint=DIR/<id> of its own (where the driver mounts it
+by hand, a host that mounts every dataset at its mountpoint puts it), and "legacy" gives
+containers mountpoint=legacy as Docker's driver does (mounted only when asked for, by path).
+Unset, a container inherits its mountpoint from STORE: the graph directory is STORE's
+mountpoint, by default under the pool's (`image import -m` sets it). A container keeps the
+mountpoint it was made with when the graph directory changes later (`zfs set mountpoint`
+moves it, as any dataset).
 
 Records are kept where `zfs` shows them and where they travel with the datasets:
 
@@ -67,6 +78,8 @@ P_PARENT = "fusezfs:image.parent"
 P_SIZE = "fusezfs:image.size"
 P_CNAME = "fusezfs:container.name"
 P_CIMAGE = "fusezfs:container.image"
+P_GRAPH = "fusezfs:image.graph"
+LEGACY = {"mountpoint": "legacy", "canmount": "noauto"}     # layers: never mounted by path
 
 
 class StoreError(Exception):
@@ -134,7 +147,7 @@ class Store:
     """An open image store over a pool's Handle (caller holds the pool lock)."""
 
     def __init__(self, h: Handle, name: str, *, create: bool = False,
-                 mountpoint: str | None = None) -> None:
+                 mountpoint: str | None = None, graph: str | None = None) -> None:
         self.h = h
         self.dsl = h.dsl
         self.name = name
@@ -157,11 +170,40 @@ class Store:
                 raise StoreError(f"cannot create image store '{name}': {e.message}") from None
         if rec is None or rec.kind != "filesystem":
             raise StoreError(f"cannot open '{name}': not a filesystem")
+        if graph is not None:
+            self.set_graph(graph)
         self.meta: Posix = h.filesystem(f"{name}/{META}")
 
     @staticmethod
     def _props(props: dict[str, str]) -> dict:
         return dsprops.validate_props(props, creating=True)
+
+    # ---- the graph directory ------------------------------------------------------------------
+    def set_graph(self, graph: str) -> None:
+        """Where containers made from now on are mounted (module comment): an absolute
+        directory, "legacy", or "" for STORE's own mountpoint."""
+        if graph not in ("", "legacy") and not graph.startswith("/"):
+            raise StoreError(f"bad graph directory '{graph}': must be an absolute path, "
+                             "'legacy' or empty")
+        rec = self.dsl.get(self.name)
+        try:
+            if graph:
+                properties.set_props(self.dsl, rec, dsprops.validate_props({P_GRAPH: graph}))
+            else:
+                properties.inherit(self.dsl, rec, P_GRAPH)
+        except (DatasetError, dsprops.PropError) as e:
+            raise StoreError(f"cannot set the graph directory of '{self.name}': "
+                             f"{e.message}") from None
+
+    def container_props(self, container_id: str) -> dict[str, str]:
+        """mountpoint and canmount of a new container's dataset (module comment)."""
+        rec = self.dsl.get(self.name)
+        graph = rec.props.get(P_GRAPH, "")
+        if graph == "legacy":
+            return {"mountpoint": "legacy", "canmount": "on"}
+        if graph:
+            return {"mountpoint": os.path.join(graph, container_id), "canmount": "on"}
+        return {"canmount": "on"}
 
     # ---- names ------------------------------------------------------------------------------
     def layer_name(self, chain: str) -> str:
