@@ -31,8 +31,11 @@ receive [-vnFhMu] [-o prop=value] ... [-x prop] ... [-d|-e] FS|SNAP, receive -A 
   to unmount. -A destroys what an interrupted receive into FS left.
   -p: the filesystem's properties (set on it or received) go along, in a compound stream as
   libzfs writes it (send/props.py); a receiver sets them as received values.
-Not yet: send -R, -t, -s, --redact, --saved, -b, -h, -p of a filesystem operand; receive -s;
-replication streams (-R) on receive.
+  -R: a replication stream (send/replicate.py): the filesystem, its descendants, their
+  snapshots and properties, clones after their origins (as clones); with -i/-I the changes
+  since. Receiving one makes the whole tree; with -F, an incremental one first destroys the
+  snapshots and filesystems the source no longer has.
+Not yet: send -t, -s, --redact, --saved, -b, -h, -p of a filesystem operand; receive -s.
 
 Messages and exit codes are OpenZFS's (libzfs_sendrecv.c, zfs_main.c): 1 for a failure, 2 for
 bad usage (the usage text follows).
@@ -60,7 +63,7 @@ USAGE = {
                "\t    [-d | -e] <filesystem>\n"
                "\treceive -A <filesystem|volume>",
 }
-NOT_YET = {"R": "-R (replication streams)", "t": "-t (resume tokens)",
+NOT_YET = {"t": "-t (resume tokens)",
            "s": "-s (resumable streams)", "b": "-b (received properties)", "h": "-h (holds)",
            "d": "--redact", "S": "--saved"}
 TERMINAL_OUT = "Error: Stream can not be written to a terminal.\nYou must redirect standard output."
@@ -91,6 +94,15 @@ def opened(pool_name: str) -> Iterator[tuple[object, object]]:
         yield pool, Handle(pool)
     finally:
         pool.close()
+
+
+@contextmanager
+def opened_dataset_pool(name: str) -> Iterator[tuple[object, object]]:
+    """(pool, Datasets) of the pool of dataset `name`, which must be imported."""
+    if pool_of(name) not in imported_names():
+        raise Failed(f"cannot open '{name}': dataset does not exist")
+    with opened(pool_of(name)) as (pool, handle):
+        yield pool, handle.dsl
 
 
 # ---- send -----------------------------------------------------------------------------------
@@ -161,7 +173,7 @@ def cmd_send(args: list[str]) -> int:
     from .send.outgoing import SendError
     opts, rest = parse(args, "i:I:RsDpVvnPLeht:cwbd:S")
     fromname: str | None = None
-    doall = dry = parsable = props = False
+    doall = dry = parsable = props = replicate = False
     verbosity = 0
     io_ = sessions.stdio()
     for o, v in opts:
@@ -183,6 +195,8 @@ def cmd_send(args: list[str]) -> int:
             parsable = True
         elif flag == "p":
             props = True
+        elif flag == "R":
+            replicate = True
         elif flag == "V" and verbosity == 0:
             verbosity = 1           # (-V's process title is not set: no meaning here)
     if parsable and verbosity == 0:
@@ -196,6 +210,9 @@ def cmd_send(args: list[str]) -> int:
         raise Failed(TERMINAL_OUT)
     target = rest[0]
     try:
+        if replicate:
+            return _send_replicate(target, fromname, doall, dry, verbosity, parsable,
+                                   progress, io_)
         if doall:
             return _send_all(target, fromname, dry, verbosity, parsable, progress, io_, props)
         return _send_one(target, fromname, dry, verbosity, parsable, progress, io_, props)
@@ -223,10 +240,7 @@ def _send_one(target: str, fromname: str | None, dry: bool, verbosity: int, pars
         fromname = "@" + fromname
     if fromname is not None and fromname[0] in "@#":
         fromname = target.partition("@")[0] + fromname
-    if pool_of(target) not in imported_names():
-        raise Failed(f"cannot open '{target}': dataset does not exist")
-    with opened(pool_of(target)) as (pool, handle):
-        dsl = handle.dsl
+    with opened_dataset_pool(target) as (pool, dsl):
         with pool.lock:
             snap = _open_dataset(dsl, target)
             if snap.kind == "filesystem" and sessions.handle(pool_of(target)) is not None:
@@ -307,38 +321,45 @@ def _write(stream, io_, name: str, parsable: bool, verbosity: int, progress: boo
     out.flush()
 
 
+def _incremental_short(fs: str, fromname: str) -> str:
+    """zfs_do_send's check of -i/-I's source for a multi-snapshot send: the short name."""
+    ffs, _, short = fromname.rpartition("@") if "@" in fromname else ("", "", fromname)
+    if ffs and ffs != fs:
+        raise Usage("incremental source must be in same filesystem")
+    if "@" in short or "/" in short:
+        raise Usage("invalid incremental source")
+    if not short:
+        raise Failed(f"cannot send '{fs}': zero-length incremental source")
+    return short
+
+
+def _open_head(dsl, fs: str):
+    head = dsl.lookup(fs)
+    if head is None or head.kind != "filesystem":
+        raise Failed(f"cannot open '{fs}': dataset does not exist")
+    return head
+
+
 def _send_all(target: str, fromname: str, dry: bool, verbosity: int, parsable: bool,
               progress: bool, io_, props: bool = False) -> int:
     """send -I: zfs_do_send's path to zfs_send (dump_filesystem, dump_snapshot): a compound
     stream of one incremental substream per snapshot after the source, up to the target."""
-    from .send import records as R
-    from .send.outgoing import Stream, source_of
+    from .send.replicate import Part
     if "#" in fromname:
         raise Failed("Error: multiple snapshots cannot be sent from a bookmark.")
     fs, at, tosnap = target.partition("@")
     if not at:
         raise Failed("Error: Unsupported flag with filesystem or bookmark.")
-    if pool_of(fs) not in imported_names():
-        raise Failed(f"cannot open '{fs}': dataset does not exist")
-    with opened(pool_of(fs)) as (pool, handle):
-        dsl = handle.dsl
+    with opened_dataset_pool(fs) as (pool, dsl):
         with pool.lock:
-            head = dsl.lookup(fs)
-            if head is None or head.kind != "filesystem":
-                raise Failed(f"cannot open '{fs}': dataset does not exist")
+            head = _open_head(dsl, fs)
             origin = dsl.name(head.origin) if head.origin else None
             first = None                        # the source, when it is the clone's origin
             if "@" in fromname and fromname == origin:
                 first = dsl.record(head.origin)
                 short = None
             else:
-                ffs, _, short = fromname.rpartition("@") if "@" in fromname else ("", "", fromname)
-                if ffs and ffs != fs:
-                    raise Usage("incremental source must be in same filesystem")
-                if "@" in short or "/" in short:
-                    raise Usage("invalid incremental source")
-                if not short:
-                    raise Failed(f"cannot send '{fs}': zero-length incremental source")
+                short = _incremental_short(fs, fromname)
                 first = _open_dataset(dsl, f"{fs}@{short}")
             last = _open_dataset(dsl, target)
             snaps = [s for s in dsl.snapshots(head.id)
@@ -347,33 +368,76 @@ def _send_all(target: str, fromname: str, dry: bool, verbosity: int, parsable: b
                 return 1                        # !sdd.seento: ENOENT, nothing said
             parts, prev, prev_short = [], first, short
             for s in snaps:
-                parts.append((s, prev, prev_short))
+                parts.append(Part(s, prev, False, prev_short))
                 prev, prev_short = s, s.component
-        if verbosity:
-            out = io_.out if dry else io_.err
-            total = 0
-            for s, src, src_short in parts:
-                size = Stream(dsl, s, source_of(dsl, src), pool.lock, keep=[src],
-                              dry=True).size()
-                print_verbose(out, dsl.name(s.id), src_short, size, parsable)
-                total += size
-            out.write(f"size\t{total}\n" if parsable else
-                      f"total estimated size is {dsprops.nicebytes(total)}\n")
-            out.flush()
-        if dry:
-            return 0
-        payload = b""
-        if props:
-            from .send.props import package
-            with pool.lock:
-                payload = package(dsl, head, last, short, [s for s, _src, _sh in parts])
-        io_.stdout.write(R.package_header(target, payload))
-        for s, src, _short in parts:     # (zfs_send runs these with verbosity 0)
-            stream = Stream(dsl, s, source_of(dsl, src), pool.lock, keep=[src])
-            _write(stream, io_, dsl.name(s.id), parsable, 0, progress)
-        io_.stdout.write(R.PACKAGE_END)
-        io_.stdout.flush()
+            payload = b""
+            if props:
+                from .send.props import package
+                payload = package(dsl, head, last, short, [p.snap for p in parts])
+        _send_package(dsl, pool, target, parts, payload, dry, verbosity, parsable, progress,
+                      io_)
     return 0
+
+
+def _send_replicate(target: str, fromname: str | None, doall: bool, dry: bool,
+                    verbosity: int, parsable: bool, progress: bool, io_) -> int:
+    """send -R: zfs_send with `replicate` (send/replicate.py): the nvlist of every filesystem
+    below the target's, then their substreams, parents and origins first."""
+    from .send.replicate import ReplicateError, gather, package_nvlist, plan
+    fs, at, tosnap = target.partition("@")
+    if not at:
+        raise Failed("Error: Unsupported flag with filesystem or bookmark.")
+    if fromname is not None and "#" in fromname:
+        raise Failed("Error: multiple snapshots cannot be sent from a bookmark.")
+    short = _incremental_short(fs, fromname) if fromname is not None else None
+    with opened_dataset_pool(fs) as (pool, dsl):
+        with pool.lock:
+            head = _open_head(dsl, fs)
+            if short is not None:
+                _open_dataset(dsl, f"{fs}@{short}")
+            _open_dataset(dsl, target)
+            try:
+                fss, order = gather(dsl, head, tosnap, short)
+                parts = plan(dsl, order, tosnap, short, doall or short is None)
+            except ReplicateError as e:
+                io_.err.write(e.lines)
+                raise Failed(f"warning: cannot send '{target}': invalid backup stream") \
+                    from None
+            payload = package_nvlist(fss, tosnap, short)
+        _send_package(dsl, pool, target, parts, payload, dry, verbosity, parsable, progress,
+                      io_)
+    return 0
+
+
+def _send_package(dsl, pool, target: str, parts: list, payload: bytes, dry: bool,
+                  verbosity: int, parsable: bool, progress: bool, io_) -> None:
+    """A compound stream of `parts` (replicate.Part) with the BEGIN nvlist `payload`; with
+    -v, the estimate of each part first (zfs_send's dry run)."""
+    from .send import records as R
+    from .send.outgoing import Stream, source_of
+
+    def stream(p, dry_run: bool) -> Stream:
+        source = source_of(dsl, p.source) if p.source is not None else None
+        return Stream(dsl, p.snap, source, pool.lock, keep=[p.source] if p.source else [],
+                      dry=dry_run, flags=R.DRR_FLAG_CLONE if p.clone else 0)
+
+    if verbosity:
+        out = io_.out if dry else io_.err
+        total = 0
+        for p in parts:
+            size = stream(p, True).size()
+            print_verbose(out, dsl.name(p.snap.id), p.fromshort, size, parsable)
+            total += size
+        out.write(f"size\t{total}\n" if parsable else
+                  f"total estimated size is {dsprops.nicebytes(total)}\n")
+        out.flush()
+    if dry:
+        return
+    io_.stdout.write(R.package_header(target, payload))
+    for p in parts:                     # (zfs_send runs these with verbosity 0)
+        _write(stream(p, False), io_, dsl.name(p.snap.id), parsable, 0, progress)
+    io_.stdout.write(R.PACKAGE_END)
+    io_.stdout.flush()
 
 
 # ---- receive --------------------------------------------------------------------------------
@@ -465,13 +529,34 @@ def _receive(target: str, o, verbose: bool, io_) -> int:
                 if dsl.lookup(target) is None:
                     raise ReceiveError(f"specified fs ({target}) does not exist",
                                        action="cannot receive")
-        for begin, sendfs, received in substreams(reader):
+        def on_replication(head: R.Begin, props) -> None:
+            """recv_incremental_replication's first pass (replicate.prune)."""
+            from .send.replicate import prune
+            if "fromsnap" not in props.nvl or o.dryrun:
+                return
+            tofs = target
+            if o.isprefix:
+                name = head.toname
+                if o.istail:
+                    cut = name.rfind("/")
+                    tail = "/" + name if cut < 0 else name[cut:]
+                else:
+                    cut = min((i for i in (name.find("/"), name.find("@")) if i >= 0))
+                    tail = name[cut:]
+                tofs = (target + tail).partition("@")[0]
+            with pool.lock:
+                prune(dsl, tofs, props.nvl, o.force,
+                      say=lambda text: (io_.err.write(text), io_.err.flush()))
+
+        for begin, sendfs, received in substreams(reader, target, on_replication):
             t0, off0 = time.time(), reader.offset - R.RECORD_SIZE - len(begin.payload)
             dest = destination(target, begin.toname, sendfs, o)
 
             def started(rx: Receive) -> None:
                 if not verbose:
                     return
+                if rx.clone and rx.source is not None:
+                    io_.out.write(f"found clone origin {dsl.name(rx.source.id)}\n")
                 if rx.skip:
                     io_.out.write(f"snap {rx.dest} already exists; ignoring\n")
                 else:

@@ -315,8 +315,8 @@ def test_send_errors(env):
     assert fails("-I", "@a", "tank/fs") == "Error: Unsupported flag with filesystem or bookmark.\n"
     assert fails("-I", "other/x@a", "tank/fs@b", code=2).startswith(
         "incremental source must be in same filesystem\nusage:")
-    assert fails("-R", "tank/fs@b") == "fusezfs does not implement zfs send -R (replication " \
-                                       "streams) yet\n"
+    assert fails("-R", "-i", "other/x@a", "tank/fs@b", code=2).startswith(
+        "incremental source must be in same filesystem\nusage:")
 
 
 def test_zfsfuse_receives_and_sends_back_through_the_cli(env, tmp_path):

@@ -190,7 +190,10 @@ class Receive:
         self.opts = opts
         self.on_new = on_new             # a new filesystem appeared (receive -u: keep unmounted)
         self.full = begin.fromguid == 0
-        self.action = NEW_FS if self.full else INCREMENTAL
+        # a clone's first substream of a replication stream: a new filesystem, cloned from
+        # the local snapshot with the fromguid (zfs_receive_one's stream_wantsnewfs)
+        self.clone = bool(begin.flags & R.DRR_FLAG_CLONE) and not self.full
+        self.action = NEW_FS if self.full or self.clone else INCREMENTAL
         self.fs, _, self.snapname = dest.partition("@")
         self.head: Record | None = None          # the existing head it goes into
         self.source: Record | None = None        # the snapshot the hidden clone starts from
@@ -215,7 +218,15 @@ class Receive:
         head = dsl.lookup(fs)
         if head is not None and head.kind != "filesystem":
             head = None
-        if self.full:
+        if self.clone and head is not None:
+            self.clone = False                   # an existing clone: an incremental stream
+            self.action = INCREMENTAL
+        if self.clone:
+            from .replicate import snapshot_by_guid
+            self.source = snapshot_by_guid(dsl, self.begin.fromguid)
+            if self.source is None:
+                raise self.fail(f"local origin for clone {self.dest} does not exist")
+        if self.full or self.clone:
             if head is not None:
                 if not self.opts.force:
                     raise self.fail(f"destination '{fs}' exists\nmust specify -F to "
@@ -285,7 +296,8 @@ class Receive:
     def start(self) -> None:
         """Make the hidden filesystem the records go into (after `check`)."""
         dsl = self.dsl
-        if self.full and self.head is None and self.opts.isprefix and not self.opts.istail:
+        if (self.full or self.clone) and self.head is None and self.opts.isprefix and \
+                not self.opts.istail:
             dsl.create_parents(self.fs)          # receive -d makes the missing parents
             if dsl.lookup(self.fs.rpartition("/")[0]) is None:
                 raise self.fail("unable to restore to destination")
@@ -473,10 +485,13 @@ def read_begin(reader: R.StreamReader, *, package: bool = False) -> R.Begin | No
     return begin
 
 
-def substreams(reader: R.StreamReader) -> Iterator[tuple[R.Begin, str, Any]]:
+def substreams(reader: R.StreamReader, target: str = "",
+               on_replication: Callable[[R.Begin, Any], None] | None = None
+               ) -> Iterator[tuple[R.Begin, str, Any]]:
     """(BEGIN, the sending filesystem, what a -p stream says of its properties or None) of
-    every substream of the input: one, or those of a compound stream (send -I, -p), after
-    checking its header."""
+    every substream of the input: one, or those of a compound stream (send -I, -p, -R), after
+    checking its header. A replication stream (-R) into `target` calls `on_replication`
+    (BEGIN, StreamProps) before its first substream (replicate.prune's moment)."""
     from .props import StreamProps
     begin = read_begin(reader)
     if begin.hdrtype != R.DMU_COMPOUNDSTREAM:
@@ -489,14 +504,16 @@ def substreams(reader: R.StreamReader) -> Iterator[tuple[R.Begin, str, Any]]:
             props = StreamProps(begin.payload)
         except (ValueError, KeyError, TypeError):
             raise ReceiveError("invalid backup stream", action=RECEIVE) from None
-        if props.recursive:
-            raise ReceiveError("stream has unsupported feature (a replication stream: "
-                               "send -R)", action=RECEIVE)
+        if props.recursive and "@" in target:
+            raise ReceiveError("cannot specify snapshot name for multi-snapshot stream",
+                               action=RECEIVE)
     try:
         reader.package_end()
     except R.StreamError as e:
         raise stream_error(e, RECEIVE) from None
     sendfs = begin.toname.partition("@")[0]
+    if props is not None and props.recursive and on_replication is not None:
+        on_replication(begin, props)
     while True:
         sub = read_begin(reader, package=True)
         if sub is None:

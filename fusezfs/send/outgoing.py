@@ -46,8 +46,10 @@ class Stream:
     the record counts; `blocks` counts the WRITE records made so far (send -vv)."""
 
     def __init__(self, dsl: Datasets, snap: Record, source: Source | None, lock, *,
-                 keep: list[Record] = (), dry: bool = False, chunk: int = CHUNK) -> None:
+                 keep: list[Record] = (), dry: bool = False, chunk: int = CHUNK,
+                 flags: int = 0) -> None:
         self.dsl = dsl
+        self.flags = flags                      # drr_flags of BEGIN (DRR_FLAG_CLONE)
         self.snap = snap
         self.source = source
         self.lock = lock
@@ -76,7 +78,8 @@ class Stream:
             if snap.kind == "filesystem":       # dmu_send's name for a head (send FS)
                 name += "@--head--"
                 dsl.pool.sync()                 # its last committed state is what is sent
-            begin = R.Begin(name, snap.guid, source.guid if source else 0, snap.creation)
+            begin = R.Begin(name, snap.guid, source.guid if source else 0, snap.creation,
+                            flags=self.flags)
             gen = Sender(dsl.tree(snap), dsl.pool.blocks.read_many, begin, source,
                          dry=self.dry).records()
         done = False
