@@ -48,12 +48,23 @@ def env() -> dict[str, str]:
 
 def fetch() -> str | None:
     """Download and unpack the packages into the cache; None on success, else why not."""
+    why = fetch_debs(PACKAGES, cache_dir(), SOURCE, "zstream")
+    if why is not None:
+        return why
+    return None if binary().exists() else "zstream: not found in the unpacked packages"
+
+
+def fetch_debs(packages: tuple[str, ...], d: Path, source: str, what: str) -> str | None:
+    """`apt-get download` PACKAGES from SOURCE through a private sources list and apt state in
+    directory D (the host's apt is not touched) and `dpkg -x` them into D/root, never installing
+    them; None on success, else why not (WHAT names the tool in the message). Also used by
+    tools/zts for OpenZFS's test suite."""
     if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
-        return "zstream: apt-get and dpkg are needed to fetch OpenZFS's zfsutils-linux"
-    d = cache_dir()
+        return f"{what}: apt-get and dpkg are needed to fetch {', '.join(packages)}"
+    root = d / "root"
     for sub in ("lists/partial", "cache/archives/partial", "pkgs"):
         (d / sub).mkdir(parents=True, exist_ok=True)
-    (d / "sources.list").write_text(SOURCE + "\n")
+    (d / "sources.list").write_text(source + "\n")
     opts = [f"-oDir::Etc::SourceList={d / 'sources.list'}", "-oDir::Etc::SourceParts=/dev/null",
             f"-oDir::State::Lists={d / 'lists'}", f"-oDir::Cache={d / 'cache'}",
             "-oAPT::Sandbox::User=root", "-qq"]
@@ -61,16 +72,16 @@ def fetch() -> str | None:
         r = subprocess.run(["apt-get", *opts, "update"], capture_output=True, text=True,
                            timeout=300)
         if r.returncode != 0:
-            return f"zstream: apt-get update failed: {r.stderr.strip()[-300:]}"
-        r = subprocess.run(["apt-get", *opts, "download", *PACKAGES], cwd=d / "pkgs",
+            return f"{what}: apt-get update failed: {r.stderr.strip()[-300:]}"
+        r = subprocess.run(["apt-get", *opts, "download", *packages], cwd=d / "pkgs",
                            capture_output=True, text=True, timeout=600)
         if r.returncode != 0:
-            return f"zstream: apt-get download failed: {r.stderr.strip()[-300:]}"
+            return f"{what}: apt-get download failed: {r.stderr.strip()[-300:]}"
         for deb in sorted((d / "pkgs").glob("*.deb")):
-            subprocess.run(["dpkg", "-x", str(deb), str(_root())], check=True, timeout=120)
+            subprocess.run(["dpkg", "-x", str(deb), str(root)], check=True, timeout=300)
     except (OSError, subprocess.SubprocessError) as e:
-        return f"zstream: fetching zfsutils-linux failed: {e}"
-    return None if binary().exists() else "zstream: not found in the unpacked packages"
+        return f"{what}: fetching {', '.join(packages)} failed: {e}"
+    return None
 
 
 def unavailable() -> str | None:
