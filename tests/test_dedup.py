@@ -106,6 +106,24 @@ def test_copies_snapshots_clones_and_destroys_move_reference_counts(env, capsys)
     assert int(pool_prop(capsys, "allocated")) <= alloc0
 
 
+def test_identical_records_of_one_txg_are_distinct_references(env, capsys):
+    """A file of four identical records: four identical block pointers (same DVAs, same
+    birth), four references. A snapshot keeps them when the file goes, and all four reach
+    its deadlist; destroying the snapshot frees all four."""
+    tmp = env
+    record = random.Random(9).randbytes(128 << 10)
+    ok(capsys, "create", "-o", "dedup=on", "-o", "compression=off", "tank/a")
+    put(tmp, capsys, "tank/a", "/four", record * 4)
+    assert table() == {2: [1, 128 << 10, 128 << 10, 128 << 10, 4, 4 * 128 << 10,
+                           4 * 128 << 10, 4 * 128 << 10]}
+    ok(capsys, "snapshot", "tank/a@s")
+    rm("tank/a", "/four")
+    assert space(capsys, "tank/a")["usedbysnapshots"] >= 4 * 128 << 10
+    check_pools()
+    ok(capsys, "destroy", "tank/a@s")
+    assert table() == {}
+
+
 def test_space_is_charged_per_reference_exactly_as_without_dedup(env, capsys):
     """used, referenced, usedbysnapshots, usedbydataset, written and logicalused of a dedup
     filesystem follow those of a dedup=off twin given the same files, snapshots and removals:
