@@ -14,13 +14,16 @@ allocator on every allocation (`add`) and every free, deferred or not (`remove`)
 free counts as free in the map already, because a txg's map is only ever used once that txg is
 durable. Freed space becoming allocatable later (a held free released) changes nothing here.
 
-Each vdev's address range is cut into at most WINDOWS windows of a power-of-two size; an extent
-belongs to the window its start falls in. Each window keeps its extents' encoding, ready to be
-joined: the LEB128 varints of every extent but the first one's gap (which is relative to the
-previous window's last extent, known only when the map is put together). An add or remove marks
-the windows of the extents it touched, merged or split; `encode` re-encodes only those and then
-joins the windows' bytes: per commit, Python work in proportion to the windows changed plus one
-step per window, and the join, compression and checksum of the block in C.
+Each vdev's address range is cut into at most WINDOWS windows of a power-of-two size (64 KiB
+and up); an extent belongs to the window its start falls in. Each window keeps its extents'
+encoding, ready to be joined: the LEB128 varints of every extent but the first one's gap (which
+is relative to the previous window's last extent, known only when the map is put together), as
+a `_Run` (count, first start, last end, those bytes). Runs of GROUP consecutive windows are
+joined into a group's run the same way and kept too. An add or remove marks the windows of the
+extents it touched, merged or split; `encode` re-encodes those windows, re-joins their groups,
+and joins the groups: per commit, Python work in proportion to the extents of the windows
+changed plus GROUP steps per group changed plus one step per group, whatever the size of the
+map; the compression and checksum of the block are C.
 
 The bytes are exactly `spacemap.encode(allocator.allocated_extents())`: the on-disk format and
 what makes it crash safe (the map describes its own block; the block of the previous txg's map
@@ -33,15 +36,30 @@ from bisect import bisect_left, bisect_right
 
 from .formats.spacemap import _HEAD, _SEC, MAGIC, SECTOR, VERSION, Extents, _varint
 
-WINDOWS = 512           # per vdev, at most: the join's per-commit steps
-MIN_WINDOW_SHIFT = 20   # 1 MiB
+WINDOWS = 1 << 14       # per vdev, at most
+MIN_WINDOW_SHIFT = 16   # 64 KiB: few extents to re-encode when one changes
+GROUP = 64              # windows joined and kept together
 
 
-class _Window:
+class _Run:
+    """Consecutive extents encoded: their count, the first one's start, the last one's end,
+    and the varints of all but the first extent's gap."""
     __slots__ = ("count", "first", "last_end", "body")
 
     def __init__(self, count: int, first: int, last_end: int, body: bytes) -> None:
         self.count, self.first, self.last_end, self.body = count, first, last_end, body
+
+
+def _join(runs: list[_Run], prev_end: int) -> tuple[list[bytes], int]:
+    """The runs' bytes in order, each preceded by its first gap (from `prev_end`)."""
+    parts: list[bytes] = []
+    for run in runs:
+        gap = bytearray()
+        _varint((run.first - prev_end) // SECTOR, gap)
+        parts.append(bytes(gap))
+        parts.append(run.body)
+        prev_end = run.last_end
+    return parts, prev_end
 
 
 class VdevMap:
@@ -58,7 +76,8 @@ class VdevMap:
         self.set = FreeSpace(start, end)
         self.set.starts = [o for o, _n in allocated]
         self.set.lens = [n for _o, n in allocated]
-        self.windows: dict[int, _Window] = {}
+        self.windows: dict[int, _Run] = {}
+        self.groups: dict[int, _Run] = {}
         self.dirty: set[int] = {o >> self.shift for o in self.set.starts}
 
     def add(self, off: int, size: int) -> None:
@@ -88,7 +107,7 @@ class VdevMap:
     def extents(self) -> Extents:
         return self.set.extents()
 
-    def _encode_window(self, w: int) -> _Window | None:
+    def _encode_window(self, w: int) -> _Run | None:
         lo, hi = w << self.shift, (w + 1) << self.shift
         starts, lens = self.set.starts, self.set.lens
         i, j = bisect_left(starts, lo), bisect_left(starts, hi)
@@ -99,27 +118,34 @@ class VdevMap:
         for k in range(i + 1, j):
             _varint((starts[k] - starts[k - 1] - lens[k - 1]) // SECTOR, body)
             _varint(lens[k] // SECTOR, body)
-        return _Window(j - i, starts[i], starts[j - 1] + lens[j - 1], bytes(body))
+        return _Run(j - i, starts[i], starts[j - 1] + lens[j - 1], bytes(body))
+
+    def _join_group(self, g: int) -> _Run | None:
+        runs = [self.windows[w] for w in range(g * GROUP, (g + 1) * GROUP) if w in self.windows]
+        if not runs:
+            return None
+        parts, _end = _join(runs[1:], runs[0].last_end)
+        return _Run(sum(r.count for r in runs), runs[0].first, runs[-1].last_end,
+                    runs[0].body + b"".join(parts))
 
     def section(self, vdev: int) -> list[bytes]:
-        """This vdev's section of the map: re-encode the dirty windows, join them all."""
+        """This vdev's section of the map: re-encode the dirty windows, re-join their groups,
+        join the groups."""
         for w in self.dirty:
             win = self._encode_window(w)
             if win is None:
                 self.windows.pop(w, None)
             else:
                 self.windows[w] = win
+        for g in {w // GROUP for w in self.dirty}:
+            run = self._join_group(g)
+            if run is None:
+                self.groups.pop(g, None)
+            else:
+                self.groups[g] = run
         self.dirty.clear()
-        parts: list[bytes] = [_SEC.pack(vdev, len(self.set.starts))]
-        prev_end = 0
-        for w in sorted(self.windows):
-            win = self.windows[w]
-            gap = bytearray()
-            _varint((win.first - prev_end) // SECTOR, gap)
-            parts.append(bytes(gap))
-            parts.append(win.body)
-            prev_end = win.last_end
-        return parts
+        parts, _end = _join([self.groups[g] for g in sorted(self.groups)], 0)
+        return [_SEC.pack(vdev, len(self.set.starts))] + parts
 
 
 class MapView:

@@ -24,6 +24,7 @@ def test_view_matches_free_lists(seed, monkeypatch):
     if seed % 2:            # small windows: many of them, extents crossing their edges
         monkeypatch.setattr(mapview, "MIN_WINDOW_SHIFT", 12)
         monkeypatch.setattr(mapview, "WINDOWS", 64)
+        monkeypatch.setattr(mapview, "GROUP", 4)
     alloc = Allocator({0: (4 * MiB, 20 * MiB), 1: (4 * MiB, 12 * MiB)})
     live = []
     for step in range(1500):
