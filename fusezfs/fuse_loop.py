@@ -26,8 +26,9 @@ fuse_sessions loads for another session) with `Waiter.wait`:
 * A task whose handler is about to wait (a worker thread: the pool lock held by a txg sync,
   an fsync) calls `lend_reader()` first: a parked task of every session that has no reader
   becomes its reader, so other requests are served meanwhile, as with pyfuse3's own loop.
-  Parked tasks also wake every PARK_S seconds and take the reader's place if it is empty, so
-  a handler that waits without saying so delays others by at most that, never forever.
+  One parked task also wakes every PARK_S seconds and takes the reader's place if it is
+  empty, so a handler that waits without saying so delays others by at most that, never
+  forever (one timeout, not one per parked task: trio's cancel scopes are not free).
 * Fairness: after FAIR requests taken back to back a task passes a trio checkpoint, so the
   loop's other tasks (the txg timer, other sessions, worker threads' results) are never
   starved by a busy session.
@@ -66,6 +67,7 @@ class Waiter:
         poller.register(fd, select.POLLIN)
         self._poll = poller.poll
         self.reading = False            # a task waits in wait_readable on fd
+        self.watching = False           # a parked task has a PARK_S timeout
         self.streak = 0
         self.done = False
         self._lot: trio.lowlevel.ParkingLot | None = None
@@ -103,8 +105,15 @@ class Waiter:
             if self.done or self.exited():
                 return self._end()
             if self.reading:
-                with trio.move_on_after(PARK_S):
+                if self.watching:
                     await self.lot().park()
+                    continue
+                self.watching = True    # one parked task looks again now and then
+                try:
+                    with trio.move_on_after(PARK_S):
+                        await self.lot().park()
+                finally:
+                    self.watching = False
                 continue
             self.reading = True
             try:
