@@ -6,6 +6,8 @@ import pytest
 
 from prerequisites import require_fuse
 
+pytest_plugins = ["pytester"]       # tests/test_plugin.py runs an example suite in a sandbox
+
 
 @pytest.fixture
 def needs_fuse() -> None:

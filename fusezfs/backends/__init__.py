@@ -83,6 +83,7 @@ def real_commands() -> tuple[list[str], list[str]] | None:
     """The real zfs and zpool command lines, or None where there are none. FUSEZFS_ZFS and
     FUSEZFS_ZPOOL win; one of them set names the other's directory and prefix too."""
     import shlex
+    from shutil import which
     zfs, zpool = os.environ.get(ZFS_VARIABLE), os.environ.get(ZPOOL_VARIABLE)
     if zfs or zpool:
         zfs_argv = shlex.split(zfs) if zfs else None
@@ -91,6 +92,8 @@ def real_commands() -> tuple[list[str], list[str]] | None:
             zfs_argv = zpool_argv[:-1] + [os.path.join(os.path.dirname(zpool_argv[-1]), "zfs")]
         if zpool_argv is None:
             zpool_argv = zfs_argv[:-1] + [os.path.join(os.path.dirname(zfs_argv[-1]), "zpool")]
+        if not zfs_argv or not zpool_argv or not which(zfs_argv[0]) or not which(zpool_argv[0]):
+            return None                     # named, but not there: no real ZFS to pass to
         return zfs_argv, zpool_argv
     zfs, zpool = _find_real("zfs"), _find_real("zpool")
     if zfs and zpool:
@@ -111,7 +114,8 @@ def choose() -> Choice:
         if cmds is None:
             raise BackendError(
                 f"fusezfs: passthrough backend: no real zfs and zpool commands found (looked "
-                f"in {', '.join(SBIN_DIRS)} and PATH); name them with {ZFS_VARIABLE} and "
+                f"in {', '.join(SBIN_DIRS)} and PATH, or {ZFS_VARIABLE}/{ZPOOL_VARIABLE} name "
+                f"commands that do not exist); name them with {ZFS_VARIABLE} and "
                 f"{ZPOOL_VARIABLE}")
         return Choice("passthrough", f"{BACKEND_VARIABLE}=passthrough", *cmds)
     if not module_loaded():
@@ -155,8 +159,8 @@ _LABEL_WRITERS = ("create", "add", "attach", "replace", "labelclear")
 def _may_cross(program: str, args: list[str]) -> bool:
     """Whether an emulated command writes labels onto files (checked for real ZFS labels)."""
     if program == "fusezfs":
-        return args[:1] == ["pool"] and args[1:2] and args[1] in _LABEL_WRITERS
-    return program == "zpool" and args[:1] != [] and args[0] in _LABEL_WRITERS
+        return args[:1] == ["pool"] and len(args) > 1 and args[1] in _LABEL_WRITERS
+    return program == "zpool" and bool(args) and args[0] in _LABEL_WRITERS
 
 
 def _answer_emulated(program: str, args: list[str], choice: Choice | None = None) -> int | None:

@@ -25,6 +25,7 @@ stream never has to fit in memory.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import shlex
 import subprocess
@@ -308,6 +309,28 @@ class EmulatedBackend(Backend):
             env["FUSEZFS_STATE_DIR"] = os.path.abspath(os.fspath(state_dir))
         super().__init__(env)
         self.state_dir = env.get("FUSEZFS_STATE_DIR")
+
+    def stop_service(self, timeout: float = 60.0) -> None:
+        """End the fusezfs service of this backend's state directory, if one runs: its
+        socket file removed, it unmounts, commits and exits (host/service.py); returns once
+        it has let go of its lock. For a state directory of one's own (a test's)."""
+        if self.state_dir is None:
+            raise BackendError("fusezfs: stop_service needs the backend's own state directory")
+        try:
+            os.unlink(os.path.join(self.state_dir, "service.sock"))
+        except FileNotFoundError:
+            return
+        deadline = time.monotonic() + timeout
+        with open(os.path.join(self.state_dir, "service.lock"), "a") as lock:
+            while True:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise BackendError(f"fusezfs: the service of {self.state_dir} did not "
+                                           f"end within {timeout:.0f} s") from None
+                    time.sleep(0.05)
 
     def shares_pool_with(self, dest: Backend, snapshot: str, target: str) -> bool:
         same_pool = snapshot.split("/")[0].split("@")[0] == target.split("/")[0]
