@@ -78,7 +78,7 @@ def print_table(headers: list[str], rows: list[list[str]], *, scripted: bool,
 
 ZFS_VERBS = ("create", "destroy", "snapshot", "snap", "rollback", "clone", "promote", "rename",
              "list", "get", "set", "inherit", "hold", "release", "holds", "bookmark", "diff",
-             "send", "receive", "recv")
+             "send", "receive", "recv", "upgrade")
 VERB_MODULES = {"pool": "cli_pool", "cp": "cli_cp", "mount": "cli_mount", "unmount": "cli_mount",
                 "umount": "cli_mount", **{v: "cli_zfs" for v in ZFS_VERBS},
                 "send": "cli_send", "receive": "cli_send", "recv": "cli_send",

@@ -46,6 +46,7 @@ USAGE = {
     "holds": "\tholds [-rH] <snapshot> ...",
     "release": "\trelease [-r] <tag> <snapshot> ...",
     "diff": "\tdiff [-FHt] <snapshot> [snapshot|filesystem]",
+    "upgrade": "\tupgrade [-v]\n\tupgrade [-r] [-V version] <-a | filesystem ...>",
 }
 PROP_VERBS = {"list", "get", "set", "inherit"}
 
@@ -1071,7 +1072,8 @@ VERBS = {"create": cmd_create, "destroy": cmd_destroy, "snapshot": cmd_snapshot,
          "set": cmd_set, "inherit": cmd_inherit, "hold": cmd_hold,
          "release": lambda a: cmd_hold(a, release=True), "holds": cmd_holds,
          "bookmark": lambda a: _verb("cli_bookmark", "cmd_bookmark", a),
-         "diff": lambda a: _verb("cli_diff", "cmd_diff", a)}
+         "diff": lambda a: _verb("cli_diff", "cmd_diff", a),
+         "upgrade": lambda a: _verb("cli_upgrade", "cmd_upgrade", a)}
 
 
 def _verb(module: str, function: str, args: list[str]) -> int:
