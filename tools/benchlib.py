@@ -22,7 +22,8 @@ Actions (ROOT is a directory on the target):
   sqlite    {path, n, mode}         SQLite (Python's sqlite3), journal_mode MODE (wal|delete),
                                     synchronous=FULL: N single-row INSERT transactions
   populate  {root, files, corpus}   FILES files of 1-4 KiB, 100 per directory (untimed setup)
-  zfssnap   {ds, reps}              zfs-fuse: `zfs snapshot DS@N` and `zfs clone` REPS times
+  zfssnap   {ds, reps[, zfs]}       a real ZFS: `zfs snapshot DS@N` and `zfs clone` REPS times
+                                    (ZFS: the zfs command; default: zfs on PATH or in sbin)
   fzsnap    {ds, reps, repo}        fusezfs on an unmounted pool: `python -m fusezfs.cli
                                     snapshot/clone` (wall time) and the library calls
 """
@@ -252,7 +253,8 @@ def _timed(argv: list[str], env: dict | None = None) -> float:
 
 
 def zfssnap(a: dict) -> dict:
-    zfs = shutil.which("zfs", path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin") or "zfs"
+    zfs = a.get("zfs") or shutil.which("zfs", path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin") \
+        or "zfs"
     ds = a["ds"]
     _timed([zfs, "snapshot", f"{ds}@warm"])             # commits whatever population left
     snap, clone = [], []
