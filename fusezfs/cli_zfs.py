@@ -157,8 +157,8 @@ def check_new(dsl: Datasets, name: str) -> None:
         raise Failed(f"cannot create '{name}': dataset already exists")
 
 
-def creation_props(name: str, props: dict[str, str]) -> dict:
-    """The -o properties of a new dataset `name`, validated."""
+def creation_props(name: str, props: dict[str, str], kind: str = dsprops.FILESYSTEM) -> dict:
+    """The -o properties of a new dataset `name` of type `kind`, validated."""
     try:
         return dsprops.validate_props(props, creating=True)
     except dsprops.PropError as e:
@@ -240,14 +240,16 @@ def cmd_clone(args: list[str]) -> int:
     snap, name = source_and_target(rest)
     check_name(snap, snapshot=True)
     with session(pool_of(snap), snap) as dsl:
-        need(dsl, snap)
+        origin = need(dsl, snap)
         if ("-p", "") in opts and not dataset_name_error(name):
             if pool_of(name) == dsl.pool.name and dsl.lookup(name) is not None:
                 return 0
             create_ancestors(dsl, name)
         check_name(name, "create")
         check_parents(dsl, name)
-        raw = creation_props(name, props)
+        # a clone is of its origin's type: a volume's takes volume properties (zfs_clone)
+        raw = creation_props(name, props, dsprops.VOLUME if is_volume(dsl, origin)
+                             else dsprops.FILESYSTEM)
         if pool_of(name) != dsl.pool.name:
             raise Failed(f"cannot create '{name}': source and target pools differ")
         check_new(dsl, name)

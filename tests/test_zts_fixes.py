@@ -37,3 +37,22 @@ def test_zfs_upgrade_lists_versions_and_finds_every_filesystem_current(tmp_path,
         assert code == 2 and "upgrade [-r] [-V version] <-a | filesystem ...>" in err, bad
     assert "invalid version 6" in run(capsys, "upgrade", "-V", "6", "tank")[2]
     check_pools()
+
+
+def test_a_clone_takes_the_properties_of_its_origins_type(tmp_path, monkeypatch, capsys):
+    """zfs_clone validates -o for a volume's clone as a volume's (zfs_clone_009_neg)."""
+    disk, = pool_files(tmp_path, monkeypatch, 1)
+    ok(capsys, "pool", "create", "tank", disk)
+    ok(capsys, "create", "-V", "8M", "tank/vol")
+    ok(capsys, "create", "tank/fs")
+    ok(capsys, "snapshot", "tank/vol@s", "tank/fs@s")
+    for origin, prop in (("tank/vol@s", "quota=512M"), ("tank/vol@s", "recordsize=8K"),
+                         ("tank/fs@s", "volblocksize=8K")):
+        code, out, err = run(capsys, "clone", "-o", prop, origin, "tank/c")
+        assert code == 1 and err == (f"cannot create 'tank/c': '{prop.split('=')[0]}' does "
+                                     "not apply to datasets of this type\n"), (origin, prop)
+        assert "tank/c" not in ok(capsys, "list", "-H", "-o", "name")
+    ok(capsys, "clone", "-o", "compression=off", "tank/vol@s", "tank/vc")
+    assert ok(capsys, "get", "-H", "-o", "value", "type,compression", "tank/vc") == \
+        "volume\noff\n"
+    check_pools()
