@@ -160,7 +160,7 @@ def check_new(dsl: Datasets, name: str) -> None:
 def creation_props(name: str, props: dict[str, str], kind: str = dsprops.FILESYSTEM) -> dict:
     """The -o properties of a new dataset `name` of type `kind`, validated."""
     try:
-        return dsprops.validate_props(props, creating=True)
+        return dsprops.validate_props(props, kind, creating=True)
     except dsprops.PropError as e:
         raise Failed(f"cannot create '{name}': {e.message}") from None
 
