@@ -102,8 +102,8 @@ class Waiter:
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 continue
             self.streak = 0
-            if self.done or self.exited():
-                return self._end()
+            if self.done:               # (libfuse's exit flag comes with a wake-up: the
+                return False            # descriptor's hang-up, or terminate's _end)
             if self.reading:
                 if self.watching:
                     await self.lot().park()

@@ -15,6 +15,7 @@ import time
 
 import pytest
 import trio
+import trio.abc
 import trio.testing
 
 from fusezfs import fuse_loop
@@ -50,25 +51,39 @@ class Session:
         self.dev.close()
 
 
+class Steps(trio.abc.Instrument):
+    """Counts the scheduler's steps of one task: a wait that never yields adds none."""
+
+    def __init__(self, task) -> None:
+        self.task = task
+        self.n = 0
+
+    def before_task_step(self, task) -> None:
+        if task is self.task:
+            self.n += 1
+
+
 def test_queued_requests_are_taken_without_a_checkpoint_until_the_fairness_bound():
     s = Session()
 
     async def main():
-        ran = []
-
-        async def other():
-            ran.append(1)
-        async with trio.open_nursery() as n:
-            n.start_soon(other)         # runnable, but runs only at a checkpoint of ours
-            for _ in range(fuse_loop.FAIR):
-                s.send()
-                assert await s.waiter.wait()
-                s.take()
-            assert ran == []            # FAIR requests back to back: never yielded
+        steps = Steps(trio.lowlevel.current_task())
+        trio.lowlevel.add_instrument(steps)
+        for _ in range(fuse_loop.FAIR):
             s.send()
             assert await s.waiter.wait()
             s.take()
-            assert ran == [1]           # the next one passed a checkpoint first
+        assert steps.n == 0             # FAIR requests back to back: never yielded
+        s.send()
+        assert await s.waiter.wait()
+        s.take()
+        assert steps.n == 1             # the next one passed a checkpoint first
+        for _ in range(fuse_loop.FAIR - 1):     # (that one began the next run)
+            s.send()
+            assert await s.waiter.wait()
+            s.take()
+        assert steps.n == 1
+        trio.lowlevel.remove_instrument(steps)
     trio.run(main)
     s.close()
 
