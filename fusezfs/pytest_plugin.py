@@ -3,8 +3,9 @@ on the emulation where there is no ZFS and on a real ZFS where asked.
 
 Fixtures:
 
-* `fusezfs_backend` — a `fusezfs.backends` library object on the backend this run uses, with
-  its own state: the emulated backend keeps its registry in the test's tmp_path; the
+* `fusezfs_backend` — a `fusezfs.backends` library object on the backend this run uses; the
+  emulated backend keeps its registry in a state directory of the session's own (one service
+  serves the session's tests and is stopped at its end: `fusezfs_state_dir`); the
   environment of the test (FUSEZFS_BACKEND, FUSEZFS_STATE_DIR, FUSEZFS_ZFS, ...) is set so
   that in-process calls of fusezfs reach the same backend.
 * `zfs_commands` — a directory of `zfs`, `zpool` and `fusezfs` wrappers put first on PATH, so
@@ -22,9 +23,8 @@ auto, which is what the `zfs` command itself would choose here). `@pytest.mark.f
 where the backend asked for cannot run (passthrough without real zfs/zpool commands).
 
 Teardown destroys only what the test made: the pools that appeared during the test and whose
-files lie in the test's tmp_path (on a real ZFS, other pools — the machine's, another test's —
-are never touched); the emulated backend's pools all live in the test's private state
-directory. A pool that cannot be destroyed is a teardown error, never silently left.
+files lie in the test's tmp_path (other pools — the machine's, another test's — are never
+touched). A pool that cannot be destroyed is a teardown error, never silently left.
 """
 from __future__ import annotations
 
@@ -64,6 +64,15 @@ def backend_name(config: pytest.Config) -> str:
     return choose().name if asked == "auto" else asked
 
 
+@pytest.fixture(scope="session")
+def fusezfs_state_dir(tmp_path_factory):
+    """The emulated backend's state directory for the session (its registry, its service:
+    one service serves every test, started by the first command and stopped at the end)."""
+    state = tmp_path_factory.mktemp("fusezfs-state")
+    yield state
+    connect("emulated", state_dir=state).stop_service()
+
+
 @pytest.fixture
 def fusezfs_backend(request: pytest.FixtureRequest, tmp_path, monkeypatch) -> Backend:
     try:
@@ -72,7 +81,8 @@ def fusezfs_backend(request: pytest.FixtureRequest, tmp_path, monkeypatch) -> Ba
         if marker is not None and name not in marker.args:
             pytest.skip(f"fusezfs: runs on the {' and '.join(marker.args)} backend only "
                         f"(this run: {name})")
-        backend = connect(name, state_dir=tmp_path / "fusezfs-state")
+        state = request.getfixturevalue("fusezfs_state_dir") if name == "emulated" else None
+        backend = connect(name, state_dir=state)
     except BackendError as e:
         pytest.skip(f"fusezfs: {e}")
     for key in SETTINGS:
@@ -81,16 +91,12 @@ def fusezfs_backend(request: pytest.FixtureRequest, tmp_path, monkeypatch) -> Ba
     before = set(backend.pools())
     yield backend
     _destroy_made(backend, before, str(tmp_path))
-    if backend.name == "emulated":
-        backend.stop_service()              # the service of the test's own state directory
 
 
 def _destroy_made(backend: Backend, before: set[str], tmp: str) -> None:
-    """Destroy the pools the test made: new since setup, and (on a real ZFS) on files in the
-    test's tmp_path."""
-    made = [p for p in backend.pools() if p not in before]
-    if backend.name == "passthrough":
-        made = [p for p in made if tmp in backend.run("pool", "status", p, check=False).stdout]
+    """Destroy the pools the test made: new since setup, on files in the test's tmp_path."""
+    made = [p for p in backend.pools() if p not in before
+            and tmp + "/" in backend.run("pool", "status", p, check=False).stdout]
     for pool in made:
         backend.destroy_pool(pool, force=True)
 

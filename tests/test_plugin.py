@@ -38,9 +38,11 @@ def test_example_suite_on_the_emulation(pytester, needs_fuse, monkeypatch, tmp_p
     result = pytester.runpytest_subprocess("--fusezfs-backend=emulated", "-p",
                                            "no:cacheprovider", "-v")
     result.assert_outcomes(passed=TESTS)
-    assert not state.exists()                  # each test had a state directory of its own
-    for lock in pytester.path.glob("runpytest-0/*/fusezfs-state/service.lock"):
-        assert not (lock.parent / "service.sock").exists()     # and its service ended
+    assert not state.exists()                  # the session had a state directory of its own
+    [session_state] = pytester.path.glob("runpytest-0/fusezfs-state[0-9]*")
+    assert (session_state / "service.lock").exists()           # a service served the tests
+    assert not (session_state / "service.sock").exists()       # and ended with the session
+    assert (session_state / "pools.json").read_text().strip() in ("{}", "")   # none left
 
 
 def test_example_suite_on_a_real_zfs(pytester, monkeypatch, tmp_path):
