@@ -15,7 +15,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tools"))
 
-import benchtargets  # noqa: E402
+import benchtargets
 
 ROWS = [("rand_iops", "4 KiB random writes + fsync", "IOPS", "rate", None),
         ("cp_s", "cp -a source tree", "s", "time", ("<=", 1.0)),
@@ -35,7 +35,8 @@ def test_report_files(tmp_path, capsys):
                "native": {"rand_iops": 10000.0, "cp_s": 0.125}}
     md, svg = benchtargets.write_report(str(tmp_path / "r.md"), ROWS, results,
                                         ["fusezfs", "zfs-fuse", "kernel", "native"], ["a run"])
-    text = open(md).read()
+    with open(md) as f:
+        text = f.read()
     assert "| workload | unit | fusezfs | kernel | native | fusezfs/kernel |" in text
     assert "| 4 KiB random writes + fsync | IOPS | 2000 | 8000 | 10000 | 0.25 |" in text
     assert "| cp -a source tree | s | 0.500 | 0.250 | 0.125 | 2.00 t |" in text

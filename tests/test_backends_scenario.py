@@ -16,7 +16,6 @@ in its zfs-fuse form, so the difference itself stays tested.
 """
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import uuid

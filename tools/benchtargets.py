@@ -24,8 +24,8 @@ REPO = os.path.dirname(TOOLS)
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from fusezfs.backends import BackendError, module_loaded, real_commands  # noqa: E402
-from fusezfs.backends.library import PassthroughBackend  # noqa: E402
+from fusezfs.backends import BackendError, module_loaded, real_commands
+from fusezfs.backends.library import PassthroughBackend
 
 ALL_TARGETS = ("fusezfs", "zfs-fuse", "kernel", "floor", "native")
 DEFAULT_TARGETS = "fusezfs,zfs-fuse,floor,native"

@@ -32,10 +32,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
-from . import (BACKEND_VARIABLE, MOUNT_ROOT_VARIABLE, ZFS_VARIABLE, ZPOOL_VARIABLE,
-               BackendError, choose, real_commands)
+from . import (
+    BACKEND_VARIABLE,
+    MOUNT_ROOT_VARIABLE,
+    ZFS_VARIABLE,
+    ZPOOL_VARIABLE,
+    BackendError,
+    choose,
+    real_commands,
+)
 
 BUSY_RETRIES = 20           # zfs-fuse (and a kernel ZFS right after use) may answer "busy"
 
@@ -197,7 +204,7 @@ class Backend:
     def receive(self, target: str, stream: bytes, *, force: bool = False) -> None:
         self.run("receive", *(["-F"] if force else []), target, input=stream, text=False)
 
-    def send_to(self, snapshot: str, dest: "Backend", target: str, *,
+    def send_to(self, snapshot: str, dest: Backend, target: str, *,
                 incremental_from: str | None = None, force: bool = False) -> None:
         """`zfs send SNAPSHOT | zfs receive TARGET`, from this backend into `dest` (this one
         or the other), through a pipe between the two processes."""
@@ -227,7 +234,7 @@ class Backend:
                     raise ZfsCommandError(backend.name, argv, code,
                                           err.read().decode(errors="replace"))
 
-    def shares_pool_with(self, dest: "Backend", snapshot: str, target: str) -> bool:
+    def shares_pool_with(self, dest: Backend, snapshot: str, target: str) -> bool:
         """Whether a send and a receive would both open one pool's files themselves."""
         return False
 

@@ -110,10 +110,10 @@ def emulated_pool_names() -> set[str]:
     try:
         from ..host import registry
     except ImportError:                     # before the host/ move
-        from .. import registry             # type: ignore[no-redef]
+        from .. import registry  # type: ignore[no-redef]
     try:
         return set(registry.load())
-    except Exception:                       # unreadable: the emulation says so itself
+    except registry.RegistryError:          # unreadable: the emulation says so itself
         return set()
 
 

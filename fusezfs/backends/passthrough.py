@@ -208,7 +208,7 @@ class Passthrough:
         except getopt.GetoptError as e:
             raise Failed(f"cp: invalid option '{e.opt}'\n{USAGE}", 2) from None
         if len(rest) < 2:
-            raise Failed(("cp: missing destination file operand after '{}'".format(rest[0])
+            raise Failed((f"cp: missing destination file operand after '{rest[0]}'"
                           if rest else "cp: missing file operand") + "\n" + USAGE, 2)
         self.refuse_emulated_names(rest)
         paths = []
