@@ -483,7 +483,7 @@ def cmd_destroy(args: list[str]) -> int:
                              f"use '-R' to destroy the following datasets:\n" + "\n".join(clones))
         if not dry and "-f" not in flags:
             for r in below + [rec]:
-                where = sessions.busy_path(r.id) if r.kind != "snapshot" else None
+                where = sessions.busy_path(r.id, dsl.pool.name) if r.kind != "snapshot" else None
                 if where:
                     raise Failed(f"cannot unmount '{where}': pool or dataset is busy")
         for r in below + [rec]:

@@ -175,7 +175,9 @@ class Volume:
         block device answers, so a volume never grows by writing."""
         if self.readonly:
             raise OSError(errno.EROFS, os.strerror(errno.EROFS))
-        if self._range(offset, len(data)) < len(data):
+        if offset < 0:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        if offset + len(data) > self.size:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return self.fs.write(self.fh, offset, data)
 

@@ -329,3 +329,96 @@ def test_snapshot_recursive_destroy_and_verify(env, capsys):
     ok(capsys, "destroy", "-r", "tank/fs")
     assert ok(capsys, "list", "-H", "-o", "name", "-t", "all") == "tank\n"
     assert ok(capsys, "pool", "verify", "tank").strip().endswith("no errors found")
+
+
+# ---- the volume as a file (FUSE) and a loop device -----------------------------------------------
+@pytest.fixture
+def served(env, capsys, needs_fuse):
+    """tank/vol (8 MiB) served as a file by `python -m fusezfs.volume_mount`, which opens the
+    pool itself; stopped with SIGTERM, after which the file is no mount any more and the
+    volume holds what the test left in `expect` (if anything)."""
+    import subprocess
+    import sys
+    from fusezfs.volume_mount import mount_device
+    ok(capsys, "create", "-V", "8M", "tank/vol")
+    path = ServedPath(env / "zvol" / "tank" / "vol")
+    proc = subprocess.Popen([sys.executable, "-m", "fusezfs.volume_mount", "tank/vol", str(path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == str(path), proc.stderr.read() if proc.poll() is not None else line
+        yield path
+    finally:
+        proc.terminate()
+        _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert mount_device(str(path)) is None
+    if path.expect is not None:
+        assert cp_out(env, capsys, "tank/vol:") == path.expect
+
+
+class ServedPath(type(__import__("pathlib").Path())):
+    """The served file's path, with what the volume must hold once it is unmounted."""
+    expect: bytes | None = None
+
+
+def test_volume_file_reads_writes_discards_and_fsyncs(served, env, capsys):
+    import ctypes
+    import errno
+    import stat as st
+    info = os.stat(served)
+    assert st.S_ISREG(info.st_mode) and info.st_size == 8 * MiB
+    data = random.Random(3).randbytes(2 * MiB)
+    fd = os.open(served, os.O_RDWR)
+    try:
+        assert os.pwrite(fd, data, MiB) == len(data)
+        os.fsync(fd)
+        assert os.pread(fd, len(data), MiB) == data
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+        assert libc.fallocate(fd, 3, 2 * MiB, 8192) == 0, os.strerror(ctypes.get_errno())
+        assert os.pread(fd, 8192, 2 * MiB) == bytes(8192)
+        with pytest.raises(OSError) as e:
+            os.pwrite(fd, b"x" * 10, 8 * MiB)           # at the end, as a block device
+        assert e.value.errno == errno.ENOSPC
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError) as e:
+        os.truncate(served, 4 * MiB)
+    assert e.value.errno == errno.EPERM
+    want = bytearray(8 * MiB)
+    want[MiB:3 * MiB] = data
+    want[2 * MiB:2 * MiB + 8192] = bytes(8192)
+    assert served.read_bytes() == want
+    served.expect = bytes(want)         # read again through cp once the file is unmounted
+
+
+def test_losetup_attaches_the_volume_file(served, env):
+    import shutil
+    import subprocess
+    if os.geteuid() != 0 or shutil.which("losetup") is None or \
+            not os.path.exists("/dev/loop-control"):
+        pytest.skip("losetup needs root, losetup and /dev/loop-control")
+    got = subprocess.run(["losetup", "-f", "--show", str(served)], capture_output=True,
+                         text=True)
+    if got.returncode != 0:
+        pytest.skip(f"no loop device here: {got.stderr.strip()}")
+    loop = got.stdout.strip()
+    try:
+        with open(f"/sys/block/{os.path.basename(loop)}/size") as f:
+            assert int(f.read()) * 512 == 8 * MiB
+        data = random.Random(4).randbytes(64 * 1024)
+        fd = os.open(loop, os.O_RDWR)
+        try:
+            os.pwrite(fd, data, 3 * MiB)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        subprocess.run(["blkdiscard", "-o", str(3 * MiB), "-l", "8192", loop], check=True)
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=True)
+    with open(served, "rb") as f:
+        image = f.read()
+    assert image[3 * MiB:3 * MiB + 64 * 1024] == bytes(8192) + data[8192:]
+    served.expect = image
