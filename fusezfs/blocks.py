@@ -386,6 +386,61 @@ class BlockIO:
             return len(bad), 0, True
         return len(bad), self._heal(bad, good), False
 
+    SCRUB_RUN = 8 << 20         # bytes of neighbouring copies a scrub reads with one call
+    SCRUB_GAP = 64 << 10        # free bytes between two copies a scrub reads through anyway
+
+    def scrub_many(self, bps: list[BlockPointer]) -> list[tuple[int, int, bool]]:
+        """`scrub` of each block, for a scrub's walk: every copy (each DVA, each mirror side)
+        is read in address order, copies lying near each other on a device with one call of up
+        to SCRUB_RUN bytes, and checked on the worker threads while the next run is read. The
+        usual case, every copy good, costs no per-block Python beyond a slice and a hash; a
+        block with any copy that does not match (or a read error, or a DVA outside its vdev)
+        goes through `scrub` alone, the one place that counts errors and repairs."""
+        results: list = [(0, 0, False)] * len(bps)
+        copies: list[tuple[int, int, int]] = []         # (vdev, offset, index), sorted
+        suspect: set[int] = set()
+        bounds = {v: (top.start, top.end) for v, top in self.vdevs.items()}
+        for i, bp in enumerate(bps):
+            for d in bp.dvas:
+                lo_hi = bounds.get(d.vdev)
+                if lo_hi is None or d.offset < lo_hi[0] or d.offset + bp.psize > lo_hi[1]:
+                    suspect.add(i)
+                else:
+                    copies.append((d.vdev, d.offset, i))
+        copies.sort()
+        runs: list[tuple[int, int, int, list]] = []     # (vdev, start, end, copies)
+        for vdev, off, i in copies:
+            end = off + bps[i].psize
+            run = runs[-1] if runs else None
+            if run is not None and run[0] == vdev and off - run[2] <= self.SCRUB_GAP \
+                    and end - run[1] <= self.SCRUB_RUN:
+                runs[-1] = (vdev, run[1], max(run[2], end), run[3])
+                run[3].append((off, i))
+            else:
+                runs.append((vdev, off, end, [(off, i)]))
+        for bad in self.executor.map(self._check_run, runs, [bps] * len(runs)):
+            suspect.update(bad)
+        for i in sorted(suspect):
+            results[i] = self.scrub(bps[i])
+        return results
+
+    def _check_run(self, run: tuple[int, int, int, list], bps: list) -> list[int]:
+        """(a worker's part of scrub_many) Read one run from every live side of its vdev;
+        the indexes of the blocks with a copy there that does not match."""
+        vdev, start, end, members = run
+        bad = []
+        for leaf in self.vdevs[vdev].live:
+            try:
+                raw = memoryview(leaf.device.read(start, end - start))
+            except OSError:
+                return [i for _off, i in members]
+            for off, i in members:
+                bp = bps[i]
+                phys = raw[off - start:off - start + bp.psize]
+                if len(phys) != bp.psize or checksum(phys, bp.cksum) != bp.checksum:
+                    bad.append(i)
+        return bad
+
     def _copies(self, bp: BlockPointer, every: bool) -> tuple[bytes | None, list]:
         """The first copy whose checksum matches, and the (leaf, dva) of every copy read that
         did not (an I/O error or a mismatch, counted on its device). Stops at the first good

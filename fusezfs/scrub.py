@@ -38,6 +38,7 @@ from .pool import OBJSET_PREFIX, OnePerPool, Pool
 from .tree import Tree
 
 SCAN_KEY = b"scan"
+BATCH = 64 << 20        # bytes of blocks gathered from a tree's walk before they are read
 
 
 @dataclass
@@ -180,26 +181,44 @@ class Scrubber(OnePerPool):
         return False
 
     def _scan(self, tree: Tree, st: ScanState, nested: bool = True) -> None:
-        for kind, bp in tree.walk(self.seen):
+        """Scrub what `tree` reaches, BATCH bytes of block pointers at a time (read in address
+        order by BlockIO.scrub_many)."""
+        batch: list = []
+        size = 0
+        seen = self.seen
+        for kind, bp in tree.walk(seen):
             if kind == "tree":
                 if nested:
                     self._scan(Tree(tree.store, bp), st)
-            elif kind == "block":
+                continue
+            if kind == "block":
                 if bp.flags & FLAG_DEDUP:
                     continue            # scrubbed with its dedup table entry
-                if bp.identity() not in self.seen:
-                    self.seen.add(bp.identity())
-                    self._scan_block(bp, st)
-            else:
-                self._scan_block(bp, st)
+                ident = bp.identity()
+                if ident in seen:
+                    continue
+                seen.add(ident)
+            batch.append(bp)
+            size += bp.psize
+            if size >= BATCH:
+                self._scan_blocks(batch, st)
+                batch, size = [], 0
+        self._scan_blocks(batch, st)
 
     def _scan_block(self, bp, st: ScanState) -> None:
-        bad, repaired, lost = self.pool.blocks.scrub(bp)
-        size = sum(d.asize for d in bp.dvas)
-        st.examined += size
-        st.pass_examined += size
-        st.repaired += repaired * bp.psize
-        st.errors += lost
+        self._scan_blocks([bp], st)
+
+    def _scan_blocks(self, bps: list, st: ScanState) -> None:
+        if not bps:
+            return
+        results = self.pool.blocks.scrub_many(bps) if len(bps) > 1 else \
+            [self.pool.blocks.scrub(bps[0])]
+        for bp, (_bad, repaired, lost) in zip(bps, results):
+            size = sum(d.asize for d in bp.dvas)
+            st.examined += size
+            st.pass_examined += size
+            st.repaired += repaired * bp.psize
+            st.errors += lost
 
 
 def resume(pool: Pool, background: bool = True) -> None:
