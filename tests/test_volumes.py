@@ -422,3 +422,24 @@ def test_losetup_attaches_the_volume_file(served, env):
         image = f.read()
     assert image[3 * MiB:3 * MiB + 64 * 1024] == bytes(8192) + data[8192:]
     served.expect = image
+
+
+def test_send_and_receive_refuse_volumes(env, capsys):
+    ok(capsys, "create", "-V", "4M", "tank/vol")
+    ok(capsys, "snapshot", "tank/vol@s")
+    code, err = fails(capsys, "send", "tank/vol@s")
+    assert err == "warning: cannot send 'tank/vol@s': volumes cannot be sent by fusezfs " \
+                  "(no DMU_OST_ZVOL streams)"
+    ok(capsys, "create", "tank/fs")
+    ok(capsys, "snapshot", "tank/fs@s")
+    import subprocess
+    import sys
+    fz = [sys.executable, "-m", "fusezfs.cli"]
+    stream = subprocess.run(fz + ["send", "tank/fs@s"], capture_output=True, check=True).stdout
+    got = subprocess.run(fz + ["receive", "-F", "tank/vol"], input=stream, capture_output=True)
+    assert got.returncode == 1
+    assert got.stderr.decode().strip() == "cannot receive new filesystem stream: destination " \
+                                          "'tank/vol' is a volume: fusezfs receives filesystem " \
+                                          "streams only"
+    assert ok(capsys, "list", "-H", "-o", "name,type", "-r", "tank") == \
+        "tank\tfilesystem\ntank/fs\tfilesystem\ntank/vol\tvolume\n"

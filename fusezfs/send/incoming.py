@@ -216,6 +216,9 @@ class Receive:
         except dsprops.PropError as e:
             raise self.fail(e.message) from None
         head = dsl.lookup(fs)
+        if head is not None and head.kind == "volume":
+            raise self.fail(f"destination '{fs}' is a volume: fusezfs receives filesystem "
+                            "streams only")
         if head is not None and head.kind != "filesystem":
             head = None
         if self.clone and head is not None:

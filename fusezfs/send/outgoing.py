@@ -48,6 +48,11 @@ class Stream:
     def __init__(self, dsl: Datasets, snap: Record, source: Source | None, lock, *,
                  keep: list[Record] = (), dry: bool = False, chunk: int = CHUNK,
                  flags: int = 0) -> None:
+        head = dsl.record(snap.parent) if snap.kind == "snapshot" else snap
+        if head.kind == "volume":
+            # a volume's stream is a DMU_OST_ZVOL object set, which fusezfs does not write
+            # yet: refused rather than sent as the filesystem its tree is laid out as
+            raise SendError("volumes cannot be sent by fusezfs (no DMU_OST_ZVOL streams)")
         self.dsl = dsl
         self.flags = flags                      # drr_flags of BEGIN (DRR_FLAG_CLONE)
         self.snap = snap
