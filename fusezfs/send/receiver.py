@@ -112,6 +112,7 @@ class Applier:
         self.skipped: set[int] = set()              # objects that are not files
         self.links: dict[int, bytearray] = {}       # long symlink targets, by object number
         self.max_obj = 0
+        self.last_write = (0, 0)                    # (object, offset) of the last WRITE
         raw = self.tree.get(SUPER_KEY)
         self.sb = Superblock.decode(raw) if raw is not None else Superblock(ROOT_INO, 2, 0)
 
@@ -204,6 +205,11 @@ class Applier:
 
     def _write(self, w: R.Write) -> None:
         obj = w.object
+        # receive_process_write_record: WRITEs come in increasing (object, offset) order (what
+        # resuming relies on); a stream out of that order is refused
+        if (obj, w.offset) < self.last_write:
+            raise R.StreamError("invalid backup stream")
+        self.last_write = (obj, w.offset)
         data = bytes(w.data)
         if w.compressiontype or len(data) != w.logical_size:
             raise R.StreamError("stream has unsupported feature (compressed WRITE records)")
@@ -380,6 +386,8 @@ class Applier:
                 child, dt = dirent_object(ints[0])
                 if child in self.skipped or child in self.omap.reserved():
                     continue
+                if self._inode(self._ino(child)) is None:
+                    raise R.StreamError("invalid backup stream")     # names no object
                 want[name] = (self._ino(child), dt)
             self._set_entries(ino, want)
             self.tree.delete_range(kind_lo(ino, K_RAW_ZAP), kind_hi(ino, K_RAW_ZAP))

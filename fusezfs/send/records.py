@@ -35,6 +35,7 @@ DMU_BACKUP_MAGIC = 0x2F5BACBAC
 RECORD_SIZE = 312
 CHECKSUM_OFFSET = RECORD_SIZE - 32
 MAXNAMELEN = 256
+MAX_PAYLOAD = 16 << 20               # SPA_MAXBLOCKSIZE
 
 # drr_type
 DRR_BEGIN, DRR_OBJECT, DRR_FREEOBJECTS, DRR_WRITE, DRR_FREE, DRR_END, DRR_WRITE_BYREF, \
@@ -436,6 +437,8 @@ class StreamReader:
                 yield End(tuple(f[:4]), f[4])
                 return
             n = self._payload_len(rtype, f)
+            if n > MAX_PAYLOAD:           # receive_read_record: nothing above SPA_MAXBLOCKSIZE
+                raise StreamError("invalid backup stream")
             payload = self._read(n) if n else b""
             if n:
                 self._sum(payload)

@@ -255,7 +255,7 @@ class Sender:
         yield from p.flush_writes(self)
         if p.whole:
             yield from self._some_blocks(p, 0, None, holes=True)
-        elif p.first_block and not p.first_sent:
+        elif p.first_block and not p.first_sent and not p.first_queued:
             yield from self._some_blocks(p, 0, 1)
 
     def _some_blocks(self, p: "_Pending", first: int, last: int | None, *,
@@ -339,6 +339,7 @@ class _Pending:
         self.whole = False
         self.first_block = False
         self.first_sent = False
+        self.first_queued = False
         self.sent_object = False
         self.hole_from: int | None = None
         self.writes: list[tuple[int, BlockPointer]] = []
@@ -383,6 +384,12 @@ class _Pending:
         bp = decode_bp(value) if ref == REF_BLOCK else None
         if bp is None or bp.birth <= s.from_txg:
             return
+        if self.first_block and not self.first_queued:
+            # block 0 goes first: receivers want WRITEs in increasing offsets
+            self.first_queued = True
+            if blkid > 0:
+                yield from self.flush_writes(s)
+                yield from s._some_blocks(self, 0, 1)
         self.writes.append((blkid, bp))
         self.nbytes += bp.lsize
         if self.nbytes >= READ_BATCH:
