@@ -136,8 +136,19 @@ def test_mapped_verbs(fake_zfs, tmp_path):
     assert r.stdout.decode().splitlines()[0] == f"zpool [import] [-d] [{tmp_path}/disks] [tank]"
     r = program("fusezfs", "image", "ls", env=env)
     assert r.returncode == 1 and b"not available on the passthrough backend" in r.stderr
-    r = program("fusezfs", "mount", "-f", "tank", env=env)
-    assert r.returncode == 2 and b"no fusezfs daemon" in r.stderr
+    r = program("fusezfs", "mount", "-a", env=env)
+    assert (r.returncode, r.stdout) == (0, b"zfs [mount] [-a]\n")
+    r = program("fusezfs", "unmount", "-f", "/mnt/x", env=env)
+    assert (r.returncode, r.stdout) == (0, b"zfs [unmount] [-f] [/mnt/x]\n")
+    # a dataset at a path: mount(8), run where the real ZFS runs (its command prefix)
+    say = tmp_path / "say"
+    say.write_text("#!/bin/sh\nfor a in \"$@\"; do printf '[%s] ' \"$a\"; done; echo\n")
+    say.chmod(0o755)
+    prefixed = {**env, "FUSEZFS_ZFS": f"{say} {fake_zfs['FUSEZFS_ZFS']}",
+                "FUSEZFS_ZPOOL": f"{say} {fake_zfs['FUSEZFS_ZPOOL']}"}
+    r = program("fusezfs", "mount", "-o", "ro", "tank/legacy", "rel", env=prefixed,
+                cwd=tmp_path)
+    assert r.stdout.decode() == f"[mount] [-t] [zfs] [-o] [ro] [tank/legacy] [{tmp_path}/rel] \n"
     r = program("fusezfs", "mount", "tank", "/mnt/x", env=env)
     assert r.returncode == 1 and r.stderr.decode() == (
         "cannot mount 'tank' at '/mnt/x': the passthrough backend mounts a pool at its "

@@ -16,6 +16,7 @@ in its zfs-fuse form, so the difference itself stays tested.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import uuid
@@ -241,6 +242,30 @@ def test_fusezfs_pool_create_takes_relative_files(backend, tmp_path):
     finally:
         backend.destroy_pool(name)
     assert name not in backend.pools()
+
+
+def test_mount_and_unmount(backend, pool, needs_fuse):
+    """`fusezfs mount`/`unmount` of a pool: the emulation's service mounts with FUSE, the real
+    ZFS mounts its own; the same answers either way."""
+    b = backend
+    b.create(f"{pool}/www")
+    b.write_file(f"{pool}/www", "/index.html", b"<h1>hi</h1>\n")
+    assert b.mounted_path(f"{pool}/www") is not None          # mounted at creation, as ZFS
+    again = program(b, "fusezfs", "mount", pool)
+    assert (again.returncode, again.stderr.decode()) == (
+        1, f"cannot mount '{pool}': filesystem already mounted\n")
+    assert program(b, "fusezfs", "unmount", pool).returncode == 0
+    assert b.get(f"{pool}/www", "mounted") == "no" and b.get(pool, "mounted") == "no"
+    assert b.mounted_path(f"{pool}/www") is None
+    again = program(b, "fusezfs", "unmount", pool)
+    assert (again.returncode, again.stderr.decode()) == (
+        1, f"cannot unmount '{pool}': not currently mounted\n")
+    assert program(b, "fusezfs", "mount", pool).returncode == 0          # zfs mount: the root
+    assert (b.get(pool, "mounted"), b.get(f"{pool}/www", "mounted")) == ("yes", "no")
+    assert program(b, "fusezfs", "mount", f"{pool}/www").returncode == 0
+    assert b.get(f"{pool}/www", "mounted") == "yes"
+    with open(os.path.join(b.mounted_path(f"{pool}/www"), "index.html"), "rb") as f:
+        assert f.read() == b"<h1>hi</h1>\n"
 
 
 def test_version_and_backend_say_who_answers(backend):

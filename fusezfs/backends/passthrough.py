@@ -13,8 +13,8 @@ What it guarantees:
   real ZFS's mounts are (the command prefix of FUSEZFS_ZFS, e.g. `nsenter -t PID -m`);
   `pool verify` is a scrub that waits (`zpool scrub`, then `zpool status` until the scan is
   done: zfs-fuse and OpenZFS before 2.0 have no `scrub -w`); `mount` and `unmount` are
-  ZFS's own (`zfs mount` of each filesystem of a pool, `mount -t zfs` for a dataset at a
-  path); `zfs version` is the real one's, or, where the real zfs predates the verb,
+  ZFS's own (`zfs mount`; `zfs unmount`, of a pool's mounted filesystems children first, as
+  the emulation unmounts a pool's tree; `mount -t zfs` for a dataset at a path); `zfs version` is the real one's, or, where the real zfs predates the verb,
   `zfs-unknown-passthrough` lines, so a script parsing it sees no fusezfs version;
 * the passthrough never touches the emulated backend's pools (ownership.py) and says so when
   it refuses. fusezfs-only verbs with no ZFS counterpart (`image`, `container`) are refused
@@ -244,50 +244,37 @@ class Passthrough:
         return [tuple(line.split("\t")) for line in out.splitlines() if line]
 
     def mount(self, args: list[str]) -> int:
+        """`zfs mount` as it is, but for the two forms with a path: a dataset at PATH is
+        mount(8) of a legacy mountpoint; a pool at another PATH is refused (the emulation's
+        override of the root's mountpoint has no ZFS counterpart but a property change)."""
         try:
-            opts, rest = getopt.gnu_getopt(args, "fo:")
-        except getopt.GetoptError as e:
-            raise Failed(f"invalid option '{e.opt}'", 2) from None
-        if any(o == "-f" for o, _ in opts):
-            raise Failed("fusezfs mount -f: the passthrough backend's mounts are the real ZFS's "
-                         "own; there is no fusezfs daemon to run in the foreground", 2)
+            opts, rest = getopt.gnu_getopt(args, "ao:fOlv")
+        except getopt.GetoptError:
+            return self.real(self.zfs + ["mount"] + args)       # zfs's own complaint
+        if len(rest) != 2:
+            return self.real(self.zfs + ["mount"] + args)
+        target, path = rest[0], os.path.abspath(rest[1])
+        if "/" not in target and "@" not in target:
+            raise Failed(f"cannot mount '{target}' at '{rest[1]}': the passthrough backend "
+                         f"mounts a pool at its mountpoint property (zfs set "
+                         f"mountpoint={path} {target})")
         texts = [x for o, v in opts if o == "-o" for x in ("-o", v)]
-        if not rest:
-            return self.real(self.zfs + ["mount"])
-        if len(rest) > 2:
-            raise Failed("too many arguments", 2)
-        target = rest[0]
-        if len(rest) == 2:
-            if "/" not in target and "@" not in target:
-                raise Failed(f"cannot mount '{target}' at '{rest[1]}': the passthrough backend "
-                             f"mounts a pool at its mountpoint property (zfs set "
-                             f"mountpoint={os.path.abspath(rest[1])} {target})")
-            return self.real(self.prefix + ["mount", "-t", "zfs"] + texts
-                             + [target, os.path.abspath(rest[1])])
-        if "/" in target or "@" in target:
-            return self.real(self.zfs + ["mount"] + texts + [target])
-        for name, canmount, mp, mounted in self.filesystems(target):
-            if canmount == "on" and mp.startswith("/") and mounted == "no":
-                code = self.real_step(self.zfs + ["mount"] + texts + [name])
-                if code:
-                    return code
-        return 0
+        return self.real(self.prefix + ["mount", "-t", "zfs"] + texts + [target, path])
 
     def unmount(self, args: list[str]) -> int:
+        """`zfs unmount` as it is, but a pool's name unmounts its mounted filesystems,
+        children first, as the emulation unmounts a pool's tree."""
         try:
-            opts, rest = getopt.gnu_getopt(args, "f")
-        except getopt.GetoptError as e:
-            raise Failed(f"invalid option '{e.opt}'", 2) from None
-        if len(rest) != 1:
-            raise Failed("missing pool name or mountpoint" if not rest else "too many arguments",
-                         2)
-        force = ["-f"] if opts else []
-        target = rest[0]
-        if target.startswith("/") or "/" in target or "@" in target:
-            return self.real(self.zfs + ["unmount"] + force + [target])
-        mounted = [name for name, _c, _mp, m in self.filesystems(target) if m == "yes"]
+            opts, rest = getopt.gnu_getopt(args, "fau")
+        except getopt.GetoptError:
+            return self.real(self.zfs + ["unmount"] + args)
+        if len(rest) != 1 or opts and any(o != "-f" for o, _ in opts) or \
+                rest[0].startswith("/") or "/" in rest[0] or "@" in rest[0]:
+            return self.real(self.zfs + ["unmount"] + args)
+        pool, force = rest[0], ["-f"] if opts else []
+        mounted = [name for name, _c, _mp, m in self.filesystems(pool) if m == "yes"]
         if not mounted:
-            raise Failed(f"cannot unmount '{target}': not currently mounted")
+            raise Failed(f"cannot unmount '{pool}': not currently mounted")
         for name in sorted(mounted, key=lambda n: -n.count("/")):   # children first
             code = self.real_step(self.zfs + ["unmount"] + force + [name])
             if code:
