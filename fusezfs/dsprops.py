@@ -543,6 +543,26 @@ def _check_mountpoint(name: str, value: str) -> None:
             raise PropError(f"component of '{name}' is too long")
 
 
+# the NFS export options libshare's Linux NFS backend accepts in sharenfs (besides the host
+# lists ro, rw and sec), as nfs.c's get_linux_shareopts_cb checks them
+_NFS_SHARE_KEYS = frozenset((
+    "anon", "root_mapping", "nosub", "insecure", "secure", "async", "sync", "no_wdelay",
+    "wdelay", "nohide", "hide", "crossmnt", "no_subtree_check", "subtree_check",
+    "insecure_locks", "secure_locks", "no_auth_nlm", "auth_nlm", "no_acl", "mountpoint", "mp",
+    "fsuid", "refer", "replicas", "root_squash", "no_root_squash", "all_squash",
+    "no_all_squash", "fsid", "anonuid", "anongid", "ro", "rw", "sec"))
+
+
+def _valid_share_options(canon: str, value: str) -> bool:
+    """zfs_parse_options: sharesmb takes only on/off; sharenfs, comma-separated options whose
+    keys (before any '=') Linux's NFS export knows. Keys are case-sensitive: "ON" is none."""
+    if value in ("on", "off"):
+        return True
+    if canon == "sharesmb":
+        return False
+    return all(opt.partition("=")[0] in _NFS_SHARE_KEYS for opt in value.split(",") if opt)
+
+
 def _valid_keylocation(value: str) -> bool:
     return (value in ("none", "prompt") or (len(value) > 8 and value.startswith("file:///"))
             or (len(value) > 8 and value.startswith("https://"))
@@ -612,6 +632,9 @@ def _check_value(typed: str, value: str, ds_type: str, creating: bool,
         raise PropError("mlslabels are unsupported")
     elif canon == "mountpoint":
         _check_mountpoint(typed, raw)
+    elif canon in ("sharenfs", "sharesmb"):
+        if not _valid_share_options(canon, raw):
+            raise PropError(f"'{typed}' cannot be set to invalid options")
     elif canon == "keylocation":
         if not _valid_keylocation(raw):
             raise PropError("invalid keylocation")

@@ -56,3 +56,25 @@ def test_a_clone_takes_the_properties_of_its_origins_type(tmp_path, monkeypatch,
     assert ok(capsys, "get", "-H", "-o", "value", "type,compression", "tank/vc") == \
         "volume\noff\n"
     check_pools()
+
+
+def test_share_properties_take_only_options_the_share_backend_knows(tmp_path, monkeypatch,
+                                                                     capsys):
+    """libzfs checks sharenfs/sharesmb with libshare (zfs_parse_options): sharenfs takes
+    on/off or Linux NFS export options, sharesmb only on/off (zfs_create_008_neg)."""
+    disk, = pool_files(tmp_path, monkeypatch, 1)
+    ok(capsys, "pool", "create", "tank", disk)
+    for prop in ("sharenfs=ON", "sharenfs=sss", "sharenfs=rw,bogus", "sharesmb=name=x"):
+        code, out, err = run(capsys, "create", "-o", prop, "tank/fs")
+        name = prop.split("=")[0]
+        assert code == 1 and err == f"cannot create 'tank/fs': '{name}' cannot be set to " \
+                                    f"invalid options\n", prop
+        code, out, err = run(capsys, "set", prop, "tank")
+        assert code == 1 and err == f"cannot set property for 'tank': '{name}' cannot be " \
+                                    f"set to invalid options\n", prop
+    for prop in ("sharenfs=on", "sharenfs=rw=@10.0.0.0/8,no_root_squash,sec=sys",
+                 "sharesmb=off"):
+        ok(capsys, "set", prop, "tank")
+        assert ok(capsys, "get", "-H", "-o", "value", prop.split("=")[0], "tank") == \
+            prop.split("=", 1)[1] + "\n"
+    check_pools()
