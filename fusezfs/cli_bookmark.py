@@ -42,7 +42,7 @@ def _create(dsl: Datasets, bookmark: str, source: Record, source_pool: str) -> s
     """dsl_bookmark_create_check and _sync: None, or the reason zfs_do_bookmark prints."""
     fs = bookmark.partition("#")[0]
     head = dsl.lookup(fs)
-    if head is None or head.kind != "filesystem":
+    if head is None or head.kind not in ("filesystem", "volume"):
         return "dataset does not exist"                       # ENOENT
     if dsl.lookup_bookmark(bookmark) is not None:
         return "bookmark exists"                              # EEXIST

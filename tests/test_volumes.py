@@ -443,3 +443,25 @@ def test_send_and_receive_refuse_volumes(env, capsys):
                                           "streams only"
     assert ok(capsys, "list", "-H", "-o", "name,type", "-r", "tank") == \
         "tank\tfilesystem\ntank/fs\tfilesystem\ntank/vol\tvolume\n"
+
+
+def test_bookmarks_holds_and_promote_of_volumes(env, capsys):
+    ok(capsys, "create", "-V", "4M", "tank/vol")
+    cp_in(env, capsys, b"1" * MiB, "tank/vol:")
+    ok(capsys, "snapshot", "tank/vol@a")
+    ok(capsys, "bookmark", "tank/vol@a", "tank/vol#a")
+    assert ok(capsys, "list", "-H", "-t", "bookmark", "-o", "name,type") == "tank/vol#a\tbookmark\n"
+    ok(capsys, "hold", "keep", "tank/vol@a")
+    code, err = fails(capsys, "destroy", "tank/vol@a")
+    assert err == "cannot destroy snapshot tank/vol@a: dataset is busy"
+    ok(capsys, "release", "keep", "tank/vol@a")
+    ok(capsys, "clone", "tank/vol@a", "tank/copy")
+    cp_in(env, capsys, b"2" * MiB, "tank/copy:")
+    ok(capsys, "promote", "tank/copy")
+    assert ok(capsys, "get", "-H", "-o", "value", "origin", "tank/vol") == "tank/copy@a\n"
+    assert cp_out(env, capsys, "tank/copy@a:")[:MiB] == b"1" * MiB
+    assert cp_out(env, capsys, "tank/copy:")[:MiB] == b"2" * MiB
+    assert cp_out(env, capsys, "tank/vol:")[:MiB] == b"1" * MiB
+    ok(capsys, "destroy", "tank/vol")
+    ok(capsys, "destroy", "-r", "tank/copy")
+    assert ok(capsys, "list", "-H", "-o", "name", "-t", "all") == "tank\n"
