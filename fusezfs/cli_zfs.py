@@ -18,7 +18,7 @@ from .cli import Failed, Usage, error, parse, print_table
 from .api import Handle
 from .cli_pool import imported_names, open_pool
 from .datasets import HEADS, DatasetError, Datasets, Record, ROOT_ID
-from .names import dataset_name_error
+from .names import dataset_name_error, nesting_error
 from .volumes import geometry, is_volume, rollback_refreservation, set_properties
 
 USAGE = {
@@ -222,6 +222,8 @@ def cmd_create(args: list[str]) -> int:
         return 0                                # the pool's own filesystem exists
     if "/" not in name:
         raise Failed(f"cannot create '{name}': missing dataset name")
+    if nesting_error(name):                     # zfs_create(_ancestors) checks it first
+        raise Failed(f"cannot create '{name}': {nesting_error(name)}")
     check_pool(name)
     with session(pool, name) as dsl:
         if not ready_to_create(dsl, name, parents):

@@ -26,6 +26,15 @@ def pool_name_error(name: str) -> str | None:
     return None
 
 
+MAX_NESTING = 50        # zfs_max_dataset_nesting
+
+
+def nesting_error(name: str) -> str | None:
+    """dataset_nestcheck: a dataset may sit at most MAX_NESTING - 1 levels below its pool."""
+    depth = name.split("@")[0].split("#")[0].count("/")
+    return "maximum name nesting depth exceeded" if depth >= MAX_NESTING else None
+
+
 def _valid_char(c: str) -> bool:
     return c.isascii() and (c.isalnum() or c in "-_.: ")
 

@@ -78,3 +78,19 @@ def test_share_properties_take_only_options_the_share_backend_knows(tmp_path, mo
         assert ok(capsys, "get", "-H", "-o", "value", prop.split("=")[0], "tank") == \
             prop.split("=", 1)[1] + "\n"
     check_pools()
+
+
+def test_create_refuses_names_nested_50_deep(tmp_path, monkeypatch, capsys):
+    """dataset_nestcheck (zfs_max_dataset_nesting=50), with and without -p
+    (zfs_create_009_neg); 49 levels below the pool are fine."""
+    disk, = pool_files(tmp_path, monkeypatch, 1)
+    ok(capsys, "pool", "create", "tank", disk)
+    deep = "tank" + "/a" * 50
+    for flags in ([], ["-p"]):
+        code, out, err = run(capsys, "create", *flags, deep)
+        assert code == 1 and err == f"cannot create '{deep}': maximum name nesting depth " \
+                                    "exceeded\n", flags
+    assert ok(capsys, "list", "-H", "-o", "name") == "tank\n"
+    ok(capsys, "create", "-p", deep[:-2])
+    assert len(ok(capsys, "list", "-H", "-o", "name").split()) == 50
+    check_pools()
