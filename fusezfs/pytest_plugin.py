@@ -164,9 +164,10 @@ def _make_pool(backend: Backend, tmp_path, mount: bool) -> FusezfsPool:
     mnt = tmp_path / "fusezfs-mnt"
     mnt.mkdir(exist_ok=True)
     backend.create_pool(name, [disk], size=POOL_SIZE, mountpoint=str(mnt))
-    if backend.name == "emulated" and mount:
+    mounted = backend.mounted_path(name) is not None     # ZFS and fusezfs's service mount it
+    if not mounted and backend.name == "emulated" and mount:
         backend.mount(name, str(mnt))
-    mounted = backend.mounted_path(name) is not None
+        mounted = backend.mounted_path(name) is not None
     return FusezfsPool(name, backend, [str(disk)], mounted)
 
 

@@ -289,7 +289,7 @@ def test_send_between_backends(zfs_fuse, tmp_path):
                    zpool=["nsenter", "-t", str(pid), "-m", "/usr/sbin/zpool"],
                    mount_root=f"/proc/{pid}/root")
     epool, rpool = "em" + uuid.uuid4().hex[:6], "re" + uuid.uuid4().hex[:6]
-    emu.create_pool(epool, [tmp_path / "e0"], size=128 * MiB)
+    emu.create_pool(epool, [tmp_path / "e0"], size=128 * MiB, mountpoint=str(tmp_path / "em"))
     real.create_pool(rpool, [tmp_path / "r0"], size=128 * MiB, mountpoint=str(tmp_path / "rm"))
     try:
         emu.create(f"{epool}/fs", {"compression": "off"})
