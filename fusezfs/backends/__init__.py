@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import NamedTuple
 
 BACKEND_VARIABLE = "FUSEZFS_BACKEND"
 ZFS_VARIABLE = "FUSEZFS_ZFS"
@@ -45,11 +44,17 @@ class BackendError(Exception):
     """No usable backend as asked; the message says which and why (exit 1)."""
 
 
-class Choice(NamedTuple):
-    name: str                       # "emulated" or "passthrough"
-    why: str                        # how it was chosen, for `fusezfs backend`
-    zfs: list[str] | None           # the real commands (passthrough only)
-    zpool: list[str] | None
+class Choice:
+    """The backend chosen and why (a plain class: typing's NamedTuple would cost every
+    command start-up the import of typing)."""
+    __slots__ = ("name", "why", "zfs", "zpool")
+
+    def __init__(self, name: str, why: str, zfs: list[str] | None,
+                 zpool: list[str] | None) -> None:
+        self.name = name            # "emulated" or "passthrough"
+        self.why = why              # how it was chosen, for `fusezfs backend`
+        self.zfs = zfs              # the real commands (passthrough only)
+        self.zpool = zpool
 
 
 def module_loaded() -> bool:
