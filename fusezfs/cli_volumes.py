@@ -15,9 +15,10 @@ from . import dsprops
 from .api import Handle
 from .cli import Failed
 from .cli_pool import imported_names
-from .cli_zfs import (check_name, dserr, one_argument, parse_props, pool_of, ready_to_create,
-                      session)
+from .cli_zfs import (check_name, dserr, one_argument, parse_props, planned_create, pool_of,
+                      ready_to_create, session)
 from .datasets import DatasetError
+from .volumes import volsize_to_reservation
 
 
 def _size(text: str, what: str) -> int:
@@ -58,17 +59,24 @@ def create_volume(opts: list[tuple[str, str]], rest: list[str]) -> int:
     pool = pool_of(name)
     if pool not in imported_names():
         raise Failed(f"cannot open '{pool}': no such pool")
+    dry = ("-n", "") in opts
     try:
         raw = dsprops.validate_props(dict(props, volsize=str(volsize)), dsprops.VOLUME,
                                      creating=True)
     except dsprops.PropError as e:
-        raise Failed(f"cannot create '{name}': {e.message}") from None
+        raise Failed(f"cannot {'verify' if dry else 'create'} '{name}': {e.message}") from None
     del raw["volsize"]
     blocksize = int(raw.get("volblocksize", dsprops.DEFAULT_VOLBLOCKSIZE))
     if "volblocksize" in raw:
         _warn_blocksize(blocksize)
     raw["volblocksize"] = blocksize
     volsize = -(-volsize // blocksize) * blocksize       # rounded up, as zfs_do_create
+    shown = [("volsize", str(volsize)), *props.items()]  # -v/-P: as zfs_do_create lists them
+    if not sparse and "refreservation" not in props:
+        shown.append(("refreservation", str(volsize_to_reservation(
+            volsize, blocksize, int(raw.get("copies", 1))))))
+    if planned_create(name, shown, opts):
+        return 0
     check_name(name, "create")
     if "/" not in name:
         raise Failed(f"cannot create '{name}': missing dataset name")

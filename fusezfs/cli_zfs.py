@@ -22,8 +22,8 @@ from .names import dataset_name_error, nesting_error
 from .volumes import geometry, is_volume, rollback_refreservation, set_properties
 
 USAGE = {
-    "create": "\tcreate [-p] [-o property=value] ... <filesystem>\n"
-              "\tcreate [-ps] [-b blocksize] [-o property=value] ... -V <size> <volume>",
+    "create": "\tcreate [-Pnpv] [-o property=value] ... <filesystem>\n"
+              "\tcreate [-Pnpsv] [-b blocksize] [-o property=value] ... -V <size> <volume>",
     "destroy": "\tdestroy [-fnpRrv] <filesystem|volume>\n"
                "\tdestroy [-dnpRrv] <filesystem|volume>@<snap>[%<snap>][,...]\n"
                "\tdestroy <filesystem|volume>#<bookmark>",
@@ -204,9 +204,45 @@ def ready_to_create(dsl: Datasets, name: str, parents: bool) -> bool:
     return True
 
 
+def planned_create(name: str, shown: list[tuple[str, str]],
+                   opts: list[tuple[str, str]]) -> bool:
+    """zfs_do_create once the options and properties are checked: with -p and `name` there
+    already, nothing to do; -v/-P describe what is made (`shown`: the properties as the
+    command line gives them); -n makes nothing. True when the command is done."""
+    flags = {o for o, _ in opts}
+    dry, parseable = "-n" in flags, "-P" in flags
+    verbose = parseable or "-v" in flags
+    would = "would " if dry else ""
+    if "-p" in flags and (dry or verbose) and not dataset_name_error(name):
+        if pool_of(name) in imported_names():
+            with session(pool_of(name), name) as dsl:
+                if dsl.lookup(name) is not None:
+                    return True
+        if verbose:
+            print(f"create_ancestors\t{name}" if parseable else
+                  f"{would}create ancestors of {name}")
+    if verbose:
+        print(f"create\t{name}" if parseable else f"{would}create {name}")
+        for key, value in shown:
+            print(f"property\t{key}\t{value}" if parseable else f"\t{key}={value}")
+    return dry
+
+
+def verify_create(name: str, props: dict[str, str], kind: str) -> None:
+    """-n: what zfs_do_create checks before a dry run ends: the pool, then the properties
+    (as "cannot verify")."""
+    pool = name.partition("/")[0]
+    if pool not in imported_names():
+        raise Failed(f"cannot open '{pool}': no such pool")
+    try:
+        dsprops.validate_props(props, kind, creating=True)
+    except dsprops.PropError as e:
+        raise Failed(f"cannot verify '{name}': {e.message}") from None
+
+
 # ---- create, clone, snapshot ---------------------------------------------------------------
 def cmd_create(args: list[str]) -> int:
-    opts, rest = parse(args, "po:V:sb:")
+    opts, rest = parse(args, "po:V:sb:nPv")
     if any(o == "-V" for o, _ in opts):
         from .cli_volumes import create_volume
         return create_volume(opts, rest)
@@ -215,6 +251,10 @@ def cmd_create(args: list[str]) -> int:
     props = parse_props(opts)
     name = one_argument(rest, "filesystem")
     parents = ("-p", "") in opts
+    if ("-n", "") in opts:
+        verify_create(name, props, dsprops.FILESYSTEM)
+    if planned_create(name, list(props.items()), opts):
+        return 0
     # zfs_create's order: the name, the pool and the parent, existence, then the properties
     check_name(name, "create")
     pool = pool_of(name)

@@ -94,3 +94,36 @@ def test_create_refuses_names_nested_50_deep(tmp_path, monkeypatch, capsys):
     ok(capsys, "create", "-p", deep[:-2])
     assert len(ok(capsys, "list", "-H", "-o", "name").split()) == 50
     check_pools()
+
+
+def test_create_dry_run_and_verbose(tmp_path, monkeypatch, capsys):
+    """zfs create -n makes nothing and says nothing; -v and -P say what is (or would be)
+    made, as zfs_do_create prints it (zfs_create_dryrun, zfs_create_verbose)."""
+    disk, = pool_files(tmp_path, monkeypatch, 1)
+    ok(capsys, "pool", "create", "tank", disk)
+    assert run(capsys, "create", "-n", "tank/fs") == (0, "", "")
+    assert run(capsys, "create", "-n", "-V", "10m", "tank/fs") == (0, "", "")
+    assert run(capsys, "create", "-np", "tank/a/b") == (0, "", "")
+    assert ok(capsys, "list", "-H", "-o", "name") == "tank\n"
+    code, out, err = run(capsys, "create", "-n", "-o", "nosuchprop=42", "tank/fs")
+    assert code == 1 and err == "cannot verify 'tank/fs': invalid property 'nosuchprop'\n"
+    code, out, err = run(capsys, "create", "-n", "nopool/fs")
+    assert code == 1 and err == "cannot open 'nopool': no such pool\n"
+    assert ok(capsys, "create", "-Pn", "-o", "compression=on", "tank/fs") == \
+        "create\ttank/fs\nproperty\tcompression\ton\n"
+    out = ok(capsys, "create", "-Pn", "-b", "4k", "-V", "10m", "tank/vol")
+    lines = out.splitlines()
+    assert lines[0] == "create\ttank/vol"
+    assert sorted(lines[1:3]) == ["property\tvolblocksize\t4096", "property\tvolsize\t10485760"]
+    assert lines[3].startswith("property\trefreservation\t") and len(lines) == 4
+    assert ok(capsys, "create", "-Pn", "-s", "-b", "4k", "-V", "10m", "tank/vol").count("\n") == 3
+    assert ok(capsys, "create", "-nv", "-p", "tank/a/b") == \
+        "would create ancestors of tank/a/b\nwould create tank/a/b\n"
+    assert ok(capsys, "list", "-H", "-o", "name") == "tank\n"
+    assert ok(capsys, "create", "-v", "-o", "atime=off", "tank/fs") == "create tank/fs\n" \
+                                                                      "\tatime=off\n"
+    assert ok(capsys, "create", "-pP", "tank/x/y") == "create_ancestors\ttank/x/y\n" \
+                                                     "create\ttank/x/y\n"
+    assert ok(capsys, "create", "-pv", "tank/x/y") == ""          # there already
+    assert ok(capsys, "list", "-H", "-o", "name") == "tank\ntank/fs\ntank/x\ntank/x/y\n"
+    check_pools()
