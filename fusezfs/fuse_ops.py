@@ -749,7 +749,11 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EROFS)
         kw = {name: getattr(attr, source) for name, flag, source in SETATTR_FIELDS
               if getattr(fields, flag)}
-        if not kw:      # the writeback cache's ctime-only setattr (one per unlink): no change
+        if not kw or (len(kw) == 1 and "ctime" in kw):
+            # The writeback cache's ctime-only setattr, one after every unlink, link, rename
+            # and xattr change: the kernel bumped the inode's ctime in its cache for an
+            # operation this layer has applied already, with its own ctime. Nothing to
+            # change (a ctime cannot be set from user space): the current attributes.
             return self._entry(view, view.fs.getattr(local))
         return self._entry(view, view.fs.setattr(local, **kw))
 

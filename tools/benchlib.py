@@ -12,10 +12,11 @@ Actions (ROOT is a directory on the target):
   seqread   {path}                  read the file in 1 MiB reads (the caller made caches cold)
   randprep  {path, size}            a preallocated file of SIZE incompressible bytes, fsync'ed
   randwrite {path, size, count}     COUNT 4 KiB pwrites at random aligned offsets, then fsync
-  meta      {root, files, drop}     create FILES x 4 KiB files (10 directories), stat them all,
-                                    delete them all; with drop, caches are dropped between phases
-  tree      {root, src, drop}       read SRC once (warm), `cp -a SRC ROOT/tree`, then
-                                    `rm -rf ROOT/tree`
+  meta      {root, files, drop[, pid]}  create FILES x 4 KiB files (10 directories), stat them
+                                    all, delete them all; with drop, caches are dropped between
+                                    phases; with pid, also that daemon's CPU time per phase
+  tree      {root, src, drop[, pid]}  read SRC once (warm), `cp -a SRC ROOT/tree`, then
+                                    `rm -rf ROOT/tree` (pid: as for meta)
   fsynclat  {path, size, counts}    into the preallocated file: N random 4 KiB pwrites, then
                                     fsync, for each N of COUNTS (timed: the fsync alone; the
                                     median of several tries for small N)
@@ -170,6 +171,37 @@ def sqlite(a: dict) -> dict:
     return {"s": took, "tps": a["n"] / took, "rows": count}
 
 
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU time of process PID (the daemon serving the target), or None."""
+    if not pid:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class Phases:
+    """Wall time of each phase into OUT[NAME_s], and with a daemon's PID its CPU time into
+    OUT[NAME_cpu]: on a machine shared with other work the daemon's CPU time per operation
+    moves much less than the wall time does."""
+
+    def __init__(self, out: dict, pid: int | None) -> None:
+        self.out, self.pid = out, pid
+
+    def start(self) -> None:
+        self.c0 = cpu_seconds(self.pid)
+        self.t0 = time.perf_counter()
+
+    def stop(self, name: str) -> None:
+        self.out[f"{name}_s"] = time.perf_counter() - self.t0
+        c1 = cpu_seconds(self.pid)
+        if c1 is not None and self.c0 is not None:
+            self.out[f"{name}_cpu"] = c1 - self.c0
+
+
 def meta(a: dict) -> dict:
     root, n, drop = os.path.join(a["root"], "meta"), a["files"], a["drop"]
     payload = (b"fusezfs metadata benchmark: 4 KiB of text per file.\n" * 80)[:BLOCK]
@@ -177,7 +209,8 @@ def meta(a: dict) -> dict:
     paths = [os.path.join(dirs[i % 10], f"f{i:06d}") for i in range(n)]
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
     out = {}
-    t0 = time.perf_counter()
+    ph = Phases(out, a.get("pid"))
+    ph.start()
     os.mkdir(root)
     for d in dirs:
         os.mkdir(d)
@@ -185,23 +218,23 @@ def meta(a: dict) -> dict:
         fd = os.open(p, flags, 0o644)
         os.write(fd, payload)
         os.close(fd)
-    out["create_s"] = time.perf_counter() - t0
+    ph.stop("create")
     out["dropped"] = drop and drop_caches()
     order = paths[:]
     random.Random(3).shuffle(order)
-    t0 = time.perf_counter()
+    ph.start()
     for p in order:
         os.stat(p)
-    out["stat_s"] = time.perf_counter() - t0
+    ph.stop("stat")
     if drop:
         drop_caches()
-    t0 = time.perf_counter()
+    ph.start()
     for p in paths:
         os.unlink(p)
     for d in dirs:
         os.rmdir(d)
     os.rmdir(root)
-    out["delete_s"] = time.perf_counter() - t0
+    ph.stop("delete")
     out["files"] = n
     return out
 
@@ -215,17 +248,19 @@ def tree(a: dict) -> dict:
                 with open(p, "rb") as fh:
                     while fh.read(MIB):
                         pass
-    t0 = time.perf_counter()
+    out: dict = {}
+    ph = Phases(out, a.get("pid"))
+    ph.start()
     subprocess.run(["cp", "-a", a["src"], dst], check=True, timeout=3600)
-    cp_s = time.perf_counter() - t0
+    ph.stop("cp")
     if a["drop"]:
         drop_caches()
-    t0 = time.perf_counter()
+    ph.start()
     subprocess.run(["rm", "-rf", dst], check=True, timeout=3600)
-    rm_s = time.perf_counter() - t0
+    ph.stop("rm")
     if os.path.exists(dst):
         raise RuntimeError(f"rm -rf left {dst}")
-    return {"cp_s": cp_s, "rm_s": rm_s}
+    return out
 
 
 def populate(a: dict) -> dict:
