@@ -338,6 +338,11 @@ def cmd_snapshot(args: list[str]) -> int:
                 if not dsprops.is_user(key):
                     # zfs_snapshot_nvl's errbuf, trailing space included
                     raise Failed(f"cannot create snapshots : {dsprops.MSG_SNAPSHOT_PROPS}")
+            names = list(dict.fromkeys(names))      # an nvlist: a name given twice is one
+            heads = [n.partition("@")[0] for n in names]
+            if len(set(heads)) < len(heads):        # zfs_ioc_snapshot's EXDEV
+                raise Failed("cannot create snapshots : multiple snapshots of same fs not "
+                             "allowed")
             try:
                 dsl.snapshot(names, props)
             except DatasetError as e:

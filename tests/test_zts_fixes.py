@@ -127,3 +127,23 @@ def test_create_dry_run_and_verbose(tmp_path, monkeypatch, capsys):
     assert ok(capsys, "create", "-pv", "tank/x/y") == ""          # there already
     assert ok(capsys, "list", "-H", "-o", "name") == "tank\ntank/fs\ntank/x\ntank/x/y\n"
     check_pools()
+
+
+def test_one_snapshot_per_filesystem_in_a_command(tmp_path, monkeypatch, capsys):
+    """zfs_ioc_snapshot refuses two snapshots of one filesystem in a request (EXDEV), which
+    libzfs words "multiple snapshots of same fs not allowed" (zfs_snapshot_003_neg)."""
+    disk, = pool_files(tmp_path, monkeypatch, 1)
+    ok(capsys, "pool", "create", "tank", disk)
+    ok(capsys, "create", "tank/fs")
+    ok(capsys, "create", "tank/fs/child")
+    for flags in ([], ["-r"]):
+        code, out, err = run(capsys, "snapshot", *flags, "tank/fs@a", "tank/fs@b")
+        assert code == 1 and err == ("cannot create snapshots : multiple snapshots of same fs "
+                                     "not allowed\nno snapshots were created\n"), flags
+    code, out, err = run(capsys, "snapshot", "-r", "tank@a", "tank/fs/child@b")
+    assert code == 1 and "multiple snapshots of same fs not allowed" in err
+    assert ok(capsys, "list", "-H", "-t", "snapshot", "-o", "name") == ""
+    ok(capsys, "snapshot", "tank/fs@a", "tank/fs@a", "tank/fs/child@a")    # one name twice
+    assert ok(capsys, "list", "-H", "-t", "snapshot", "-o", "name") == \
+        "tank/fs@a\ntank/fs/child@a\n"
+    check_pools()
