@@ -44,12 +44,14 @@ def fake_zfs(tmp_path, monkeypatch) -> dict[str, str]:
 
 
 def program(name: str, *args: str, env: dict | None = None, stdin: bytes | None = None,
-            cwd=None) -> subprocess.CompletedProcess:
-    """fusezfs's `zfs`, `zpool` or `fusezfs` program started as a user starts it."""
+            cwd=None, environ: dict | None = None) -> subprocess.CompletedProcess:
+    """fusezfs's `zfs`, `zpool` or `fusezfs` program started as a user starts it, in
+    `environ` (default: this process's) with `env` on top."""
     entry = "main" if name == "fusezfs" else f"{name}_main"
     code = f"import sys; from fusezfs.cli import {entry}; sys.exit({entry}())"
+    base = os.environ if environ is None else environ
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
-                          env=dict(os.environ, **(env or {})), input=stdin, cwd=cwd,
+                          env=dict(base, **(env or {})), input=stdin, cwd=cwd,
                           stdin=None if stdin is not None else subprocess.DEVNULL, timeout=60)
 
 

@@ -17,11 +17,10 @@ in its zfs-fuse form, so the difference itself stays tested.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import uuid
 
 import pytest
+from test_backends import program as run_program
 
 from fusezfs.backends import connect
 from fusezfs.backends.library import Backend, ZfsCommandError
@@ -90,11 +89,7 @@ def pool(backend, tmp_path):
 def program(backend: Backend, name: str, *args: str, stdin: bytes | None = None,
             cwd: str | None = None):
     """fusezfs's `zfs`, `zpool` or `fusezfs` program, as a user runs it, on the backend."""
-    entry = "main" if name == "fusezfs" else f"{name}_main"
-    code = f"import sys; from fusezfs.cli import {entry}; sys.exit({entry}())"
-    return subprocess.run([sys.executable, "-c", code, *args], env=backend.env,
-                          capture_output=True, input=stdin, timeout=120, cwd=cwd,
-                          stdin=None if stdin is not None else subprocess.DEVNULL)
+    return run_program(name, *args, environ=backend.env, stdin=stdin, cwd=cwd)
 
 
 def test_datasets_snapshots_clones_rollback_properties(backend, pool):
