@@ -172,8 +172,7 @@ class Scrubber(OnePerPool):
                 if root is not None:
                     self._scan(Tree(pool.mos.store, root), st)
                     if key == OBJSET_PREFIX + DDT_OBJSET:
-                        for _k, entry in pool.blocks.ddt.entries(root):
-                            self._scan_block(entry.bp, st)
+                        self._scan_dedup(root, st)
             st.cursor = key.hex()
         st.save(pool)
         if commit:
@@ -181,10 +180,11 @@ class Scrubber(OnePerPool):
         return False
 
     def _scan(self, tree: Tree, st: ScanState, nested: bool = True) -> None:
-        """Scrub what `tree` reaches, BATCH bytes of block pointers at a time (read in address
-        order by BlockIO.scrub_many)."""
-        batch: list = []
-        size = 0
+        """Scrub what `tree` reaches (the trees it names too, if `nested`)."""
+        self._scan_all(self._reached(tree, st, nested), st)
+
+    def _reached(self, tree: Tree, st: ScanState, nested: bool):
+        """The block pointers to scrub of `tree`'s walk, each block once."""
         seen = self.seen
         for kind, bp in tree.walk(seen):
             if kind == "tree":
@@ -194,10 +194,23 @@ class Scrubber(OnePerPool):
             if kind == "block":
                 if bp.flags & FLAG_DEDUP:
                     continue            # scrubbed with its dedup table entry
-                ident = bp.identity()
+                d = bp.dvas[0]          # (a tuple of ints: cheaper to keep than identity())
+                ident = (d.vdev, d.offset, bp.birth)
                 if ident in seen:
                     continue
                 seen.add(ident)
+            yield bp
+
+    def _scan_dedup(self, root, st: ScanState) -> None:
+        """Every block the dedup table holds, once."""
+        self._scan_all((entry.bp for _key, entry in self.pool.blocks.ddt.entries(root)), st)
+
+    def _scan_all(self, bps, st: ScanState) -> None:
+        """Scrub the blocks `bps` yields, BATCH bytes at a time (read in address order by
+        BlockIO.scrub_many)."""
+        batch: list = []
+        size = 0
+        for bp in bps:
             batch.append(bp)
             size += bp.psize
             if size >= BATCH:
