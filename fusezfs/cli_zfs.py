@@ -18,7 +18,7 @@ from .cli import Failed, Usage, error, parse, print_table
 from .api import Handle
 from .cli_pool import imported_names, open_pool
 from .datasets import HEADS, DatasetError, Datasets, Record, ROOT_ID
-from .names import dataset_name_error, nesting_error
+from .names import MAX_NAME_LEN, MAX_NESTING, dataset_name_error, nesting_error
 from .volumes import geometry, is_volume, rollback_refreservation, set_properties
 
 USAGE = {
@@ -649,10 +649,27 @@ def cmd_rename(args: list[str]) -> int:
             else:
                 if dsl.lookup(new) is not None:
                     raise Failed(f"cannot rename '{old}': dataset already exists")
+                if rec.kind != "snapshot" and not _names_fit_after_rename(dsl, rec, old, new):
+                    raise Failed(f"cannot rename '{old}': dataset name is too long")
                 dsl.rename(rec, new)
         except DatasetError as e:
             raise dserr("rename", old, e) from None
     return 0
+
+
+def _names_fit_after_rename(dsl: Datasets, rec: Record, old: str, new: str) -> bool:
+    """dsl_valid_rename over the dataset, its descendants and their snapshots: every name
+    stays under 256 characters and, when it moves deeper, under the nesting limit."""
+    grow, deeper = len(new) - len(old), new.count("/") - old.count("/")
+    if grow <= 0 and deeper <= 0:
+        return True
+    for head in [rec] + dsl.descendants(rec.id):
+        for r in [head] + dsl.snapshots(head.id):
+            name = dsl.name(r.id)
+            depth = name.partition("@")[0].count("/") + deeper
+            if len(name) + grow > MAX_NAME_LEN or (deeper > 0 and depth >= MAX_NESTING):
+                return False
+    return True
 
 
 # ---- holds ---------------------------------------------------------------------------------------

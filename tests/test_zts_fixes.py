@@ -147,3 +147,26 @@ def test_one_snapshot_per_filesystem_in_a_command(tmp_path, monkeypatch, capsys)
     assert ok(capsys, "list", "-H", "-t", "snapshot", "-o", "name") == \
         "tank/fs@a\ntank/fs/child@a\n"
     check_pools()
+
+
+def test_rename_keeps_every_name_under_the_limits(tmp_path, monkeypatch, capsys):
+    """dsl_valid_rename: a rename that would make a descendant's or a snapshot's name 256
+    characters or longer, or nest a dataset 50 deep, is refused (zfs_snapshot_005_neg)."""
+    disk, = pool_files(tmp_path, monkeypatch, 1)
+    ok(capsys, "pool", "create", "tank", disk)
+    ok(capsys, "create", "tank/fs")
+    snap = "tank/fs@" + "s" * (255 - len("tank/fs@"))           # 255 characters: the most
+    ok(capsys, "snapshot", snap)
+    for new in ("tank/fsa", "tank/fs-new"):
+        code, out, err = run(capsys, "rename", "tank/fs", new)
+        assert code == 1 and err == "cannot rename 'tank/fs': dataset name is too long\n"
+    ok(capsys, "rename", "tank/fs", "tank/f")                   # shorter is fine
+    ok(capsys, "create", "-p", "tank" + "/a" * 48)               # 48 deep
+    ok(capsys, "create", "tank/b")
+    code, out, err = run(capsys, "rename", "tank/b", "tank/a/b")   # 2 deep: fine
+    assert code == 0, err
+    ok(capsys, "create", "tank/a/b/c")
+    code, out, err = run(capsys, "rename", "tank/a/a", "tank/a/b/c/d")  # its leaf 50 deep
+    assert code == 1 and err == "cannot rename 'tank/a/a': dataset name is too long\n"
+    ok(capsys, "rename", "tank/a/a", "tank/a/b/d")                     # 49: the most
+    check_pools()
