@@ -178,6 +178,12 @@ def test_send_receive(backend, pool):
     assert b.read_file(f"{pool}/copy", "/more") == b"incremental\n"
     assert b.list(f"{pool}/copy", types="snapshot") == [f"{pool}/copy@one", f"{pool}/copy@two"]
 
+    # a receive that fails says why, whichever end broke the pipe
+    with pytest.raises(ZfsCommandError) as e:
+        b.send_to(f"{pool}/src@one", b, f"{pool}/copy")
+    assert (e.value.backend, e.value.code, e.value.argv) == (b.name, 1,
+                                                            ["receive", f"{pool}/copy"])
+    assert "destination '" + f"{pool}/copy' exists" in e.value.stderr
     # a full stream onto an existing filesystem needs -F
     again = program(b, "zfs", "receive", f"{pool}/copy", stdin=b.send(f"{pool}/src@one"))
     assert (again.returncode, again.stderr.decode()) == (

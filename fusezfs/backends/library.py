@@ -227,8 +227,10 @@ class Backend:
                                       stdout=subprocess.DEVNULL)
                 sender.stdout.close()       # the receiver holds the pipe's only reader
                 rcode, scode = receiver.wait(), sender.wait()
-            for backend, argv, code, err in ((self, send_argv, scode, send_err),
-                                             (dest, recv_argv, rcode, recv_err)):
+            # the receiver's failure first: a sender whose reader went away fails with EPIPE,
+            # which says nothing of why
+            for backend, argv, code, err in ((dest, recv_argv, rcode, recv_err),
+                                             (self, send_argv, scode, send_err)):
                 if code != 0:
                     err.seek(0)
                     raise ZfsCommandError(backend.name, argv, code,
