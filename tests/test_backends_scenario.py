@@ -245,6 +245,33 @@ def test_fusezfs_pool_create_takes_relative_files(backend, tmp_path):
     assert name not in backend.pools()
 
 
+def test_fusezfs_cp_in_and_out(backend, pool, tmp_path):
+    """`fusezfs cp` between the host and a dataset (passthrough: through the mountpoint, cp
+    run where the real ZFS's mounts are), and out of a snapshot."""
+    b = backend
+    b.create(f"{pool}/docs")
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "a.txt").write_bytes(b"alpha\n")
+    (tree / "sub" / "b.bin").write_bytes(bytes(range(256)) * 40)
+    r = program(b, "fusezfs", "cp", "-r", "tree", f"{pool}/docs:/copy", cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert b.read_file(f"{pool}/docs", "/copy/sub/b.bin") == bytes(range(256)) * 40
+    b.snapshot(f"{pool}/docs@s")
+    b.write_file(f"{pool}/docs", "/copy/a.txt", b"changed\n")
+    r = program(b, "fusezfs", "cp", f"{pool}/docs:/copy/a.txt", str(tmp_path / "out.txt"))
+    assert r.returncode == 0 and (tmp_path / "out.txt").read_bytes() == b"changed\n"
+    r = program(b, "fusezfs", "cp", f"{pool}/docs@s:/copy/a.txt", str(tmp_path / "old.txt"))
+    if zfs_fuse_age(b):                                     # ZFS_FUSE_AGE[".zfs/snapshot"]
+        assert r.returncode == 1
+        assert r.stderr.decode().startswith(f"cp: cannot open '{pool}/docs@s': ")
+    else:
+        assert r.returncode == 0 and (tmp_path / "old.txt").read_bytes() == b"alpha\n"
+    r = program(b, "fusezfs", "cp", str(tmp_path / "out.txt"), f"{pool}/nosuch:/x")
+    assert (r.returncode, r.stderr.decode()) == (
+        1, f"cp: cannot open '{pool}/nosuch': dataset does not exist\n")
+
+
 def test_mount_and_unmount(backend, pool, needs_fuse):
     """`fusezfs mount`/`unmount` of a pool: the emulation's service mounts with FUSE, the real
     ZFS mounts its own; the same answers either way."""

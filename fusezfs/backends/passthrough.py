@@ -101,12 +101,12 @@ class Passthrough:
             raise Failed(f"fusezfs: passthrough backend: cannot run '{argv[0]}': "
                          f"{e.strerror}", 127) from None
 
-    def checked(self, argv: list[str]) -> str:
-        """stdout of a command that must succeed; else its stderr as it is, and its code."""
+    def checked(self, argv: list[str], said_by: str = "") -> str:
+        """stdout of a command that must succeed; else Failed with its exit code and its
+        stderr as it is, after `said_by` (`cp: `: the words of the verb that asked)."""
         r = self.capture(argv)
         if r.returncode != 0:
-            sys.stderr.write(r.stderr)
-            raise Failed("", r.returncode)
+            raise Failed(said_by + r.stderr.rstrip("\n"), r.returncode)
         return r.stdout
 
     # ---- the three programs --------------------------------------------------------------
@@ -181,11 +181,12 @@ class Passthrough:
                          f"reaches it)")
 
     def mountpoint(self, filesystem: str) -> str:
-        """Where a mounted filesystem is (Failed, with zfs's message, if it does not exist)."""
+        """Where a mounted filesystem is (Failed, with zfs's message after `cp: ` as fusezfs
+        cp says it, if it does not exist)."""
         mp, mounted = self.checked(self.zfs + ["get", "-H", "-o", "value", "mountpoint,mounted",
-                                               filesystem]).split("\n")[:2]
+                                               filesystem], "cp: ").split("\n")[:2]
         if mounted != "yes" or not mp.startswith("/"):
-            raise Failed(f"cannot copy: '{filesystem}' is not mounted (the passthrough backend "
+            raise Failed(f"cp: cannot copy: '{filesystem}' is not mounted (the passthrough backend "
                          f"copies through the mountpoint)")
         return mp
 
@@ -196,8 +197,8 @@ class Passthrough:
         if snap:
             base = os.path.join(base, ".zfs", "snapshot", snap)
             if self.capture(self.prefix + ["test", "-d", base]).returncode != 0:
-                self.checked(self.zfs + ["list", "-H", "-o", "name", dataset])
-                raise Failed(f"cannot open '{dataset}': {base} does not exist (this ZFS has no "
+                self.checked(self.zfs + ["list", "-H", "-o", "name", dataset], "cp: ")
+                raise Failed(f"cp: cannot open '{dataset}': {base} does not exist (this ZFS has no "
                              f".zfs/snapshot directory; passthrough backend)")
         return os.path.join(base, path.lstrip("/")) if path.strip("/") else base + "/"
 
