@@ -159,6 +159,35 @@ def test_mapped_verbs(fake_zfs, tmp_path):
     assert (r.returncode, r.stderr) == (2, b"missing pool name\nusage:\n\tverify <pool>\n")
 
 
+def test_pool_verify_is_a_scrub_that_waits(fake_zfs, tmp_path, monkeypatch):
+    """`pool verify` on passthrough: zpool scrub, then zpool status until the scrub is over;
+    the last status is the report, and errors in it fail the verify."""
+    counter = tmp_path / "polls"
+    zpool = tmp_path / "zpool-scrubbing"
+    zpool.write_text(f"""#!/bin/sh
+case "$1" in
+scrub) echo scrub "$2" >> {tmp_path}/calls ;;
+status)
+    n=$(cat {counter} 2>/dev/null || echo 0); n=$((n + 1)); echo $n > {counter}
+    if [ $n -lt 3 ]; then echo "  scan: scrub in progress since now"; exit 0; fi
+    echo "  scan: scrub repaired 0B in 00:00:01 with $SCRUB_ERRORS errors"
+    if [ "$SCRUB_ERRORS" = 0 ]; then echo "errors: No known data errors"
+    else echo "errors: $SCRUB_ERRORS data errors, use '-v' for a list"; fi ;;
+esac
+""")
+    zpool.chmod(0o755)
+    env = {"FUSEZFS_BACKEND": "passthrough", "FUSEZFS_ZPOOL": str(zpool)}
+    r = program("fusezfs", "pool", "verify", "tank", env={**env, "SCRUB_ERRORS": "2"})
+    assert (r.returncode, r.stdout.decode()) == (
+        1, "  scan: scrub repaired 0B in 00:00:01 with 2 errors\n"
+           "errors: 2 data errors, use '-v' for a list\n")
+    assert counter.read_text() == "3\n"                 # polled until the scrub was over
+    assert (tmp_path / "calls").read_text() == "scrub tank\n"
+    counter.unlink()
+    r = program("fusezfs", "pool", "verify", "tank", env={**env, "SCRUB_ERRORS": "0"})
+    assert r.returncode == 0 and r.stdout.endswith(b"errors: No known data errors\n")
+
+
 def test_fusezfs_own_program_is_never_the_real_one(fake_zfs, tmp_path):
     """FUSEZFS_ZFS naming fusezfs's own zfs program would exec itself forever: refused."""
     own = tmp_path / "own-zfs"
