@@ -99,9 +99,22 @@ def test_zpool_and_zfs_do_the_work(sh, tmp_path):
 
 
 def test_a_loaded_kernel_module_is_not_stood_in_for(sh, tmp_path):
+    """With a ZFS kernel module loaded, its own commands answer (the passthrough backend,
+    fusezfs/backends; here stand-ins named by FUSEZFS_ZFS/FUSEZFS_ZPOOL); where they cannot
+    be found, fusezfs's programs refuse rather than stand in for them."""
     module = tmp_path / "sys-module-zfs"
     module.mkdir()
-    env = dict(sh.env, FUSEZFS_SYS_MODULE_ZFS=str(module))
+    for name in ("zfs", "zpool"):
+        (tmp_path / f"real-{name}").write_text(f"#!/bin/sh\necho real {name} \"$@\"\n")
+        (tmp_path / f"real-{name}").chmod(0o755)
+    env = dict(sh.env, FUSEZFS_SYS_MODULE_ZFS=str(module),
+               FUSEZFS_ZFS=str(tmp_path / "real-zfs"), FUSEZFS_ZPOOL=str(tmp_path / "real-zpool"))
+    for name in ("zfs", "zpool"):
+        r = subprocess.run([program(name), "list"], capture_output=True, text=True, env=env,
+                           timeout=60)
+        assert (r.returncode, r.stdout, r.stderr) == (0, f"real {name} list\n", "")
+    env.update(FUSEZFS_ZFS=str(tmp_path / "gone" / "zfs"),
+               FUSEZFS_ZPOOL=str(tmp_path / "gone" / "zpool"))
     for name in ("zfs", "zpool"):
         r = subprocess.run([program(name), "list"], capture_output=True, text=True, env=env,
                            timeout=60)
