@@ -13,7 +13,8 @@ as owners of their extents; the dedup table's entries are, once each, and every 
 must match an entry (same key, same DVAs), every entry must be named by some pointer. Exact
 reference counts need the datasets' lineages: `Datasets.check` compares them.
 
-Every copy of every block is read and checked (each DVA, each mirror side: `BlockIO.scrub`), so
+Every copy of every block is read and checked (each DVA, each mirror side, read in address
+order in batches: `BlockIO.scrub_many`, which sends any block with a bad copy through `scrub`), so
 damage to a second copy or a mirror's other side is found, counted on its device and repaired
 from a good copy, not hidden behind the first good one; a block with no good copy is a fault.
 """
@@ -79,6 +80,9 @@ def _subtract(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> list[tuple[
     return out
 
 
+VERIFY_BATCH = 4096      # blocks gathered before their copies are read (BlockIO.scrub_many)
+
+
 def verify(pool) -> Report:
     """Sync the pool, then check its committed state (see the module comment)."""
     with pool.lock:
@@ -90,6 +94,15 @@ def verify(pool) -> Report:
 
         dedup_refs: dict[bytes, BlockPointer] = {}      # table key -> a pointer naming it
 
+        pending: list[tuple[BlockPointer, str]] = []    # to read, in address order, in batches
+
+        def scrub_pending() -> None:
+            results = pool.blocks.scrub_many([bp for bp, _what in pending]) if pending else []
+            for (bp, what), (_bad, _repaired, lost) in zip(pending, results):
+                if lost:
+                    report.faults.append(f"{what}: checksum error: {describe(bp)}")
+            pending.clear()
+
         def note(bp: BlockPointer, what: str) -> None:
             if bp.flags & FLAG_DEDUP:       # the table's entry owns the extents (below)
                 dedup_refs.setdefault(key_of(bp), bp)
@@ -98,9 +111,9 @@ def verify(pool) -> Report:
                 return
             seen.add(bp.identity())
             report.blocks += 1
-            _bad, _repaired, lost = pool.blocks.scrub(bp)
-            if lost:
-                report.faults.append(f"{what}: checksum error: {describe(bp)}")
+            pending.append((bp, what))
+            if len(pending) >= VERIFY_BATCH:
+                scrub_pending()
             for d in bp.dvas:
                 if d.vdev not in reached:
                     report.faults.append(f"{what} {describe(bp)}: DVA names unknown vdev {d.vdev}")
@@ -141,6 +154,7 @@ def verify(pool) -> Report:
                 reached[d.vdev].append((d.offset, d.asize, "intent log"))
         sm_bp = pool.spacemap_bp
         note(sm_bp, "spacemap")
+        scrub_pending()
         try:
             on_disk = spacemap.decode(pool.blocks.read(sm_bp, cache=False))
         except (ChecksumError, ValueError) as e:
