@@ -10,6 +10,7 @@ from . import sessions, topology
 from .host import registry
 from .cli import Failed, Usage, error, parse
 from .cli_pool import open_pool, parse_vdevs
+from .cli_replication import check_add
 from .pool import Pool, PoolError
 from .scrub import Scrubber
 
@@ -157,7 +158,10 @@ def cmd_add(args: list[str]) -> int:
     pool = open_pool(name)
     try:
         try:
-            topology.add(pool, parse_vdevs(name, rest), force="-f" in flags)
+            spec = parse_vdevs(name, rest)
+            check_add([(t.kind, len(t.leaves)) for _, t in sorted(pool.tops.items())], spec,
+                      "-f" in flags)
+            topology.add(pool, spec, force="-f" in flags)
             _remember(pool, name)
         except PoolError as e:
             msg = str(e)

@@ -139,7 +139,9 @@ def test_add_a_top_level_vdev(env, capsys):
     assert run(capsys, "pool", "create", "tank", d[0])[0] == 0
     size = int(run(capsys, "pool", "list", "-Hp", "-o", "size", "tank")[1])
     files = put_files(tmp, capsys, 3, 7)
-    assert run(capsys, "pool", "add", "tank", "mirror", d[1], d[2]) == (0, "", "")
+    # a mirror beside a plain file: zpool wants -f (mismatched replication level)
+    assert run(capsys, "pool", "add", "tank", "mirror", d[1], d[2])[0] == 1
+    assert run(capsys, "pool", "add", "-f", "tank", "mirror", d[1], d[2]) == (0, "", "")
     assert int(run(capsys, "pool", "list", "-Hp", "-o", "size", "tank")[1]) > 1.9 * size
     more = put_files(tmp, capsys, 8, 8)
     out = run(capsys, "pool", "status", "tank")[1]

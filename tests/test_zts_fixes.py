@@ -170,3 +170,36 @@ def test_rename_keeps_every_name_under_the_limits(tmp_path, monkeypatch, capsys)
     assert code == 1 and err == "cannot rename 'tank/a/a': dataset name is too long\n"
     ok(capsys, "rename", "tank/a/a", "tank/a/b/d")                     # 49: the most
     check_pools()
+
+
+def test_create_and_add_check_the_replication_level(tmp_path, monkeypatch, capsys):
+    """zpool_vdev.c's get_replication/check_replication: mirrors of devices more than 16 MiB
+    apart, mixed vdev types or widths, and an add unlike the pool are refused without -f
+    (zpool_create_011_neg, zpool_add_002_pos)."""
+    d = pool_files(tmp_path, monkeypatch, 6)
+    big = tmp_path / "big"
+    with open(big, "wb") as f:
+        f.truncate(160 << 20)                   # 32 MiB more than the others
+    header = "invalid vdev specification\nuse '-f' to override the following errors:\n"
+    for spec, why in (
+            (["mirror", d[0], str(big)], "mirror contains devices of different sizes"),
+            ([d[0], "mirror", d[1], d[2]],
+             "mismatched replication level: both file and mirror vdevs are present"),
+            (["mirror", d[0], d[1], "mirror", d[2], d[3], d[4]],
+             "mismatched replication level: both 2-way and 3-way mirror vdevs are present")):
+        code, out, err = run(capsys, "pool", "create", "tank", *spec)
+        assert code == 1 and err == header + why + "\n", spec
+    assert ok(capsys, "pool", "list", "-H", "-o", "name") == ""
+    ok(capsys, "pool", "create", "tank", "mirror", d[0], d[1])
+    code, out, err = run(capsys, "pool", "add", "tank", d[2])
+    assert code == 1 and err == header + "mismatched replication level: pool uses mirror " \
+                                         "and new vdev is file\n"
+    code, out, err = run(capsys, "pool", "add", "tank", "mirror", d[2], d[3], d[4])
+    assert code == 1 and err == header + "mismatched replication level: pool uses 2-way " \
+                                         "mirror and new vdev uses 3-way mirror\n"
+    ok(capsys, "pool", "add", "tank", "mirror", d[2], d[3])     # alike: no -f needed
+    ok(capsys, "pool", "add", "-f", "tank", d[4])               # -f overrides
+    status = ok(capsys, "pool", "status", "tank")
+    assert d[4] in status and "mirror-1" in status
+    ok(capsys, "pool", "create", "-f", "other", "mirror", d[5], str(big))
+    check_pools()
