@@ -43,6 +43,7 @@ from ..posix_layout import (CD_BITS, CD_MAX, K_DATA, K_DIRENT, ROOT_INO, SUPER_K
                             encode_dirent, ino_prefix, inode_key, kind_hi, kind_lo, name_hash)
 from ..tree import REF_BLOCK, Tree
 from . import records as R
+from .xattrs import XATTR_BASE, XattrGather, set_xattrs
 from .zap import ZapError, decode_zap, encode_zap, salt_for, uint64_items
 from .znode import (DMU_OT_DIRECTORY_CONTENTS, DMU_OT_MASTER_NODE, DMU_OT_SA,
                     DMU_OT_UNLINKED_SET, DMU_OT_ZNODE, MAP_KEY, ZFS_XATTR, ObjectMap, Znode,
@@ -113,6 +114,7 @@ class Applier:
         self.links: dict[int, bytearray] = {}       # long symlink targets, by object number
         self.max_obj = 0
         self.last_write = (0, 0)                    # (object, offset) of the last WRITE
+        self.xattrs = XattrGather()                 # xattr directories and value files
         raw = self.tree.get(SUPER_KEY)
         self.sb = Superblock.decode(raw) if raw is not None else Superblock(ROOT_INO, 2, 0)
 
@@ -157,7 +159,8 @@ class Applier:
         obj = r.object
         if obj == 0 or r.blksz < 512 or r.blksz % 512 or r.blksz > (16 << 20):
             raise R.StreamError("invalid backup stream")
-        self.max_obj = max(self.max_obj, obj)
+        if obj < XATTR_BASE:
+            self.max_obj = max(self.max_obj, obj)
         if r.type in (DMU_OT_MASTER_NODE, DMU_OT_UNLINKED_SET):
             self.special[obj] = bytearray()
             self.dirs.pop(obj, None)
@@ -172,8 +175,9 @@ class Applier:
             zn = Znode.decode(r.bonus)
         except ValueError:
             raise R.StreamError("invalid backup stream") from None
-        if zn.flags & ZFS_XATTR:
-            self.skipped.add(obj)
+        if self.xattrs.object(r, zn) or zn.flags & ZFS_XATTR:
+            if obj < XATTR_BASE:
+                self.skipped.add(obj)              # (its number stays the sender's)
             return
         self.skipped.discard(obj)
         ino = self._ino(obj)
@@ -215,6 +219,10 @@ class Applier:
             raise R.StreamError("stream has unsupported feature (compressed WRITE records)")
         if obj in self.special:
             _lay(self.special[obj], w.offset, data)
+            return
+        xbuf = self.xattrs.buffer(obj)
+        if xbuf is not None:
+            _lay(xbuf, w.offset, data)
             return
         if obj in self.skipped:
             return
@@ -284,6 +292,11 @@ class Applier:
     def _free(self, f: R.Free) -> None:
         obj = f.object
         end = f.offset + f.length if f.length != R.FREE_TO_END else 1 << 64
+        xbuf = self.xattrs.buffer(obj)
+        if xbuf is not None:
+            stop = min(end, len(xbuf))
+            xbuf[f.offset:stop] = bytes(max(0, stop - f.offset))
+            return
         if obj in self.special or obj in self.skipped or obj in self.links:
             return
         d = self.dirs.get(obj)
@@ -329,6 +342,7 @@ class Applier:
             del self.dirs[obj]
         for obj in [o for o in list(self.links) if f.firstobj <= o < hi]:
             del self.links[obj]
+        self.xattrs.freed(f.firstobj, hi, self._owners_in)
         lo_ino = max(ROOT_INO + 1, f.firstobj - self.omap.delta)
         hi_ino = hi - self.omap.delta
         pos = lo_ino
@@ -340,6 +354,46 @@ class Applier:
             if self.omap.obj(ino) not in reserved:
                 self._destroy(ino)
             pos = ino + 1
+
+    def _owners_in(self, lo: int, hi: int) -> list[int]:
+        """Object numbers in [lo, hi) of files that exist (none matter in a full stream)."""
+        if self.full:
+            return []
+        out = [self.omap.root] if lo <= self.omap.root < hi else []
+        pos, end = max(ROOT_INO + 1, lo - self.omap.delta), hi - self.omap.delta
+        while pos < end:
+            item = self.tree.first_item(ino_prefix(pos), ino_prefix(end))
+            if item is None:
+                break
+            ino = int.from_bytes(item[0][:8], "big")
+            out.append(self.omap.obj(ino))
+            pos = ino + 1
+        return out
+
+    def _finish_xattrs(self) -> None:
+        """Each owner's xattrs become its directory's; cleared owners lose theirs."""
+        entries, cleared = self.xattrs.result()
+        wanted = {owner: {} for owner in cleared}
+        for owner, names in entries.items():
+            node = self._inode(self._ino(owner))
+            if node is None:
+                raise R.StreamError("invalid backup stream")      # xattrs of no file
+            values = wanted[owner] = {}
+            for name, fobj in names:
+                value = self.xattrs.value(fobj)
+                if value is not None:
+                    values[name] = value
+        for owner, values in sorted(wanted.items()):
+            node = self._inode(self._ino(owner))
+            if node is None:
+                continue
+
+            def drop(raw: bytes, node: Inode = node) -> None:
+                bp = decode_bp(raw)
+                if bp is not None:
+                    node.used -= bp.asize
+            set_xattrs(self.tree, node, values,
+                       lambda v: self.dsl.write_blocks(self.rec, [v], self.policy)[0], drop)
 
     # ---- directories --------------------------------------------------------------------
     def _old_zap(self, d: _Dir) -> None:
@@ -440,6 +494,7 @@ class Applier:
         else:
             self.omap.keep = sorted(set(self.omap.keep) | self.skipped)
         self._finish_dirs()
+        self._finish_xattrs()
         for obj, target in self.links.items():
             node = self._inode(self._ino(obj))
             if node is not None:

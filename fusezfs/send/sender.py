@@ -51,6 +51,7 @@ from ..posix_layout import (FS_INO, K_DATA, K_DIRENT, Inode, blkid_of, data_key,
                             inode_key, kind_hi, kind_lo)
 from ..tree import REF_BLOCK, Tree
 from . import records as R
+from .xattrs import XATTR_BASE, block_of, free_blocks, has_xattrs, read_xattrs, xattr_records
 from .zap import encode_zap, salt_for, uint64_items
 from .znode import (DMU_OT_MASTER_NODE, DMU_OT_PLAIN_FILE_CONTENTS,
                     DMU_OT_UNLINKED_SET, DMU_OT_ZNODE, DN_MAX_OBJECT, MAP_KEY, MASTER_NODE_OBJ,
@@ -97,6 +98,9 @@ class Sender:
         self.dry = dry
         self.omap = ObjectMap.decode(tree.get(MAP_KEY))
         self.skip = self.omap.reserved() | {self.omap.root}
+        # xattr objects to send after every file object (xattrs.py): ("send", object, inode)
+        # or ("free", first object, last object), in increasing object order
+        self.xattr_queue: list[tuple] = []
 
     # ---- the walk -----------------------------------------------------------------------
     def _new_leaves(self) -> Iterator[tuple[bytes, bytes | None, fmt_node.NodeData]]:
@@ -158,6 +162,18 @@ class Sender:
             yield from self._complete(cur)
         if in_run:
             yield from self._dead(last + 1, _last_covered(run_hi))
+        yield from self._xattr_objects()
+
+    def _xattr_objects(self) -> Iterator[R.Record]:
+        read_one = lambda bp: self.read([bp])[0]           # noqa: E731
+        for what, obj, arg in self.xattr_queue:
+            if what == "send":
+                items = read_xattrs(self.tree, read_one, arg.ino)
+                yield from xattr_records(obj, arg, items, self.dry)
+            else:
+                rec = free_blocks(obj, arg)
+                if rec is not None:
+                    yield rec
 
     # ---- objects ------------------------------------------------------------------------
     def _special_objects(self) -> Iterator[R.Record]:
@@ -311,9 +327,12 @@ class Sender:
         if last_ino < first_ino:
             return
         lo = first_ino + self.omap.delta
-        hi = min(last_ino + self.omap.delta, DN_MAX_OBJECT - 1)
+        hi = min(last_ino + self.omap.delta, XATTR_BASE - 1)
         for a, b in _minus(lo, hi, self.skip):
             yield R.FreeObjects(a, b - a + 1)
+        if self.source is not None:                   # and the xattr objects they had
+            self.xattr_queue.append(("free", lo, min(last_ino + self.omap.delta,
+                                                     DN_MAX_OBJECT)))
 
     # ---- directories and symlinks --------------------------------------------------------
     def directory_data(self, p: "_Pending") -> tuple[int, bytes]:
@@ -362,6 +381,12 @@ class _Pending:
             blksz = 512
             if inode.is_lnk:
                 zn.target = inode.target
+        src = s.source
+        if has_xattrs(s.tree, inode.ino):
+            zn.xattr = block_of(self.obj)
+            s.xattr_queue.append(("send", self.obj, inode))
+        elif src is not None and (src.tree is None or has_xattrs(src.tree, inode.ino)):
+            s.xattr_queue.append(("free", self.obj, self.obj))
         bonus = zn.encode()
         yield R.Object(self.obj, otype, DMU_OT_ZNODE, blksz, bonus)
         nblocks = self.nblocks if inode.is_reg else max(1, len(data) // blksz)
