@@ -124,6 +124,34 @@ def test_identical_records_of_one_txg_are_distinct_references(env, capsys):
     assert table() == {}
 
 
+def test_promote_rollback_and_destroy_keep_counts_exact(env, capsys):
+    """A dedup clone written to, promoted (the origin's snapshots move to it), rolled back and
+    destroyed in turns: after each step the consistency checker recounts every refcount from
+    the trees, and at the end nothing is left in the table."""
+    tmp = env
+    data = random.Random(10).randbytes(384 << 10)
+    ok(capsys, "create", "-o", "dedup=on", "tank/o")
+    put(tmp, capsys, "tank/o", "/a", data)
+    ok(capsys, "snapshot", "tank/o@s1")
+    put(tmp, capsys, "tank/o", "/b", data)
+    ok(capsys, "clone", "-o", "dedup=on", "tank/o@s1", "tank/c")
+    put(tmp, capsys, "tank/c", "/c", data)
+    ok(capsys, "snapshot", "tank/c@s2")
+    put(tmp, capsys, "tank/c", "/d", data)
+    check_pools()
+    assert table()[2][4] == 4 * 3                   # a, b, c, d: three records each
+    ok(capsys, "promote", "tank/c")
+    check_pools()
+    ok(capsys, "rollback", "tank/c@s2")             # d's references go
+    check_pools()
+    assert table()[1][4] == 3 * 3
+    assert cat(tmp, capsys, "tank/o", "/b") == data == cat(tmp, capsys, "tank/c", "/c")
+    ok(capsys, "destroy", "tank/o")
+    check_pools()
+    ok(capsys, "destroy", "-r", "tank/c")
+    assert table() == {}
+
+
 def test_space_is_charged_per_reference_exactly_as_without_dedup(env, capsys):
     """used, referenced, usedbysnapshots, usedbydataset, written and logicalused of a dedup
     filesystem follow those of a dedup=off twin given the same files, snapshots and removals:
