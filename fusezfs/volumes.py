@@ -85,6 +85,7 @@ class VolumeIO(DatasetIO):
         super().__init__(dsl, rec)
         self.sync_property = self.sync_mode
         self.sync_mode = "disabled"
+        self.atime = False              # reading a volume changes nothing (a zvol has no atime)
         if blocksize is not None:
             self.recordsize = blocksize
 
@@ -115,17 +116,24 @@ def create_volume(handle, name: str, volsize: int, props: dict | None = None, *,
     if properties.as_int(props.get("refreservation")) > properties.available(dsl, parent):
         raise DatasetError("out of space", errno.ENOSPC)
     rec = dsl.create(name, props, kind="volume")
-    fs = _open_posix(handle, rec, blocksize)
+    format_volume(dsl, rec, blocksize, volsize)
+    return rec
+
+
+def format_volume(dsl: Datasets, rec: Record, blocksize: int, volsize: int) -> None:
+    """Lay out a new volume's empty tree (FORMAT.md 7.1): the root directory and its one
+    entry, the data object, with this block size and size (a hole)."""
+    fs = Posix(VolumeIO(dsl, rec, blocksize))
     uid, gid = sessions.credentials()
     fh, attr = fs.create(ROOT_INO, DATA_NAME, 0o600, os.O_RDWR, uid, gid)
     assert attr.st_ino == DATA_INO, attr
     fs.release(fh)
-    fs.setattr(DATA_INO, size=volsize)
+    if volsize:
+        fs.setattr(DATA_INO, size=volsize)
     fs.flush()
-    return rec
 
 
-def _open_posix(handle, rec: Record, blocksize: int | None = None) -> Posix:
+def _open_posix(handle, rec: Record) -> Posix:
     """The volume's Posix object, kept in the handle (its sync hook flushes it, rollbacks
     reload it, destroys drop it), made with a VolumeIO."""
     fs = handle._open.get(rec.id)
@@ -133,7 +141,7 @@ def _open_posix(handle, rec: Record, blocksize: int | None = None) -> Posix:
         return fs
     if fs is not None:
         handle.forget(rec.id)
-    fs = handle._open[rec.id] = Posix(VolumeIO(handle.dsl, rec, blocksize))
+    fs = handle._open[rec.id] = Posix(VolumeIO(handle.dsl, rec))
     return fs
 
 

@@ -424,25 +424,76 @@ def test_losetup_attaches_the_volume_file(served, env):
     served.expect = image
 
 
-def test_send_and_receive_refuse_volumes(env, capsys):
-    ok(capsys, "create", "-V", "4M", "tank/vol")
-    ok(capsys, "snapshot", "tank/vol@s")
-    code, err = fails(capsys, "send", "tank/vol@s")
-    assert err == "warning: cannot send 'tank/vol@s': volumes cannot be sent by fusezfs " \
-                  "(no DMU_OST_ZVOL streams)"
+def _stream(pool, snap: str, source: str | None = None) -> bytes:
+    """`zfs send [-i SOURCE] SNAP` through the library: the stream's bytes."""
+    from fusezfs.api import Handle
+    from fusezfs.send.outgoing import Stream, source_of
+    dsl = Handle(pool).dsl
+    with pool.lock:
+        src = source_of(dsl, dsl.get(source)) if source else None
+        stream = Stream(dsl, dsl.get(snap), src, pool.lock)
+    return b"".join(stream.chunks())
+
+
+def _receive(pool, target: str, data: bytes, force: bool = False):
+    import io
+    from fusezfs.api import Handle
+    from fusezfs.send.incoming import receive_stream
+    with pool.lock:
+        return receive_stream(Handle(pool).dsl, target, io.BytesIO(data), force=force)
+
+
+def test_send_and_receive_volumes(env, capsys):
+    """Full and incremental streams of a volume (DMU_OST_ZVOL) read by OpenZFS's zstream and
+    received into a new volume that then reads back byte for byte; a volume stream never goes
+    over a filesystem, nor a filesystem's over a volume."""
+    import zstream
+    from fusezfs.cli_pool import open_pool
+    from fusezfs.send.receiver import ReceiveError
+    ok(capsys, "create", "-V", "8M", "-b", "16K", "tank/vol")
+    rng = random.Random(9)
+    cp_in(env, capsys, rng.randbytes(3 * MiB), "tank/vol:")
+    ok(capsys, "snapshot", "tank/vol@a")
+    ok(capsys, "set", "volsize=16M", "tank/vol")
+    cp_in(env, capsys, rng.randbytes(100_000), "tank/vol:")
+    ok(capsys, "snapshot", "tank/vol@b")
     ok(capsys, "create", "tank/fs")
     ok(capsys, "snapshot", "tank/fs@s")
-    import subprocess
-    import sys
-    fz = [sys.executable, "-m", "fusezfs.cli"]
-    stream = subprocess.run(fz + ["send", "tank/fs@s"], capture_output=True, check=True).stdout
-    got = subprocess.run(fz + ["receive", "-F", "tank/vol"], input=stream, capture_output=True)
-    assert got.returncode == 1
-    assert got.stderr.decode().strip() == "cannot receive new filesystem stream: destination " \
-                                          "'tank/vol' is a volume: fusezfs receives filesystem " \
-                                          "streams only"
-    assert ok(capsys, "list", "-H", "-o", "name,type", "-r", "tank") == \
-        "tank\tfilesystem\ntank/fs\tfilesystem\ntank/vol\tvolume\n"
+    pool = open_pool("tank")
+    try:
+        full, inc = _stream(pool, "tank/vol@a"), _stream(pool, "tank/vol@b", "tank/vol@a")
+        fs_stream = _stream(pool, "tank/fs@s")
+        _receive(pool, "tank/copy", full)
+        with pytest.raises(ReceiveError) as e:
+            _receive(pool, "tank/fs", full, force=True)
+        assert e.value.message.endswith("destination 'tank/fs' is a filesystem: the stream is "
+                                        "of a volume")
+        with pytest.raises(ReceiveError) as e:
+            _receive(pool, "tank/vol", fs_stream, force=True)
+        assert e.value.message.endswith("destination 'tank/vol' is a volume: the stream is of "
+                                        "a filesystem")
+    finally:
+        pool.close()
+    assert cp_out(env, capsys, "tank/copy:") == cp_out(env, capsys, "tank/vol@a:")
+    pool = open_pool("tank")
+    try:
+        _receive(pool, "tank/copy", inc)
+    finally:
+        pool.close()
+    assert cp_out(env, capsys, "tank/copy:") == cp_out(env, capsys, "tank/vol@b:")
+    got = props(capsys, "tank/copy@b", "volsize", "type")
+    assert got["volsize"][0] == str(16 * MiB)
+    assert props(capsys, "tank/copy", "volblocksize")["volblocksize"][0] == "16384"
+    zstream.require()
+    for name, data, writes in (("full", full, 3 * MiB // 16384 + 1), ("inc", inc, 8)):
+        path = env / f"{name}.zs"
+        path.write_bytes(data)
+        dump = zstream.dump(path)
+        assert dump.returncode == 0, dump.stderr
+        counts = zstream.summary(dump.stdout)
+        assert counts["BEGIN"] == counts["END"] == counts["FREEOBJECTS"] == 1
+        assert counts["OBJECT"] == 2 and counts["WRITE"] == writes, counts
+        assert "type = 23" in dump.stdout and "type = 24" in dump.stdout
 
 
 def test_bookmarks_holds_and_promote_of_volumes(env, capsys):

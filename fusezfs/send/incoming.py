@@ -50,6 +50,7 @@ from . import records as R
 from .receiver import (INCREMENTAL, NEW_FS, SUPPORTED_FEATURES, Applier, ReceiveError, Received,
                        modified)
 from .znode import MAP_KEY, ObjectMap
+from .zvol import DMU_OST_ZVOL, VolumeApplier
 
 RECEIVE = "cannot receive"
 MARK_PREFIX = b"recvtmp\0"           # + the hidden filesystem's id (u64 BE); value empty
@@ -99,8 +100,8 @@ def check_begin(begin: R.Begin, swapped: bool) -> None:
 
 
 def check_type(begin: R.Begin) -> None:
-    """A substream's object set type (zfs_receive_one): fusezfs takes filesystems only."""
-    if begin.type != R.DMU_OST_ZFS:
+    """A substream's object set type (zfs_receive_one): filesystems and volumes (zvol.py)."""
+    if begin.type not in (R.DMU_OST_ZFS, DMU_OST_ZVOL):
         raise ReceiveError(f"invalid record type: 0x{begin.type}",
                            action=INCREMENTAL if begin.fromguid else NEW_FS)
 
@@ -190,6 +191,7 @@ class Receive:
         self.opts = opts
         self.on_new = on_new             # a new filesystem appeared (receive -u: keep unmounted)
         self.full = begin.fromguid == 0
+        self.volume = begin.type == DMU_OST_ZVOL     # applied by zvol.VolumeApplier
         # a clone's first substream of a replication stream: a new filesystem, cloned from
         # the local snapshot with the fromguid (zfs_receive_one's stream_wantsnewfs)
         self.clone = bool(begin.flags & R.DRR_FLAG_CLONE) and not self.full
@@ -216,10 +218,10 @@ class Receive:
         except dsprops.PropError as e:
             raise self.fail(e.message) from None
         head = dsl.lookup(fs)
-        if head is not None and head.kind == "volume":
-            raise self.fail(f"destination '{fs}' is a volume: fusezfs receives filesystem "
-                            "streams only")
-        if head is not None and head.kind != "filesystem":
+        kind = "volume" if self.begin.type == DMU_OST_ZVOL else "filesystem"
+        if head is not None and head.kind in ("filesystem", "volume") and head.kind != kind:
+            raise self.fail(f"destination '{fs}' is a {head.kind}: the stream is of a {kind}")
+        if head is not None and head.kind != kind:
             head = None
         if self.clone and head is not None:
             self.clone = False                   # an existing clone: an incremental stream
@@ -313,7 +315,8 @@ class Receive:
             if self.full:
                 saved, dsl.format_hook = dsl.format_hook, None     # the stream has the root
                 try:
-                    self.tmp = dsl.create(self.tmpname, self.raw_props, hidden=True)
+                    self.tmp = dsl.create(self.tmpname, self.raw_props, hidden=True,
+                                          kind="volume" if self.volume else "filesystem")
                 finally:
                     dsl.format_hook = saved
             else:
@@ -328,6 +331,9 @@ class Receive:
             dsl.touch(self.tmp)
             dsl.records_changed += 1
         dsl.pool.sync()           # durable now, as dmu_recv_begin's sync task makes %recv
+        if self.volume:
+            self.applier = VolumeApplier(dsl, self.tmp, self.full)
+            return
         omap = ObjectMap(0, 0, 0, []) if self.full else \
             ObjectMap.decode(dsl.tree(self.tmp).get(MAP_KEY))
         self.applier = Applier(dsl, self.tmp, omap, self.full)

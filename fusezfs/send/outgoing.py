@@ -49,10 +49,7 @@ class Stream:
                  keep: list[Record] = (), dry: bool = False, chunk: int = CHUNK,
                  flags: int = 0) -> None:
         head = dsl.record(snap.parent) if snap.kind == "snapshot" else snap
-        if head.kind == "volume":
-            # a volume's stream is a DMU_OST_ZVOL object set, which fusezfs does not write
-            # yet: refused rather than sent as the filesystem its tree is laid out as
-            raise SendError("volumes cannot be sent by fusezfs (no DMU_OST_ZVOL streams)")
+        self.volume = head.kind == "volume"     # a DMU_OST_ZVOL object set (send/zvol.py)
         self.dsl = dsl
         self.flags = flags                      # drr_flags of BEGIN (DRR_FLAG_CLONE)
         self.snap = snap
@@ -80,13 +77,18 @@ class Stream:
             self._alive()
             w = self.writer = R.StreamWriter(None if self.dry else buf, dry=self.dry)
             name = dsl.name(snap.id)
-            if snap.kind == "filesystem":       # dmu_send's name for a head (send FS)
+            if snap.kind != "snapshot":         # dmu_send's name for a head (send FS)
                 name += "@--head--"
                 dsl.pool.sync()                 # its last committed state is what is sent
             begin = R.Begin(name, snap.guid, source.guid if source else 0, snap.creation,
                             flags=self.flags)
-            gen = Sender(dsl.tree(snap), dsl.pool.blocks.read_many, begin, source,
-                         dry=self.dry).records()
+            if self.volume:
+                from .zvol import VolumeSender
+                gen = VolumeSender(dsl.tree(snap), dsl.pool.blocks.read_many, begin,
+                                   source.txg if source else 0).records()
+            else:
+                gen = Sender(dsl.tree(snap), dsl.pool.blocks.read_many, begin, source,
+                             dry=self.dry).records()
         done = False
         while not done:
             with self.lock:
