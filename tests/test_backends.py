@@ -210,6 +210,14 @@ def test_neither_backend_touches_the_others_pools(fake_zfs, tmp_path):
         1, b"", f"cannot create on '{emulated}': it is part of the emulated backend's pool "
                 "'emu' (fusezfs); the passthrough backend (real ZFS) does not touch it "
                 "(destroy it with FUSEZFS_BACKEND=emulated first)\n")
+    # the library on passthrough goes through the same check
+    from fusezfs.backends import connect
+    from fusezfs.backends.library import ZfsCommandError
+    real_lib = connect("passthrough", zfs=fake_zfs["FUSEZFS_ZFS"], zpool=fake_zfs["FUSEZFS_ZPOOL"])
+    with pytest.raises(ZfsCommandError) as e:
+        real_lib.create_pool("real", [emulated], force=True)
+    assert e.value.backend == "passthrough" and "part of the emulated backend's pool 'emu'" \
+        in e.value.stderr
     # a pool name only the emulated registry holds is not the real ZFS's to answer for
     r = program("zfs", "destroy", "-r", "emu/data", env=passthrough)
     assert (r.returncode, r.stdout) == (1, b"")

@@ -158,14 +158,14 @@ def delegate(program: str, argv: list[str] | None) -> int | None:
 
 
 # zpool verbs that write labels onto the files they are given
-_LABEL_WRITERS = ("create", "add", "attach", "replace", "labelclear")
+LABEL_WRITERS = ("create", "add", "attach", "replace", "labelclear")
 
 
 def _may_cross(program: str, args: list[str]) -> bool:
     """Whether an emulated command writes labels onto files (checked for real ZFS labels)."""
     if program == "fusezfs":
-        return args[:1] == ["pool"] and len(args) > 1 and args[1] in _LABEL_WRITERS
-    return program == "zpool" and bool(args) and args[0] in _LABEL_WRITERS
+        return args[:1] == ["pool"] and len(args) > 1 and args[1] in LABEL_WRITERS
+    return program == "zpool" and bool(args) and args[0] in LABEL_WRITERS
 
 
 def _answer_emulated(program: str, args: list[str], choice: Choice | None = None) -> int | None:

@@ -36,6 +36,7 @@ from collections.abc import Iterable, Mapping
 
 from . import (
     BACKEND_VARIABLE,
+    LABEL_WRITERS,
     MOUNT_ROOT_VARIABLE,
     ZFS_VARIABLE,
     ZPOOL_VARIABLE,
@@ -361,10 +362,13 @@ class PassthroughBackend(Backend):
 
     def command(self, argv: list[str]) -> list[str]:
         """zfs and zpool verbs go to the real commands directly; fusezfs's own verbs (cp,
-        mount, unmount, pool verify, backend, version) through fusezfs's mapping of them."""
+        mount, unmount, pool verify, backend, version) through fusezfs's mapping of them, and
+        so do the zpool verbs that write labels onto files, which fusezfs checks first for an
+        emulated pool's (ownership.py)."""
         verb = argv[0] if argv else ""
         if verb in ("cp", "mount", "unmount", "umount", "backend", "version") or \
-                argv[:2] == ["pool", "verify"]:
+                argv[:2] == ["pool", "verify"] or \
+                argv[:1] == ["pool"] and argv[1:2] and argv[1] in LABEL_WRITERS:
             return self.fusezfs_command() + argv
         if verb == "pool":
             return self.zpool + argv[1:]

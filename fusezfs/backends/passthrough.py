@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 
-from . import REENTRY_VARIABLE, Choice, ownership
+from . import LABEL_WRITERS, REENTRY_VARIABLE, Choice, ownership
 
 SCRUB_POLL = 0.2
 SCAN_RUNNING = re.compile(r"(scrub|resilver) in progress")
@@ -119,7 +119,7 @@ class Passthrough:
     def zpool_program(self, args: list[str]) -> int:
         if args[:1] in (["version"], ["-V"], ["--version"]):
             return self.version(args[1:])
-        if args[:1] and args[0] in ("create", "add", "attach", "replace", "labelclear"):
+        if args[:1] and args[0] in LABEL_WRITERS:
             code = ownership.refuse_emulated_labels(args)
             if code is not None:
                 return code
