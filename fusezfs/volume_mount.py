@@ -16,20 +16,21 @@ Nothing is kept here: every byte goes to the volume's tree through the same buff
 uses, flushed at each txg commit, and fsync commits the txg (volumes.py), so a daemon killed at
 any moment loses only what no fsync promised, and the pool imports whole (DESIGN.md).
 
-For the service (fusezfs/host) that owns a pool and its mounts, the calls are:
+For the service (fusezfs/host) that owns a pool and its mounts, the calls are, from worker
+threads of its trio loop (mounting may block; never on the loop's own thread):
 
-    vf = VolumeFile(handle, "tank/vol", volume_path(root, "tank/vol"), mod)
-    vf.start(nursery, trio_token)   # from a worker thread (it mounts, which may block)
-    ...
-    vf.stop(lazy=False)             # from a worker thread: unmount; its loop then ends
+    files = VolumeFiles(handle, default_root(), nursery, trio_token,
+                        fuse_sessions.instance, fuse_sessions.release)
+    errors = files.refresh()        # when it starts serving the pool, and after every command
+                                    # that may have made, destroyed or renamed a volume
+    errors = files.close()          # when it stops serving the pool (export, destroy, exit)
 
-`mod` is a pyfuse3 module instance with no session (host.fuse_sessions.instance(): pyfuse3
-keeps one session per instance); the service gives it back (fuse_sessions.release) once
-`vf.ended` is set. `VolumeFile.start` makes the file (and its directories) if missing. After a
-command changed volumes (create, destroy, rename, volsize), the service starts or stops
-VolumeFiles to match `Datasets` (`volumes_of(dsl)` lists them), as it does for filesystems;
-the size a running mount shows follows volsize within a second (attr_timeout; a loop device
-needs `losetup -c`). `serve_volume` runs one VolumeFile in a process of its own (`python -m
+`refresh` starts a `VolumeFile` (one FUSE session, on a pyfuse3 instance of its own: pyfuse3
+keeps one session per instance) for every volume not yet served and stops those of volumes
+gone or renamed; each returns the volumes it could not serve or unmount, one line each. One
+volume alone: `VolumeFile(handle, name, path, mod).start(nursery, token)` and `.stop()`. The
+file (and its directories) is made if missing and removed once unmounted. The size a served
+file shows follows volsize within a second (attr_timeout; a loop device needs `losetup -c`). `serve_volume` runs one VolumeFile in a process of its own (`python -m
 fusezfs.volume_mount POOL/VOL PATH`, which opens the pool itself: only while no other process
 serves it), for tests and tools.
 """
@@ -318,6 +319,89 @@ class VolumeFile:
         if not self.mounted():
             return None
         return self._detach(lazy)
+
+
+class VolumeFiles:
+    """Every volume of one served pool as a file under `root` (ROOT/POOL/VOL), each its own
+    FUSE session in the service's trio loop (`nursery`, `token`). The service calls `refresh`
+    from a worker thread after anything that may have made, destroyed or renamed volumes (and
+    once when it starts serving the pool), and `close` when it stops serving it. `instance`
+    gives a pyfuse3 module instance with no session and `release` takes it back
+    (host.fuse_sessions.instance and release: one session per instance). Returns, from both,
+    the errors (one line each) of volumes that could not be served or unmounted."""
+
+    def __init__(self, handle, root: str, nursery, token, instance, release) -> None:
+        self.handle = handle
+        self.root = root
+        self.nursery = nursery
+        self.token = token
+        self.instance = instance
+        self.release = release
+        self.files: dict[str, VolumeFile] = {}      # served, by volume name
+        self.stopping: list[VolumeFile] = []         # unmounted, their loops ending
+        self.lock = threading.Lock()
+
+    def _stop(self, name: str, lazy: bool) -> str | None:
+        vf = self.files.pop(name)
+        self.stopping.append(vf)
+        err = vf.stop(lazy=lazy)
+        return f"cannot unmount '{vf.path}': {err}" if err else None
+
+    def _reap(self) -> None:
+        """Sessions that ended (stopped, or unmounted from outside): instance back, file gone."""
+        for name, vf in list(self.files.items()):
+            if vf.ended.is_set():
+                del self.files[name]
+                self.stopping.append(vf)
+        for vf in [v for v in self.stopping if v.ended.is_set()]:
+            self.stopping.remove(vf)
+            self.release(vf.mod)
+            _remove_file(vf.path)
+
+    def refresh(self) -> list[str]:
+        errors = []
+        with self.lock:
+            self._reap()
+            with self.handle.pool.lock:
+                wanted = set(volumes_of(self.handle.dsl))
+            for name in sorted(set(self.files) - wanted):
+                err = self._stop(name, lazy=True)
+                if err:
+                    errors.append(err)
+            for name in sorted(wanted - set(self.files)):
+                mod = self.instance()
+                vf = VolumeFile(self.handle, name, volume_path(self.root, name), mod)
+                try:
+                    vf.start(self.nursery, self.token)
+                except OSError as e:
+                    self.release(mod)
+                    errors.append(f"cannot serve '{name}' at '{vf.path}': {e.strerror or e}")
+                    continue
+                self.files[name] = vf
+        return errors
+
+    def close(self, lazy: bool = True, wait: float = 10.0) -> list[str]:
+        """Unmount every volume's file and wait (up to `wait` seconds) for their sessions to
+        end, so their instances are back and the files gone."""
+        errors = []
+        with self.lock:
+            for name in sorted(self.files):
+                err = self._stop(name, lazy)
+                if err:
+                    errors.append(err)
+            for vf in self.stopping:
+                vf.ended.wait(wait)
+            self._reap()
+        return errors
+
+
+def _remove_file(path: str) -> None:
+    """The empty file a volume was served on, once nothing is mounted there."""
+    try:
+        if mount_device(path) is None and os.path.isfile(path) and not os.path.getsize(path):
+            os.unlink(path)
+    except OSError:
+        pass
 
 
 async def serve_volume(handle, dataset: str, path: str, *, ready=None) -> None:

@@ -516,3 +516,68 @@ def test_bookmarks_holds_and_promote_of_volumes(env, capsys):
     ok(capsys, "destroy", "tank/vol")
     ok(capsys, "destroy", "-r", "tank/copy")
     assert ok(capsys, "list", "-H", "-o", "name", "-t", "all") == "tank\n"
+
+
+def test_volume_files_follow_the_pool(env, needs_fuse):
+    """VolumeFiles, as the service runs it: one file per volume under the root, made, moved
+    and removed as volumes are created, renamed and destroyed, all in one trio loop."""
+    import threading
+    import trio
+    from fusezfs.api import Handle
+    from fusezfs.cli_pool import open_pool
+    from fusezfs.host.fuse_sessions import instance, release
+    from fusezfs.volume_mount import VolumeFiles, mount_device
+    from fusezfs.volumes import create_volume, open_volume
+    pool = open_pool("tank")
+    handle = Handle(pool)
+    root = str(env / "zvol")
+    started = threading.Event()
+    loop: dict = {}
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            loop["nursery"], loop["token"] = nursery, trio.lowlevel.current_trio_token()
+            loop["cancel"] = nursery.cancel_scope
+            started.set()
+            await trio.sleep_forever()
+
+    thread = threading.Thread(target=trio.run, args=(main,))
+    thread.start()
+    started.wait()
+    files = VolumeFiles(handle, root, loop["nursery"], loop["token"], instance, release)
+    try:
+        with pool.lock:
+            create_volume(handle, "tank/a", 2 * MiB)
+            create_volume(handle, "tank/b", 4 * MiB)
+        assert files.refresh() == []
+        a, b = os.path.join(root, "tank", "a"), os.path.join(root, "tank", "b")
+        assert os.path.getsize(a) == 2 * MiB and os.path.getsize(b) == 4 * MiB
+        with open(b, "r+b") as f:
+            f.seek(MiB)
+            f.write(b"through the file")
+            f.flush()
+            os.fsync(f.fileno())
+        with pool.lock:
+            vol = open_volume(handle, "tank/b")
+            assert vol.read(MiB, 16) == b"through the file"
+            vol.close()
+            dsl = handle.dsl
+            dsl.rename(dsl.get("tank/b"), "tank/c")
+            handle.forget(dsl.get("tank/a").id)
+            dsl.destroy_filesystem(dsl.get("tank/a"))
+        assert files.refresh() == []
+        c = os.path.join(root, "tank", "c")
+        with open(c, "rb") as f:
+            f.seek(MiB)
+            assert f.read(16) == b"through the file"
+        assert sorted(files.files) == ["tank/c"]
+        assert files.close() == [] and files.files == {}
+        assert not os.path.exists(a) and not os.path.exists(b) and not os.path.exists(c)
+        assert mount_device(c) is None
+    finally:
+        files.close()
+        trio.from_thread.run_sync(loop["cancel"].cancel, trio_token=loop["token"])
+        thread.join()
+        with pool.lock:
+            pool.sync()
+        pool.close()
