@@ -396,7 +396,11 @@ class BlockIO:
         usual case, every copy good, costs no per-block Python beyond a slice and a hash; a
         block with any copy that does not match (or a read error, or a DVA outside its vdev)
         goes through `scrub` alone, the one place that counts errors and repairs."""
-        results: list = [(0, 0, False)] * len(bps)
+        return self.scrub_finish(bps, self.scrub_start(bps))
+
+    def scrub_start(self, bps: list[BlockPointer]) -> tuple[set[int], list]:
+        """The first half of scrub_many: the runs' reads and checks handed to the workers, so
+        that the caller can gather the next blocks meanwhile (a scrub's walk)."""
         copies: list[tuple[int, int, int]] = []         # (vdev, offset, index), sorted
         suspect: set[int] = set()
         bounds = {v: (top.start, top.end) for v, top in self.vdevs.items()}
@@ -418,8 +422,16 @@ class BlockIO:
                 run[3].append((off, i))
             else:
                 runs.append((vdev, off, end, [(off, i)]))
-        for bad in self.executor.map(self._check_run, runs, [bps] * len(runs)):
-            suspect.update(bad)
+        return suspect, [self.executor.submit(self._check_run, run, bps) for run in runs]
+
+    def scrub_finish(self, bps: list[BlockPointer], started: tuple[set[int], list]
+                     ) -> list[tuple[int, int, bool]]:
+        """The second half of scrub_many: wait for the checks, then `scrub` each block that
+        had a bad copy (here, on the caller's thread: it counts errors and repairs)."""
+        suspect, futures = started
+        for future in futures:
+            suspect.update(future.result())
+        results: list = [(0, 0, False)] * len(bps)
         for i in sorted(suspect):
             results[i] = self.scrub(bps[i])
         return results

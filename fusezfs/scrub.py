@@ -38,7 +38,7 @@ from .pool import OBJSET_PREFIX, OnePerPool, Pool
 from .tree import Tree
 
 SCAN_KEY = b"scan"
-BATCH = 64 << 20        # bytes of blocks gathered from a tree's walk before they are read
+BATCH = 16 << 20        # bytes of blocks gathered from a tree's walk before they are read
 
 
 @dataclass
@@ -206,16 +206,22 @@ class Scrubber(OnePerPool):
         self._scan_all((entry.bp for _key, entry in self.pool.blocks.ddt.entries(root)), st)
 
     def _scan_all(self, bps, st: ScanState) -> None:
-        """Scrub the blocks `bps` yields, BATCH bytes at a time (read in address order by
-        BlockIO.scrub_many)."""
+        """Scrub the blocks `bps` yields, BATCH bytes at a time, read in address order by
+        the workers (BlockIO.scrub_start) while this thread gathers the next batch."""
+        blocks = self.pool.blocks
         batch: list = []
         size = 0
+        in_flight = None
         for bp in bps:
             batch.append(bp)
             size += bp.psize
             if size >= BATCH:
-                self._scan_blocks(batch, st)
-                batch, size = [], 0
+                started = (batch, blocks.scrub_start(batch))
+                if in_flight is not None:
+                    self._account(in_flight[0], blocks.scrub_finish(*in_flight), st)
+                in_flight, batch, size = started, [], 0
+        if in_flight is not None:
+            self._account(in_flight[0], blocks.scrub_finish(*in_flight), st)
         self._scan_blocks(batch, st)
 
     def _scan_block(self, bp, st: ScanState) -> None:
@@ -226,6 +232,9 @@ class Scrubber(OnePerPool):
             return
         results = self.pool.blocks.scrub_many(bps) if len(bps) > 1 else \
             [self.pool.blocks.scrub(bps[0])]
+        self._account(bps, results, st)
+
+    def _account(self, bps: list, results: list, st: ScanState) -> None:
         for bp, (_bad, repaired, lost) in zip(bps, results):
             size = sum(d.asize for d in bp.dvas)
             st.examined += size
