@@ -140,21 +140,19 @@ def delegate(program: str, argv: list[str] | None) -> int | None:
     explicit argv (fusezfs called as a library) it runs it and relays its output."""
     args = sys.argv[1:] if argv is None else argv
     forced = os.environ.get(BACKEND_VARIABLE)
-    if forced == "emulated" or (not forced and not module_loaded()):
-        if program == "fusezfs" and args[:1] == ["backend"] or _may_cross(program, args):
-            return _answer_emulated(program, args)
-        return None
-    try:
-        choice = choose()
-    except BackendError as e:
-        print(str(e), file=sys.stderr)
-        return 1
-    if choice.name == "emulated":
-        if program == "fusezfs" and args[:1] == ["backend"] or _may_cross(program, args):
-            return _answer_emulated(program, args, choice)
-        return None
-    from . import passthrough
-    return passthrough.run_program(program, args, choice, may_exec=argv is None)
+    choice = None
+    if forced != "emulated" and (forced or module_loaded()):     # else: emulated, no more asked
+        try:
+            choice = choose()
+        except BackendError as e:
+            print(str(e), file=sys.stderr)
+            return 1
+        if choice.name == "passthrough":
+            from . import passthrough
+            return passthrough.run_program(program, args, choice, may_exec=argv is None)
+    if program == "fusezfs" and args[:1] == ["backend"] or _may_cross(program, args):
+        return _answer_emulated(program, args, choice)
+    return None
 
 
 # zpool verbs that write labels onto the files they are given
