@@ -35,7 +35,7 @@ from __future__ import annotations
 import errno
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 
 from . import dedup, dsprops
 from .blocks import Policy
@@ -101,11 +101,17 @@ class Record:
     defer_destroy: bool = False
 
     def encode(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True).encode()
+        # the fields as they are (asdict would deep-copy every list and dict first, element
+        # by element in Python: a snapshot's clones list made each new clone's commit O(clones))
+        return json.dumps({name: getattr(self, name) for name in _RECORD_FIELDS},
+                          sort_keys=True).encode()
 
     @classmethod
     def decode(cls, raw: bytes) -> "Record":
         return cls(**json.loads(raw))
+
+
+_RECORD_FIELDS = tuple(f.name for f in fields(Record))
 
 
 def _id_bytes(n: int) -> bytes:
