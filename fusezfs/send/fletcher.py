@@ -16,11 +16,15 @@ and a starting state (a, b, c, d), the state after them is, with t = n - i:
 
 and those weighted sums are polynomials in i, so they follow from the four moments
 M_k = sum(i**k w_i), k = 0..3. The moments are computed with big-integer arithmetic, which runs
-in C: the words are laid out as a matrix of ROWS x COLS (i = r COLS + j), each row becomes one
-integer with a 64-bit slot per column, and adding the rows multiplied by r**a gives, slot by
-slot, the column moments sum_r r**a w_rj for every column at once; a short dot product with
-j**b finishes. Python-level work is then O(ROWS + COLS) per chunk instead of O(n), about
-200 MB/s. Slots never overflow: sum_r r**3 w_rj < ROWS**4 2**32 <= 2**56.
+in C: the words are laid out as a matrix of ROWS x COLS (i = r COLS + j); each row is read as
+one integer (int.from_bytes), and two masks split it into the even and the odd words, each in a
+64-bit slot of an integer of its own. Fletcher-4 itself is then run over the rows, on those
+integers: a += x; b += a; c += b; d += c, four big-integer additions per row and half, every
+slot (column) accumulating by itself. After R rows, slot j holds sum x_rj, sum (R-r) x_rj,
+sum C(R-r+1, 2) x_rj and sum C(R-r+2, 3) x_rj, from which the column moments sum_r r**a x_rj
+follow by a change of polynomial basis, and a short dot product with j**b finishes. Python-level
+work is O(ROWS + COLS) per chunk instead of O(n). Slots never overflow: the largest,
+sum_r C(R-r+2, 3) x_rj, is below C(R+3, 4) 2**32 < 2**64 for R <= 512.
 """
 from __future__ import annotations
 
@@ -30,8 +34,18 @@ from operator import mul
 
 MASK = (1 << 64) - 1
 COLS = 512                       # words per row
-ROWS = 64                        # rows per chunk: a chunk is 128 KiB
+ROWS = 512                       # rows per chunk: a chunk is 1 MiB
 _POW_J = [[j ** b for j in range(COLS)] for b in range(4)]
+_EVEN = int.from_bytes(b"\xff\xff\xff\xff\x00\x00\x00\x00" * (COLS // 2), "little")
+_HALF = 8 * (COLS // 2)          # bytes of the even (or odd) words' integer
+
+
+def _columns(even: int, odd: int) -> list[int]:
+    """The per-column values of a pair of slot integers (even and odd words)."""
+    out = [0] * COLS
+    out[0::2] = memoryview(even.to_bytes(_HALF, "little")).cast("Q").tolist()
+    out[1::2] = memoryview(odd.to_bytes(_HALF, "little")).cast("Q").tolist()
+    return out
 
 
 def _moments(data: memoryview) -> tuple[int, int, int, int, int]:
@@ -39,26 +53,32 @@ def _moments(data: memoryview) -> tuple[int, int, int, int, int]:
     n = len(data) // 4
     if n == 0:
         return 0, 0, 0, 0, 0
-    wide = bytearray(8 * n)          # every word in a 64-bit slot
-    for k in range(4):
-        wide[k::8] = data[k::4]
-    rowbytes = 8 * COLS
-    c0 = c1 = c2 = c3 = 0
+    rowbytes = 4 * COLS
     nrows = -(-n // COLS)
+    ae = be = ce = de = ao = bo = co = do = 0
+    mask, frombytes = _EVEN, int.from_bytes
     for r in range(nrows):
-        x = int.from_bytes(wide[r * rowbytes:(r + 1) * rowbytes], "little")
-        c0 += x
-        if r:
-            x *= r
-            c1 += x
-            x *= r
-            c2 += x
-            x *= r
-            c3 += x
-    cols = []
-    for c in (c0, c1, c2, c3):
-        raw = c.to_bytes(rowbytes, "little")
-        cols.append(memoryview(raw).cast("Q").tolist())
+        x = frombytes(data[r * rowbytes:(r + 1) * rowbytes], "little")
+        e = x & mask
+        o = (x >> 32) & mask
+        ae += e
+        be += ae
+        ce += be
+        de += ce
+        ao += o
+        bo += ao
+        co += bo
+        do += co
+    big_r = nrows
+    s0, s1 = _columns(ae, ao), _columns(be, bo)        # u = R - r: sum x, sum u x
+    s2 = [2 * c - b for c, b in zip(_columns(ce, co), s1)]               # sum u^2 x
+    s3 = [6 * d - 3 * x2 - 2 * x1 for d, x2, x1 in zip(_columns(de, do), s2, s1)]
+    rr = big_r * big_r
+    cols = [s0,                                                          # sum r^a x
+            [big_r * a - x1 for a, x1 in zip(s0, s1)],
+            [rr * a - 2 * big_r * x1 + x2 for a, x1, x2 in zip(s0, s1, s2)],
+            [rr * big_r * a - 3 * rr * x1 + 3 * big_r * x2 - x3
+             for a, x1, x2, x3 in zip(s0, s1, s2, s3)]]
     # Q[a][b] = sum_j j**b colmoment_a[j]
     q = [[sum(map(mul, cols[a], _POW_J[b])) if a + b <= 3 else 0 for b in range(4)]
          for a in range(4)]
