@@ -17,12 +17,19 @@ from fusezfs.send.zap import (FZAP_BLOCK_SHIFT, ZapError, decode_zap, encode_fat
 from fusezfs.send.znode import Znode, dirent_object, dirent_value, trivial_acl, znode_flags
 
 
-@pytest.mark.parametrize("n", [0, 4, 8, 312, 4096, 131072, 131072 + 12, 3 * 131072 + 400])
+@pytest.mark.parametrize("n", [0, 4, 8, 312, 4096, 131072, 131072 + 12, 3 * 131072 + 400, (1 << 20) + 2052])
 def test_fletcher4_matches_the_word_loop(n):
     data = random.Random(n).randbytes(n)
     assert fletcher4(data) == fletcher4_reference(data)
     state = (1 << 63, 5, (1 << 64) - 1, 7)
     assert fletcher4(data, state) == fletcher4_reference(data, state)
+
+
+def test_fletcher4_slots_never_overflow():
+    """The largest words in every slot of whole chunks (1 MiB) and a part of one more: the
+    row sums are at their largest."""
+    data = b"\xff" * ((2 << 20) + 4 * 512 * 3 + 8)
+    assert fletcher4(data) == fletcher4_reference(data)
 
 
 def test_fletcher4_is_incremental():
