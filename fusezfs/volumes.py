@@ -83,6 +83,7 @@ class VolumeIO(DatasetIO):
 
     def __init__(self, dsl: Datasets, rec: Record, blocksize: int | None = None) -> None:
         super().__init__(dsl, rec)
+        self.generation = dsl.records_changed   # the properties it was made with
         self.sync_property = self.sync_mode
         self.sync_mode = "disabled"
         self.atime = False              # reading a volume changes nothing (a zvol has no atime)
@@ -135,9 +136,15 @@ def format_volume(dsl: Datasets, rec: Record, blocksize: int, volsize: int) -> N
 
 def _open_posix(handle, rec: Record) -> Posix:
     """The volume's Posix object, kept in the handle (its sync hook flushes it, rollbacks
-    reload it, destroys drop it), made with a VolumeIO."""
+    reload it, destroys drop it), made with a VolumeIO. One made before properties changed
+    (readonly, compression, sync, ...) gets a VolumeIO that says what they are now, in place:
+    whoever holds the object (a served file) goes on with the same buffers and tree."""
     fs = handle._open.get(rec.id)
     if fs is not None and isinstance(fs.io, VolumeIO):
+        if fs.io.generation != handle.dsl.records_changed:
+            io = VolumeIO(handle.dsl, rec)
+            io.tree = fs.tree
+            fs.io = io
         return fs
     if fs is not None:
         handle.forget(rec.id)
@@ -155,8 +162,12 @@ class Volume:
         self.handle = handle
         self.rec = rec
         self.fs = _open_posix(handle, rec)
-        self.readonly = self.fs.io.readonly
         self.fh = self.fs.open(DATA_INO, os.O_RDONLY if self.readonly else os.O_RDWR)
+
+    @property
+    def readonly(self) -> bool:
+        """A snapshot's, or readonly=on now (properties read again when they changed)."""
+        return _open_posix(self.handle, self.rec).io.readonly
 
     @property
     def size(self) -> int:
@@ -241,9 +252,11 @@ def set_properties(handle, rec: Record, props: dict[str, str]) -> None:
                                f"({dsprops.nicebytes(blocksize)})")
         if new_size == 0:
             raise DatasetError("'volsize' cannot be zero")
-    rest = {k: v for k, v in props.items() if dsprops.canonical(k) not in ("volsize",)}
+    auto = raw.get("refreservation") == dsprops.REFRESERVATION_AUTO
+    rest = {k: v for k, v in props.items() if dsprops.canonical(k) != "volsize" and
+            not (auto and dsprops.canonical(k) == "refreservation")}
     old_resv = properties.as_int(rec.props.get("refreservation"))
-    if raw.get("refreservation") == dsprops.REFRESERVATION_AUTO:
+    if auto:
         rest["refreservation"] = str(volsize_to_reservation(new_size, blocksize))
     elif "volsize" in raw and "refreservation" not in raw and \
             old_resv == volsize_to_reservation(old_size, blocksize):
@@ -257,13 +270,15 @@ def set_properties(handle, rec: Record, props: dict[str, str]) -> None:
 
 
 def resize(handle, rec: Record, volsize: int) -> None:
-    """Set a volume's size: growing adds a hole, shrinking frees the blocks past the end."""
-    vol = Volume(handle, rec)
+    """Set a volume's size: growing adds a hole, shrinking frees the blocks past the end
+    (readonly=on or not: it is a property change, not a write)."""
+    fs = _open_posix(handle, rec)
+    readonly, fs.io.readonly = fs.io.readonly, False
     try:
-        vol.fs.setattr(DATA_INO, size=volsize)
-        vol.fs.flush()
+        fs.setattr(DATA_INO, size=volsize)
+        fs.flush()
     finally:
-        vol.close()
+        fs.io.readonly = readonly
     dsl: Datasets = handle.dsl
     dsl.records_changed += 1            # files served for it (volume_mount) change size
 

@@ -47,10 +47,14 @@ def reservation(volsize: int, blocksize: int, copies: int = 1) -> int:
     return volsize * copies + indirect * min(3, copies + 1) * 128 * 1024
 
 
+def env_file(env, data: bytes):
+    path = env / "in.img"
+    path.write_bytes(data)
+    return path
+
+
 def cp_in(env, capsys, data: bytes, target: str) -> None:
-    src = env / "in.img"
-    src.write_bytes(data)
-    ok(capsys, "cp", str(src), target)
+    ok(capsys, "cp", str(env_file(env, data)), target)
 
 
 def cp_out(env, capsys, spec: str) -> bytes:
@@ -174,6 +178,19 @@ def test_volsize_moves_the_refreservation_with_it(env, capsys):
     ok(capsys, "set", "refreservation=auto", "tank/vol")
     assert props(capsys, "tank/vol", "refreservation")["refreservation"][0] == \
         str(reservation(24 * MiB, 8192))
+    ok(capsys, "set", "refreserv=none", "tank/vol")
+    ok(capsys, "set", "refreserv=auto", "volsize=8M", "tank/vol")      # the short name too
+    assert props(capsys, "tank/vol", "refreservation")["refreservation"][0] == \
+        str(reservation(8 * MiB, 8192))
+    # readonly=on: no writes, but volsize still changes (a property, not a write)
+    ok(capsys, "set", "readonly=on", "tank/vol")
+    code, err = fails(capsys, "cp", str(env_file(env, b"x" * 100)), "tank/vol:")
+    assert "Read-only file system" in err
+    ok(capsys, "set", "volsize=32M", "tank/vol")
+    assert props(capsys, "tank/vol", "volsize")["volsize"][0] == str(32 * MiB)
+    ok(capsys, "set", "readonly=off", "tank/vol")
+    cp_in(env, capsys, b"y" * 100, "tank/vol:")
+    assert cp_out(env, capsys, "tank/vol:")[:101] == b"y" * 100 + b"\0"
     # sparse: none before, none after
     ok(capsys, "create", "-s", "-V", "8M", "tank/sparse")
     ok(capsys, "set", "volsize=64M", "tank/sparse")
