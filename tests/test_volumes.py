@@ -598,3 +598,18 @@ def test_volume_files_follow_the_pool(env, needs_fuse):
         with pool.lock:
             pool.sync()
         pool.close()
+
+
+def test_a_volume_survives_export_and_import(env, capsys):
+    ok(capsys, "create", "-V", "4M", "-b", "4K", "tank/vol")
+    data = random.Random(5).randbytes(MiB)
+    cp_in(env, capsys, data, "tank/vol:")
+    ok(capsys, "snapshot", "tank/vol@s")
+    ok(capsys, "pool", "export", "tank")
+    ok(capsys, "pool", "import", "-d", str(env), "tank")
+    got = props(capsys, "tank/vol", "type", "volsize", "volblocksize", "refreservation")
+    assert got == {"type": ("volume", "-"), "volsize": (str(4 * MiB), "local"),
+                   "volblocksize": ("4096", "-"),
+                   "refreservation": (str(reservation(4 * MiB, 4096)), "local")}
+    assert cp_out(env, capsys, "tank/vol:")[:MiB] == data
+    assert cp_out(env, capsys, "tank/vol@s:")[:MiB] == data
