@@ -613,3 +613,33 @@ def test_a_volume_survives_export_and_import(env, capsys):
                    "refreservation": (str(reservation(4 * MiB, 4096)), "local")}
     assert cp_out(env, capsys, "tank/vol:")[:MiB] == data
     assert cp_out(env, capsys, "tank/vol@s:")[:MiB] == data
+
+
+def test_fsync_through_the_file_survives_a_killed_server(env, capsys, needs_fuse):
+    """What an fsync on the served file returned for is in the pool after the serving
+    process is killed with SIGKILL (the txg it committed), and the pool verifies."""
+    import signal
+    import subprocess
+    import sys
+    from fusezfs.volume_mount import mount_device
+    ok(capsys, "create", "-V", "4M", "tank/vol")
+    path = str(env / "vol.file")
+    proc = subprocess.Popen([sys.executable, "-m", "fusezfs.volume_mount", "tank/vol", path],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    data = random.Random(6).randbytes(300_000)
+    try:
+        assert proc.stdout.readline().strip() == path
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.pwrite(fd, data, 12345)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=60)
+        if mount_device(path) is not None:              # the dead mount, detached
+            subprocess.run(["fusermount3", "-uz", path], capture_output=True)
+            if mount_device(path) is not None and os.geteuid() == 0:
+                subprocess.run(["umount", "-l", path], check=True)
+    assert cp_out(env, capsys, "tank/vol:")[12345:12345 + len(data)] == data
