@@ -21,6 +21,7 @@ USAGE = {
     "replace": "\treplace [-fw] <pool> <device> <new-device>",
     "offline": "\toffline [-t] <pool> <device> ...",
     "online": "\tonline <pool> <device> ...",
+    "iostat": "\tiostat [-Hpv] [pool] ...",
 }
 
 
@@ -172,5 +173,10 @@ def cmd_add(args: list[str]) -> int:
     return 0
 
 
+def cmd_iostat(args: list[str]) -> int:
+    from .cli_iostat import cmd_iostat as iostat
+    return iostat(args)
+
+
 VERBS = {"add": cmd_add, "attach": cmd_attach, "detach": cmd_detach, "replace": cmd_replace,
-         "offline": cmd_offline, "online": cmd_online}
+         "offline": cmd_offline, "online": cmd_online, "iostat": cmd_iostat}

@@ -47,7 +47,8 @@ NUMERIC = {"size", "allocated", "free", "capacity", "dedupratio", "fragmentation
            "leaked", "expandsize", "checkpoint", "guid", "load_guid", "ashift", "version"}
 
 
-DEVICE_VERBS = ("add", "attach", "detach", "replace", "offline", "online")   # cli_devices.py
+DEVICE_VERBS = ("add", "attach", "detach", "replace", "offline", "online",
+                "iostat")                                                  # cli_devices.py
 
 
 def usage_text(verb: str | None) -> str:
@@ -56,8 +57,8 @@ def usage_text(verb: str | None) -> str:
         return "usage:\n" + device_usage[verb]
     if verb in USAGE:
         return "usage:\n" + USAGE[verb]
-    return "usage: fusezfs pool command args ...\nwhere 'command' is one of the following:\n\n" + \
-        "\n".join(USAGE.values())
+    from .cli_help import zpool_usage         # zpool's usage(): every verb, grouped
+    return zpool_usage()
 
 
 # ---- opening pools --------------------------------------------------------------------------

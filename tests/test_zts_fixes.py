@@ -203,3 +203,33 @@ def test_create_and_add_check_the_replication_level(tmp_path, monkeypatch, capsy
     assert d[4] in status and "mirror-1" in status
     ok(capsys, "pool", "create", "-f", "other", "mirror", d[5], str(big))
     check_pools()
+
+
+def test_zpool_iostat_shows_capacity_and_the_vdev_tree(tmp_path, monkeypatch, capsys):
+    """zpool iostat [-Hpv]: OpenZFS's header and layout, real capacity per pool and per
+    top-level vdev, '-' where fusezfs keeps no I/O counters; the test suite's get_disklist
+    (`zpool iostat -v POOL | nawk '(NR > 4) {print $1}'`) finds the leaves."""
+    d = pool_files(tmp_path, monkeypatch, 3)
+    ok(capsys, "pool", "create", "tank", "mirror", d[0], d[1])
+    ok(capsys, "pool", "add", "-f", "tank", d[2])
+    out = ok(capsys, "pool", "iostat", "-v", "tank").splitlines()
+    width = len("    " + d[0])
+    assert out[0] == " " * width + "    capacity     operations     bandwidth "
+    assert out[1] == "pool".ljust(width) + "  alloc   free   read  write   read  write"
+    assert out[2] == out[-1] == "-" * width + "  -----" * 6
+    names = [line.split()[0] for line in out[4:] if not line.startswith("-")]
+    assert names == ["mirror-0", d[0], d[1], d[2]]
+    assert out[5].split()[1:] == ["-"] * 6                   # a mirror's leaf: no capacity
+    alloc, free = map(int, ok(capsys, "pool", "list", "-Hp", "-o", "alloc,free",
+                              "tank").split())
+    rows = [line.split("\t") for line in ok(capsys, "pool", "iostat", "-Hpv").splitlines()]
+    assert rows[0] == ["tank", str(alloc), str(free), "0", "0", "0", "0"]
+    tops = [r for r in rows if r[0] in ("mirror-0", d[2])]
+    assert sum(int(r[1]) for r in tops) == alloc and sum(int(r[2]) for r in tops) == free
+    assert ok(capsys, "pool", "iostat").splitlines()[3].split()[0] == "tank"
+    code, out, err = run(capsys, "pool", "iostat", "nopool")
+    assert code == 1 and err == "cannot open 'nopool': no such pool\n"
+    code, out, err = run(capsys, "pool", "nosuchverb")
+    assert code == 2 and err.startswith("unrecognized command 'nosuchverb'\nusage: zpool "
+                                        "command args ...\n") and "\tiostat [-Hpv]" in err
+    check_pools()
