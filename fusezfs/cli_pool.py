@@ -274,9 +274,9 @@ def check_devices(name: str, topology: list[tuple[str, list[str]]], force: bool)
         header = "the following errors must be manually repaired:" if force else \
             "use '-f' to override the following errors:"
         raise Failed("invalid vdev specification\n" + header + "\n" + "\n".join(fatal + problems))
-    if len(set(map(os.path.realpath, paths))) != len(paths):
     from .cli_replication import check_create
     check_create(topology, force)               # after the in-use checks, as make_root_vdev
+    if len(set(map(os.path.realpath, paths))) != len(paths):
         raise Failed(f"cannot create '{name}': one or more vdevs refer to the same device")
     if any(os.path.getsize(p) < MIN_DEVICE_SIZE for p in paths):
         raise Failed(f"cannot create '{name}': one or more devices is less than the minimum "
