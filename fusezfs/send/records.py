@@ -36,6 +36,7 @@ RECORD_SIZE = 312
 CHECKSUM_OFFSET = RECORD_SIZE - 32
 MAXNAMELEN = 256
 MAX_PAYLOAD = 16 << 20               # SPA_MAXBLOCKSIZE
+SMALL_PAYLOAD = 8 << 10              # checksummed in one call with its header
 
 # drr_type
 DRR_BEGIN, DRR_OBJECT, DRR_FREEOBJECTS, DRR_WRITE, DRR_FREE, DRR_END, DRR_WRITE_BYREF, \
@@ -280,13 +281,18 @@ class StreamWriter:
         rtype = struct.unpack_from("<I", hdr)[0]
         if rtype == DRR_END:
             struct.pack_into("<4Q", hdr, 8, *self.cksum.state)
-        self.cksum.update(memoryview(hdr)[:CHECKSUM_OFFSET])
-        if self.record_checksums and rtype != DRR_BEGIN:
-            struct.pack_into("<4Q", hdr, CHECKSUM_OFFSET, *self.cksum.state)
-        self.cksum.update(memoryview(hdr)[CHECKSUM_OFFSET:])
         if len(payload) % 4:
             raise ValueError("payload length must be a multiple of 4")
-        if len(payload):
+        if self.record_checksums and rtype != DRR_BEGIN:
+            self.cksum.update(memoryview(hdr)[:CHECKSUM_OFFSET])
+            struct.pack_into("<4Q", hdr, CHECKSUM_OFFSET, *self.cksum.state)
+            self.cksum.update(memoryview(hdr)[CHECKSUM_OFFSET:])
+            if len(payload):
+                self.cksum.update(payload)
+        elif len(payload) <= SMALL_PAYLOAD:         # one pass over header and payload
+            self.cksum.update(hdr + payload if len(payload) else hdr)
+        else:
+            self.cksum.update(hdr)
             self.cksum.update(payload)
         if self.out is not None:
             self.out.write(hdr)
