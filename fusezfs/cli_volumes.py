@@ -15,8 +15,16 @@ from . import dsprops
 from .api import Handle
 from .cli import Failed
 from .cli_pool import imported_names
-from .cli_zfs import (check_name, dserr, one_argument, parse_props, planned_create, pool_of,
-                      ready_to_create, session)
+from .cli_zfs import (
+    check_name,
+    dserr,
+    one_argument,
+    parse_props,
+    planned_create,
+    pool_of,
+    ready_to_create,
+    session,
+)
 from .datasets import DatasetError
 from .volumes import volsize_to_reservation
 

@@ -116,7 +116,7 @@ def mounted_children(dsl) -> list[tuple[str, Record]]:
     out = []
     for rec in dsl.descendants(ROOT_ID):
         name = dsl.name(rec.id)
-        if rec.kind != "filesystem":            # a volume is a file (volume_mount.py)
+        if rec.kind != "filesystem":            # a volume is a file (host/volume_mount.py)
             continue
         if str(properties.value(dsl, rec, "canmount")) != "on":
             continue

@@ -23,9 +23,10 @@ the tree's content and the properties:
   refreservation with it when it still had that value (zfs_add_synthetic_resv);
   refreservation=auto sets it to that value.
 
-The data object is never given to the FUSE tree or `cp` as a file: volume_mount.py serves it as
-a regular file at a path of its own (`<state dir>/zvol/POOL/VOL`, like /dev/zvol/POOL/VOL), and
-`fusezfs cp POOL/VOL: FILE` / `cp FILE POOL/VOL:` copy its bytes (VolumeSide below).
+The data object is never given to the FUSE tree or `cp` as a file: host/volume_mount.py serves
+it as a regular file at a path of its own (`<state dir>/zvol/POOL/VOL`, like
+/dev/zvol/POOL/VOL), and `fusezfs cp POOL/VOL: FILE` / `cp FILE POOL/VOL:` copy its bytes
+(VolumeSide below).
 """
 from __future__ import annotations
 
@@ -256,9 +257,7 @@ def set_properties(handle, rec: Record, props: dict[str, str]) -> None:
     rest = {k: v for k, v in props.items() if dsprops.canonical(k) != "volsize" and
             not (auto and dsprops.canonical(k) == "refreservation")}
     old_resv = properties.as_int(rec.props.get("refreservation"))
-    if auto:
-        rest["refreservation"] = str(volsize_to_reservation(new_size, blocksize))
-    elif "volsize" in raw and "refreservation" not in raw and \
+    if auto or "volsize" in raw and "refreservation" not in raw and \
             old_resv == volsize_to_reservation(old_size, blocksize):
         rest["refreservation"] = str(volsize_to_reservation(new_size, blocksize))
     if rest:
@@ -331,10 +330,10 @@ class VolumeSide:
     def chain(self, path: bytes) -> set[tuple]:
         return {self._ident()}
 
-    def reader(self, path: bytes, sparse: bool) -> "_VolumeReader":
+    def reader(self, path: bytes, sparse: bool) -> _VolumeReader:
         return _VolumeReader(self._open(path))
 
-    def writer(self, path: bytes, mode: int) -> "_VolumeWriter":
+    def writer(self, path: bytes, mode: int) -> _VolumeWriter:
         vol = self._open(path)
         if vol.readonly:
             vol.close()

@@ -7,8 +7,8 @@ import os
 import random
 
 import pytest
-
 from clitools import check_pools, ok, pool_files, run
+
 from fusezfs import cli
 
 MiB = 1 << 20
@@ -134,10 +134,9 @@ def test_create_errors_in_openzfs_words(env, capsys):
     for argv, message in cases:
         code, err = fails(capsys, "create", *argv)
         assert (code, err) == (1, message), argv
-    for argv, message in [(["-s", "tank/z"], "'-s' and '-b' can only be used when creating a "
-                                             "volume"),
-                          (["-b", "8K", "tank/z"], "'-s' and '-b' can only be used when "
-                                                   "creating a volume"),
+    only_volumes = "'-s' and '-b' can only be used when creating a volume"
+    for argv, message in [(["-s", "tank/z"], only_volumes),
+                          (["-b", "8K", "tank/z"], only_volumes),
                           (["-V", "8M"], "missing volume argument")]:
         code, err = fails(capsys, "create", *argv)
         assert code == 2 and err.splitlines()[0] == message, argv
@@ -184,7 +183,7 @@ def test_volsize_moves_the_refreservation_with_it(env, capsys):
         str(reservation(8 * MiB, 8192))
     # readonly=on: no writes, but volsize still changes (a property, not a write)
     ok(capsys, "set", "readonly=on", "tank/vol")
-    code, err = fails(capsys, "cp", str(env_file(env, b"x" * 100)), "tank/vol:")
+    _code, err = fails(capsys, "cp", str(env_file(env, b"x" * 100)), "tank/vol:")
     assert "Read-only file system" in err
     ok(capsys, "set", "volsize=32M", "tank/vol")
     assert props(capsys, "tank/vol", "volsize")["volsize"][0] == str(32 * MiB)
@@ -213,7 +212,7 @@ def test_property_errors_in_openzfs_words(env, capsys):
         ("volsize=1G", "tank/vol", "size is greater than available space"),
     ]
     for assignment, name, message in cases:
-        code, err = fails(capsys, "set", assignment, name)
+        _code, err = fails(capsys, "set", assignment, name)
         assert err == f"cannot set property for '{name}': {message}", assignment
     got = props(capsys, "tank/vol", "volsize", "refreservation")
     assert got["volsize"][0] == str(8 * MiB)                        # nothing changed
@@ -255,13 +254,13 @@ def test_bytes_through_cp_snapshots_clones_and_rollback(env, capsys):
     ok(capsys, "rename", "tank/copy", "tank/renamed")
     assert ok(capsys, "get", "-H", "-o", "value", "type", "tank/renamed") == "volume\n"
     assert cp_out(env, capsys, "tank/renamed:")[:MiB] == first[:MiB]
-    code, err = fails(capsys, "cp", str(env / "in.img"), "tank/vol@one:")
+    _code, err = fails(capsys, "cp", str(env / "in.img"), "tank/vol@one:")
     assert "Read-only file system" in err
-    code, err = fails(capsys, "cp", "tank/vol:/x", str(env / "x"))
+    _code, err = fails(capsys, "cp", "tank/vol:/x", str(env / "x"))
     assert err == "cp: cannot stat 'tank/vol:/x': No such file or directory"
     (env / "big.img").write_bytes(b"")
     os.truncate(env / "big.img", 17 * MiB)
-    code, err = fails(capsys, "cp", str(env / "big.img"), "tank/vol:")
+    _code, err = fails(capsys, "cp", str(env / "big.img"), "tank/vol:")
     assert "No space left on device" in err
     assert cp_out(env, capsys, "tank/vol:") == image               # nothing past the end
 
@@ -341,7 +340,7 @@ def test_snapshot_recursive_destroy_and_verify(env, capsys):
     ok(capsys, "snapshot", "-r", "tank/fs@r")
     assert ok(capsys, "list", "-H", "-t", "snapshot", "-o", "name", "-r", "tank") == \
         "tank/fs@r\ntank/fs/vol@r\n"
-    code, err = fails(capsys, "destroy", "tank/fs/vol")
+    _code, err = fails(capsys, "destroy", "tank/fs/vol")
     assert err.splitlines()[0] == "cannot destroy 'tank/fs/vol': volume has children"
     ok(capsys, "destroy", "-r", "tank/fs")
     assert ok(capsys, "list", "-H", "-o", "name", "-t", "all") == "tank\n"
@@ -351,15 +350,17 @@ def test_snapshot_recursive_destroy_and_verify(env, capsys):
 # ---- the volume as a file (FUSE) and a loop device -----------------------------------------------
 @pytest.fixture
 def served(env, capsys, needs_fuse):
-    """tank/vol (8 MiB) served as a file by `python -m fusezfs.volume_mount`, which opens the
-    pool itself; stopped with SIGTERM, after which the file is no mount any more and the
+    """tank/vol (8 MiB) served as a file by `python -m fusezfs.host.volume_mount`, which opens
+    the pool itself; stopped with SIGTERM, after which the file is no mount any more and the
     volume holds what the test left in `expect` (if anything)."""
     import subprocess
     import sys
-    from fusezfs.volume_mount import mount_device
+
+    from fusezfs.host.volume_mount import mount_device
     ok(capsys, "create", "-V", "8M", "tank/vol")
     path = ServedPath(env / "zvol" / "tank" / "vol")
-    proc = subprocess.Popen([sys.executable, "-m", "fusezfs.volume_mount", "tank/vol", str(path)],
+    proc = subprocess.Popen([sys.executable, "-m", "fusezfs.host.volume_mount", "tank/vol",
+                             str(path)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
@@ -417,8 +418,8 @@ def test_losetup_attaches_the_volume_file(served, env):
     if os.geteuid() != 0 or shutil.which("losetup") is None or \
             not os.path.exists("/dev/loop-control"):
         pytest.skip("losetup needs root, losetup and /dev/loop-control")
-    got = subprocess.run(["losetup", "-f", "--show", str(served)], capture_output=True,
-                         text=True)
+    got = subprocess.run(["losetup", "-f", "--show", str(served)], check=False,
+                         capture_output=True, text=True)
     if got.returncode != 0:
         pytest.skip(f"no loop device here: {got.stderr.strip()}")
     loop = got.stdout.strip()
@@ -454,6 +455,7 @@ def _stream(pool, snap: str, source: str | None = None) -> bytes:
 
 def _receive(pool, target: str, data: bytes, force: bool = False):
     import io
+
     from fusezfs.api import Handle
     from fusezfs.send.incoming import receive_stream
     with pool.lock:
@@ -465,6 +467,7 @@ def test_send_and_receive_volumes(env, capsys):
     received into a new volume that then reads back byte for byte; a volume stream never goes
     over a filesystem, nor a filesystem's over a volume."""
     import zstream
+
     from fusezfs.cli_pool import open_pool
     from fusezfs.send.receiver import ReceiveError
     ok(capsys, "create", "-V", "8M", "-b", "16K", "tank/vol")
@@ -520,7 +523,7 @@ def test_bookmarks_holds_and_promote_of_volumes(env, capsys):
     ok(capsys, "bookmark", "tank/vol@a", "tank/vol#a")
     assert ok(capsys, "list", "-H", "-t", "bookmark", "-o", "name,type") == "tank/vol#a\tbookmark\n"
     ok(capsys, "hold", "keep", "tank/vol@a")
-    code, err = fails(capsys, "destroy", "tank/vol@a")
+    _code, err = fails(capsys, "destroy", "tank/vol@a")
     assert err == "cannot destroy snapshot tank/vol@a: dataset is busy"
     ok(capsys, "release", "keep", "tank/vol@a")
     ok(capsys, "clone", "tank/vol@a", "tank/copy")
@@ -539,11 +542,13 @@ def test_volume_files_follow_the_pool(env, needs_fuse):
     """VolumeFiles, as the service runs it: one file per volume under the root, made, moved
     and removed as volumes are created, renamed and destroyed, all in one trio loop."""
     import threading
+
     import trio
+
     from fusezfs.api import Handle
     from fusezfs.cli_pool import open_pool
     from fusezfs.host.fuse_sessions import instance, release
-    from fusezfs.volume_mount import VolumeFiles, mount_device
+    from fusezfs.host.volume_mount import VolumeFiles, mount_device
     from fusezfs.volumes import create_volume, open_volume
     pool = open_pool("tank")
     handle = Handle(pool)
@@ -621,10 +626,12 @@ def test_fsync_through_the_file_survives_a_killed_server(env, capsys, needs_fuse
     import signal
     import subprocess
     import sys
-    from fusezfs.volume_mount import mount_device
+
+    from fusezfs.host.volume_mount import mount_device
     ok(capsys, "create", "-V", "4M", "tank/vol")
     path = str(env / "vol.file")
-    proc = subprocess.Popen([sys.executable, "-m", "fusezfs.volume_mount", "tank/vol", path],
+    proc = subprocess.Popen([sys.executable, "-m", "fusezfs.host.volume_mount", "tank/vol",
+                             path],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     data = random.Random(6).randbytes(300_000)
     try:
@@ -639,7 +646,7 @@ def test_fsync_through_the_file_survives_a_killed_server(env, capsys, needs_fuse
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=60)
         if mount_device(path) is not None:              # the dead mount, detached
-            subprocess.run(["fusermount3", "-uz", path], capture_output=True)
+            subprocess.run(["fusermount3", "-uz", path], check=False, capture_output=True)
             if mount_device(path) is not None and os.geteuid() == 0:
                 subprocess.run(["umount", "-l", path], check=True)
     assert cp_out(env, capsys, "tank/vol:")[12345:12345 + len(data)] == data

@@ -30,9 +30,10 @@ keeps one session per instance) for every volume not yet served and stops those 
 gone or renamed; each returns the volumes it could not serve or unmount, one line each. One
 volume alone: `VolumeFile(handle, name, path, mod).start(nursery, token)` and `.stop()`. The
 file (and its directories) is made if missing and removed once unmounted. The size a served
-file shows follows volsize within a second (attr_timeout; a loop device needs `losetup -c`). `serve_volume` runs one VolumeFile in a process of its own (`python -m
-fusezfs.volume_mount POOL/VOL PATH`, which opens the pool itself: only while no other process
-serves it), for tests and tools.
+file shows follows volsize within a second (attr_timeout; a loop device needs `losetup -c`).
+`serve_volume` runs one VolumeFile in a process of its own (`python -m
+fusezfs.host.volume_mount POOL/VOL PATH`, which opens the pool itself: only while no other
+process serves it), for tests and tools.
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ import threading
 import pyfuse3
 import trio
 
-from .volumes import DATA_INO, Volume, is_volume
+from ..volumes import DATA_INO, Volume, is_volume
 
 log = logging.getLogger("fusezfs.fuse")
 
@@ -63,13 +64,13 @@ def volume_path(root: str, dataset: str) -> str:
 
 
 def default_root() -> str:
-    from .host.registry import state_dir
+    from .registry import state_dir
     return os.path.join(state_dir(), "zvol")
 
 
 def volumes_of(dsl) -> list[str]:
     """Names of every volume of a pool, to be served."""
-    from .datasets import ROOT_ID
+    from ..datasets import ROOT_ID
     return [dsl.name(r.id) for r in dsl.descendants(ROOT_ID) if r.kind == "volume"]
 
 
@@ -78,9 +79,9 @@ def mount_file(path: str, fsname: str, readonly: bool) -> int:
     /dev/fuse descriptor. Root mounts with mount(2) (rootmode says a regular file); anyone
     else through fusermount3, which takes the root's mode from the mountpoint."""
     if os.geteuid() != 0:
-        from .host.fuse_sessions import fuse_mount
+        from .fuse_sessions import fuse_mount
         return fuse_mount(path, fsname, {"ro"} if readonly else set())
-    from .fuse_ops import libc_call
+    from ..fuse_ops import libc_call
     fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
     data = f"fd={fd},rootmode=100000,user_id={os.getuid()},group_id={os.getgid()}"
     try:
@@ -227,7 +228,7 @@ class VolumeOps(pyfuse3.Operations):
 
     async def statfs(self, ctx):
         def do_statfs():
-            from . import properties
+            from .. import properties
             s = self.mod.StatvfsData()
             bs = self._volume().blocksize
             s.f_bsize = s.f_frsize = bs
@@ -270,7 +271,7 @@ class VolumeFile:
             os.close(fd)
             self._detach(lazy=True)
             raise
-        from .fuse_extra import install
+        from ..fuse_extra import install
         install(self.mod, self.ops)         # fallocate (discard) for this session
         self.dev = mount_device(self.path)
         trio.from_thread.run_sync(nursery.start_soon, self._serve, trio_token=token)
@@ -302,7 +303,7 @@ class VolumeFile:
         """umount2 as root (MNT_DETACH when lazy), else fusermount3 -u [-z]: None or why not.
         Never on the loop's thread: the kernel may ask this very mount first."""
         if os.geteuid() == 0:
-            from .fuse_ops import libc_call
+            from ..fuse_ops import libc_call
             try:
                 libc_call("umount2", os.fsencode(self.path), 2 if lazy else 0)
                 return None
@@ -310,7 +311,7 @@ class VolumeFile:
                 return e.strerror
         import subprocess
         done = subprocess.run(["fusermount3", "-u"] + (["-z"] if lazy else []) + [self.path],
-                              capture_output=True, text=True)
+                              check=False, capture_output=True, text=True)
         return None if done.returncode == 0 else done.stderr.strip()
 
     def stop(self, lazy: bool = False) -> str | None:
@@ -421,12 +422,12 @@ async def serve_volume(handle, dataset: str, path: str, *, ready=None) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m fusezfs.volume_mount POOL/VOL [PATH]`: serve a volume until SIGTERM/SIGINT
+    """`python -m fusezfs.host.volume_mount POOL/VOL [PATH]`: serve a volume until SIGTERM/SIGINT
     or unmount, the pool opened here; commits and closes it at the end."""
-    from .api import Handle
-    from .cli_pool import open_pool
+    from ..api import Handle
+    from ..cli_pool import open_pool
     if not 1 <= len(argv) <= 2:
-        print("usage: python -m fusezfs.volume_mount POOL/VOL [PATH]", file=sys.stderr)
+        print("usage: python -m fusezfs.host.volume_mount POOL/VOL [PATH]", file=sys.stderr)
         return 2
     dataset = argv[0]
     path = argv[1] if len(argv) > 1 else volume_path(default_root(), dataset)

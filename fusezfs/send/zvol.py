@@ -27,10 +27,18 @@ invalid stream.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 from ..formats.bp import decode_bp, encode_bp
-from ..posix_layout import K_DATA, Inode, blkid_of, data_key, inode_key, kind_hi, kind_lo
+from ..posix_layout import (
+    K_DATA,
+    Inode,
+    blkid_of,
+    data_key,
+    inode_key,
+    kind_hi,
+    kind_lo,
+)
 from ..tree import REF_BLOCK, Tree
 from . import records as R
 from .zap import ZapError, decode_zap, encode_zap, salt_for, uint64_items
