@@ -1,8 +1,8 @@
 """`zpool iostat [-Hpv] [pool] ...`: each pool's (with -v, each vdev's) capacity, in the
 layout of OpenZFS 2.1.11's zpool iostat (zpool_main.c: print_iostat_header, print_vdev_stats).
 
-Capacity is real: a top-level vdev's allocated and free bytes come from the allocator, the
-pool's are their sums, and leaves of a mirror show none (as in OpenZFS, only top-level vdevs
+Capacity is real: a top-level vdev's allocated and free bytes come from the allocator (frees
+still held back for rewind count as allocated), the pool's are their sums, and leaves of a mirror show none (as in OpenZFS, only top-level vdevs
 have capacity). The operations and bandwidth columns are OpenZFS's I/O counters since the pool
 was imported; fusezfs keeps no such counters, so they show '-' (zpool's "not applicable"),
 never made-up numbers, and an interval (`zpool iostat 5`) is refused for the same reason.
@@ -37,7 +37,8 @@ def _rows(pool: Pool, verbose: bool) -> list[tuple[str, int, int | None, int | N
         space = spaces[vid]
         size = space.end - space.start
         tops.append((top, size - space.free_bytes, size))
-    rows = [(pool.name, 0, pool.allocated, pool.size)]
+    # the pool's line is the sum of its top-level vdevs', as OpenZFS's root vdev is
+    rows = [(pool.name, 0, sum(a for _, a, _ in tops), sum(s for _, _, s in tops))]
     if verbose:
         for top, alloc, size in tops:
             if top.kind == "mirror":
