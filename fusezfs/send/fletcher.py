@@ -35,19 +35,38 @@ from operator import mul
 MASK = (1 << 64) - 1
 COLS = 512                       # words per row
 ROWS = 512                       # rows per chunk: a chunk is 1 MiB
-_POW_J = [[j ** b for j in range(COLS)] for b in range(4)]
-_EVEN = int.from_bytes(b"\xff\xff\xff\xff\x00\x00\x00\x00" * (COLS // 2), "little")
-_HALF = 8 * (COLS // 2)          # bytes of the even (or odd) words' integer
-SMALL = 4096                     # words: data up to 16 KiB is summed directly (Fletcher4._small)
+SMALL = 256                      # words: data up to 1 KiB is summed directly (Fletcher4._small)
+
+
+class _Shape:
+    """What the chunk method needs for rows of `cols` words: j**b, the mask of the even words
+    and the bytes of a slot integer. Fewer columns for less data keep the O(cols) work in
+    proportion (rows and columns about balanced)."""
+
+    def __init__(self, cols: int) -> None:
+        self.cols = cols
+        self.pow_j = [[j ** b for j in range(cols)] for b in range(4)]
+        self.even = int.from_bytes(b"\xff\xff\xff\xff\x00\x00\x00\x00" * (cols // 2), "little")
+        self.half = 8 * (cols // 2)
+
+
+_SHAPES = {c: _Shape(c) for c in (16, 32, 64, 128, 256, 512)}
+
+
+def _shape_for(n: int) -> _Shape:
+    cols = 16
+    while cols < COLS and cols * cols < n:
+        cols *= 2
+    return _SHAPES[cols]
 _DESC = [[t for t in range(SMALL, 0, -1)], [comb(t + 1, 2) for t in range(SMALL, 0, -1)],
          [comb(t + 2, 3) for t in range(SMALL, 0, -1)]]
 
 
-def _columns(even: int, odd: int) -> list[int]:
+def _columns(shape: _Shape, even: int, odd: int) -> list[int]:
     """The per-column values of a pair of slot integers (even and odd words)."""
-    out = [0] * COLS
-    out[0::2] = memoryview(even.to_bytes(_HALF, "little")).cast("Q").tolist()
-    out[1::2] = memoryview(odd.to_bytes(_HALF, "little")).cast("Q").tolist()
+    out = [0] * shape.cols
+    out[0::2] = memoryview(even.to_bytes(shape.half, "little")).cast("Q").tolist()
+    out[1::2] = memoryview(odd.to_bytes(shape.half, "little")).cast("Q").tolist()
     return out
 
 
@@ -56,10 +75,11 @@ def _moments(data: memoryview) -> tuple[int, int, int, int, int]:
     n = len(data) // 4
     if n == 0:
         return 0, 0, 0, 0, 0
-    rowbytes = 4 * COLS
-    nrows = -(-n // COLS)
+    shape = _shape_for(n)
+    rowbytes = 4 * shape.cols
+    nrows = -(-n // shape.cols)
     ae = be = ce = de = ao = bo = co = do = 0
-    mask, frombytes = _EVEN, int.from_bytes
+    mask, frombytes = shape.even, int.from_bytes
     for r in range(nrows):
         x = frombytes(data[r * rowbytes:(r + 1) * rowbytes], "little")
         e = x & mask
@@ -73,9 +93,9 @@ def _moments(data: memoryview) -> tuple[int, int, int, int, int]:
         co += bo
         do += co
     big_r = nrows
-    s0, s1 = _columns(ae, ao), _columns(be, bo)        # u = R - r: sum x, sum u x
-    s2 = [2 * c - b for c, b in zip(_columns(ce, co), s1)]               # sum u^2 x
-    s3 = [6 * d - 3 * x2 - 2 * x1 for d, x2, x1 in zip(_columns(de, do), s2, s1)]
+    s0, s1 = _columns(shape, ae, ao), _columns(shape, be, bo)  # u = R - r: sum x, sum u x
+    s2 = [2 * c - b for c, b in zip(_columns(shape, ce, co), s1)]        # sum u^2 x
+    s3 = [6 * d - 3 * x2 - 2 * x1 for d, x2, x1 in zip(_columns(shape, de, do), s2, s1)]
     rr = big_r * big_r
     cols = [s0,                                                          # sum r^a x
             [big_r * a - x1 for a, x1 in zip(s0, s1)],
@@ -83,9 +103,9 @@ def _moments(data: memoryview) -> tuple[int, int, int, int, int]:
             [rr * big_r * a - 3 * rr * x1 + 3 * big_r * x2 - x3
              for a, x1, x2, x3 in zip(s0, s1, s2, s3)]]
     # Q[a][b] = sum_j j**b colmoment_a[j]
-    q = [[sum(map(mul, cols[a], _POW_J[b])) if a + b <= 3 else 0 for b in range(4)]
+    q = [[sum(map(mul, cols[a], shape.pow_j[b])) if a + b <= 3 else 0 for b in range(4)]
          for a in range(4)]
-    m = COLS
+    m = shape.cols
     moments = []
     for k in range(4):
         total = 0
