@@ -29,8 +29,8 @@ USAGE = {
               "\t    [-O file-system-property=value] ... <pool> <vdev> ...",
     "destroy": "\tdestroy [-f] <pool>",
     "export": "\texport [-f] <pool> ...",
-    "import": "\timport [-d dir] [-f]\n\timport [-d dir] [-f] [-F [-n] [-X]] [-o property=value] ... "
-              "<pool | id> [newpool]",
+    "import": "\timport [-d dir] [-D] [-f]\n\timport [-d dir] [-D] [-f] [-F [-n] [-X]] "
+              "[-o property=value] ... <pool | id> [newpool]",
     "list": "\tlist [-Hp] [-o property[,...]] [pool] ...",
     "status": "\tstatus [-vxD] [pool] ...",
     "get": "\tget [-Hp] [-o \"all\" | field[,...]] <\"all\" | property[,...]> <pool> ...",
@@ -684,14 +684,17 @@ def _last_txg_time(paths: list[str]) -> int:
 
 
 def cmd_import(args: list[str]) -> int:
-    opts, rest = parse(args, "d:fo:aNFnX")
+    opts, rest = parse(args, "d:fo:aNFnXDs")    # -s: scan (fusezfs always scans the files)
     dirs = [v for o, v in opts if o == "-d"]
     flags = {o for o, _ in opts}
     if flags & {"-n", "-X"} and "-F" not in flags:
         raise Usage("-n or -X only meaningful with -F")
+    if "-a" in flags and rest:
+        raise Usage("too many arguments")
     if "-F" in flags and rest and _rewind_imported(rest[0], flags):
         return 0
-    found = _scan(dirs)
+    # -D: only destroyed pools (their labels say so until a pool is made over them)
+    found = _scan(dirs, ("destroyed",)) if "-D" in flags else _scan(dirs)
     if not rest and ("-a", "") not in opts:
         if not found:
             error("no pools available to import")
@@ -706,8 +709,9 @@ def cmd_import(args: list[str]) -> int:
                       f"using its name or numeric identifier and\n\tthe '-f' flag.\n   see: "
                       f"https://openzfs.github.io/openzfs-docs/msg/ZFS-8000-EY\nconfig:\n")
             else:
-                print(f"  pool: {c['name']}\n    id: {guid}\n state: ONLINE\naction: The pool "
-                      f"can be imported using its name or numeric identifier.\nconfig:\n")
+                gone = " (DESTROYED)" if c.get("state") == "destroyed" else ""
+                print(f"  pool: {c['name']}\n    id: {guid}\n state: ONLINE{gone}\naction: The "
+                      f"pool can be imported using its name or numeric identifier.\nconfig:\n")
             rows = [(c["name"], 0)]
             for top in c["vdev_tree"]:
                 if top["type"] == "mirror":

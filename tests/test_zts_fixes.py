@@ -234,3 +234,27 @@ def test_zpool_iostat_shows_capacity_and_the_vdev_tree(tmp_path, monkeypatch, ca
     assert code == 2 and err.startswith("unrecognized command 'nosuchverb'\nusage: zpool "
                                         "command args ...\n") and "\tiostat [-Hpv]" in err
     check_pools()
+
+
+def test_import_finds_destroyed_pools_with_D(tmp_path, monkeypatch, capsys):
+    """zpool import -D lists and imports destroyed pools (their labels say so), and only
+    them; -a takes no pool name (zpool_import_003_pos, zpool_import_009_neg)."""
+    d = pool_files(tmp_path, monkeypatch, 2)
+    ok(capsys, "pool", "create", "tank", "mirror", d[0], d[1])
+    ok(capsys, "create", "tank/fs")
+    ok(capsys, "pool", "destroy", "tank")
+    code, out, err = run(capsys, "pool", "import", "-d", str(tmp_path))
+    assert (code, out, err) == (0, "", "no pools available to import\n")
+    out = ok(capsys, "pool", "import", "-d", str(tmp_path), "-D")
+    assert "  pool: tank\n" in out and " state: ONLINE (DESTROYED)\n" in out and d[1] in out
+    code, out, err = run(capsys, "pool", "import", "-d", str(tmp_path), "tank")
+    assert code == 1 and err == "cannot import 'tank': no such pool available\n"
+    ok(capsys, "pool", "import", "-d", str(tmp_path), "-D", "-f", "tank")
+    assert ok(capsys, "list", "-H", "-o", "name") == "tank\ntank/fs\n"
+    ok(capsys, "pool", "export", "tank")
+    assert run(capsys, "pool", "import", "-d", str(tmp_path), "-D")[2] == \
+        "no pools available to import\n"                 # exported is not destroyed
+    code, out, err = run(capsys, "pool", "import", "-d", str(tmp_path), "-a", "tank")
+    assert code == 2 and err.startswith("too many arguments\nusage:\n")
+    ok(capsys, "pool", "import", "-d", str(tmp_path), "-s", "tank")
+    check_pools()
