@@ -397,7 +397,7 @@ def cmd_set(args: list[str]) -> int:
     k, v = rest[0].split("=", 1)
     name = poolprops.canonical(k) or k
     pool = open_pool(rest[1])
-    why = poolprops.check(name, v)
+    why = poolprops.check(name, v) or (_bootfs_error(pool, v) if name == "bootfs" else None)
     if why:
         pool.close()
         raise Failed(f"cannot set property for '{rest[1]}': {why}")
@@ -406,6 +406,23 @@ def cmd_set(args: list[str]) -> int:
     finally:
         pool.close()
     return 0
+
+
+def _bootfs_error(pool: Pool, value: str) -> str | None:
+    """bootfs names a filesystem of this pool (libzfs's bootfs_name_valid, then the kernel's
+    hold of it: ENOENT, ENOTSUP for a volume); empty unsets it."""
+    if not value:
+        return None
+    from .names import dataset_name_error
+    if dataset_name_error(value, snapshot=None) or not (
+            value == pool.name or value.startswith(pool.name + "/")):
+        return f"'{value}' is an invalid name"
+    rec = Handle(pool).dsl.lookup(value)
+    if rec is None:
+        return "no such pool or dataset"
+    if rec.kind != "filesystem":
+        return "operation not supported on this type of pool"
+    return None
 
 
 def cmd_status(args: list[str]) -> int:

@@ -258,3 +258,24 @@ def test_import_finds_destroyed_pools_with_D(tmp_path, monkeypatch, capsys):
     assert code == 2 and err.startswith("too many arguments\nusage:\n")
     ok(capsys, "pool", "import", "-d", str(tmp_path), "-s", "tank")
     check_pools()
+
+
+def test_bootfs_names_a_filesystem_of_the_pool(tmp_path, monkeypatch, capsys):
+    """zpool set bootfs=...: a valid name in this pool (bootfs_name_valid), of a filesystem
+    that exists (the kernel's hold), or empty (zpool_set_002_neg)."""
+    d = pool_files(tmp_path, monkeypatch, 2)
+    ok(capsys, "pool", "create", "boot", d[0])
+    ok(capsys, "pool", "create", "other", d[1])
+    ok(capsys, "create", "boot/root")
+    ok(capsys, "create", "-V", "8M", "boot/vol")
+    for value, why in (("boot/123", "no such pool or dataset"),
+                       ("boot@val", "'boot@val' is an invalid name"),
+                       ("boot/vol", "operation not supported on this type of pool"),
+                       ("other/x", "'other/x' is an invalid name"),
+                       ("boot/a%d%s", "'boot/a%d%s' is an invalid name")):
+        code, out, err = run(capsys, "pool", "set", f"bootfs={value}", "boot")
+        assert code == 1 and err == f"cannot set property for 'boot': {why}\n", value
+    ok(capsys, "pool", "set", "bootfs=boot/root", "boot")
+    assert ok(capsys, "pool", "get", "-H", "-o", "value", "bootfs", "boot") == "boot/root\n"
+    ok(capsys, "pool", "set", "bootfs=", "boot")
+    check_pools()
