@@ -43,6 +43,8 @@ from dataclasses import dataclass, replace
 from typing import Iterator
 
 from .formats.bp import CKSUM_SHA256, FLAG_DEDUP, BlockPointer, decode_bp, encode_bp
+from .formats.node import REF_BLOCK
+from .tree import Tree
 
 DDT_OBJSET = b"ddt"             # the table's tree, `objset\0ddt` in the MOS
 STATS_KEY = b"ddtstats"         # the histogram's running totals, JSON, in the MOS
@@ -168,8 +170,7 @@ class DedupTable:
             for key, raw in tree.scan():
                 yield key, Entry.decode(raw)
 
-    def _at(self, root: BlockPointer):
-        from .tree import Tree
+    def _at(self, root: BlockPointer) -> Tree:
         return Tree(self.pool.mos.store, root, cache=self.pool.node_cache)
 
     # ---- statistics --------------------------------------------------------------------------
@@ -252,7 +253,6 @@ def reference_counts(dsl) -> dict[bytes, int]:
     the same key in the head and its snapshots is one reference (they share it); the same
     pointer at two keys, or in two lineages (two clones writing the same bytes in one txg), is
     two. Blocks a clone inherited (born at or before its origin) are its origin's."""
-    from .formats.node import REF_BLOCK
     counts: dict[bytes, int] = {}
     todo = [dsl.record(1)]
     while todo:
