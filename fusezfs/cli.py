@@ -1,5 +1,12 @@
 """`fusezfs`: OpenZFS's command line. zfs verbs at the top level, zpool verbs under `pool`.
 
+The programs `fusezfs`, `zfs` and `zpool` enter here with no arguments (`main()`,
+`zfs_main()`, `zpool_main()`): they are the thin client (host/client.py), which sends the
+command to the service that owns every pool (host/service.py). Called with an argument list,
+these functions run the command in this process instead: the service runs every command so,
+and so do tests and FUSEZFS_NO_SERVICE=1. This module stays cheap to import (the standard
+library's getopt and the backends' chooser) because every program start imports it.
+
 Exit codes as zfs/zpool: 0 success, 1 a command that failed, 2 bad usage (with the usage text on
 stderr). Messages go to stderr in OpenZFS's words, so scripts that parse them keep working.
 """
@@ -86,15 +93,14 @@ VERB_MODULES = {"pool": "cli_pool", "cp": "cli_cp", "mount": "cli_mount", "unmou
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`fusezfs ARGV`: the program (argv None: the client), or in this process."""
     if (code := delegate("fusezfs", argv)) is not None:    # the passthrough backend answers
         return code
-    argv = sys.argv[1:] if argv is None else argv
-    from .host import control
+    if argv is None:
+        from .host.client import run
+        return run("fusezfs", sys.argv[1:])
     from .host.registry import RegistryError
     try:
-        code = control.route(argv)  # a pool served by a daemon: the command runs there
-        if code is not None:
-            return code
         return dispatch(argv)
     except (KeyboardInterrupt, BrokenPipeError):
         return 1
@@ -107,14 +113,20 @@ def zfs_main(argv: list[str] | None = None) -> int:
     """The `zfs` program: `zfs VERB ...` is `fusezfs VERB ...`."""
     if (code := delegate("zfs", argv)) is not None:    # the passthrough backend answers
         return code
-    return _program("zfs", sys.argv[1:] if argv is None else argv, [])
+    if argv is None:
+        from .host.client import run
+        return run("zfs", sys.argv[1:])
+    return _program("zfs", argv, [])
 
 
 def zpool_main(argv: list[str] | None = None) -> int:
     """The `zpool` program: `zpool VERB ...` is `fusezfs pool VERB ...`."""
     if (code := delegate("zpool", argv)) is not None:    # the passthrough backend answers
         return code
-    return _program("zpool", sys.argv[1:] if argv is None else argv, ["pool"])
+    if argv is None:
+        from .host.client import run
+        return run("zpool", sys.argv[1:])
+    return _program("zpool", argv, ["pool"])
 
 
 def _program(name: str, argv: list[str], prefix: list[str]) -> int:
@@ -174,5 +186,5 @@ def dispatch(argv: list[str]) -> int:
         return 1
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":        # python -m fusezfs.cli: the `fusezfs` program
     sys.exit(main())

@@ -14,7 +14,6 @@ from typing import Callable
 from . import dsprops, poolprops, sessions
 from .host import registry
 from .api import Handle, format_filesystem
-from .host.daemon import serving_pid
 from .datasets import Datasets
 from .cli import Failed, Usage, error, nicenum, parse, print_table
 from .devices import FileDevice
@@ -67,12 +66,14 @@ def open_pool(name: str) -> Pool:
     if entry is None or entry.get("state") == "exported":
         raise Failed(f"cannot open '{name}': no such pool")
     provided = sessions.handle(name)
-    if provided is not None:            # inside the daemon serving `name` (sessions.py)
+    if provided is not None:            # inside the service, which owns `name` (sessions.py)
         return sessions.Borrowed(provided.pool)
-    pid = serving_pid(name)
-    if pid is not None and pid != os.getpid():
-        raise Failed(f"pool '{name}' is served by a running fusezfs daemon (pid {pid}); "
-                     f"unmount it first")
+    return open_registered(name, entry)
+
+
+def open_registered(name: str, entry: dict) -> Pool:
+    """Open the files of the imported pool `name` (the service's way of opening a pool, and
+    a command's own under FUSEZFS_NO_SERVICE); Failed in zpool's words."""
     devices, first_error = [], None
     for path in entry["devices"]:       # a missing mirror side leaves the pool DEGRADED
         try:
@@ -650,7 +651,7 @@ def _scan(dirs: list[str], states: tuple[str, ...] = ("exported", "active")) -> 
     mine = {e["guid"] for e in registry.load().values() if e.get("state") != "exported"}
     if not dirs:
         dirs = list(dict.fromkeys([os.path.dirname(p) for e in registry.load().values()
-                                   for p in e["devices"]] + [os.getcwd()]))
+                                   for p in e["devices"]] + [sessions.cwd()]))
         quiet = True
     else:
         quiet = False
@@ -806,7 +807,7 @@ def _rewind_imported(name: str, flags: set[str]) -> bool:
     its newest txg (the state a damaged pool is found in): rewind it in place. False when the
     name is no such pool (the ordinary import goes on and says what it says)."""
     entry = registry.load().get(name)
-    if entry is None or entry.get("state") == "exported" or serving_pid(name) is not None:
+    if entry is None or entry.get("state") == "exported" or sessions.handle_open(name):
         return False
     def attempt(**policy) -> Pool | PoolError:
         try:

@@ -37,7 +37,10 @@ from typing import Any, BinaryIO, Callable, Iterator, TextIO
 provider: Callable[[str], object] | None = None     # pool name -> api.Handle or None
 changes: list[tuple[str, bytes]] | None = None      # (dataset, path) noted while a command runs
 caller: tuple[int, int] | None = None               # (uid, gid) a daemon runs a command for
-busy: Callable[[int], str | None] | None = None     # dataset id -> its mountpoint, if in use
+busy: Callable[..., str | None] | None = None       # (dataset id, pool) -> its mountpoint if in use
+release: Callable[[Any, bool, bool], None] | None = None    # (pool, export, destroy): service
+workdir: str | None = None                          # the client's working directory
+opened: Callable[[str], bool] | None = None         # pool name -> the service holds it open
 
 
 @dataclass
@@ -57,10 +60,13 @@ class Context:
     provider: Callable[[str], object] | None = None
     changes: list[tuple[str, bytes]] | None = field(default_factory=list)
     caller: tuple[int, int] | None = None
-    busy: Callable[[int], str | None] | None = None
+    busy: Callable[..., str | None] | None = None
     stdio: Stdio | None = None
     critical: Callable[[Any, Callable[[], Any], str], Any] | None = None
     leave_unmounted: Callable[[int], None] | None = None
+    release: Callable[[Any, bool, bool], None] | None = None
+    workdir: str | None = None
+    opened: Callable[[str], bool] | None = None
 
 
 _tls = threading.local()
@@ -82,11 +88,11 @@ def _get(name: str):
     return getattr(ctx, name) if ctx is not None else globals()[name]
 
 
-def busy_path(ds_id: int) -> str | None:
-    """Where a dataset is mounted, if files or directories are open in it through the mount
-    (only the serving daemon knows): zfs refuses to unmount it, so to destroy it, unless -f."""
+def busy_path(ds_id: int, pool: str | None = None) -> str | None:
+    """Where a dataset (of `pool`) is mounted, if files or directories are open in it through
+    the mount (only the service knows): zfs refuses to unmount it, so to destroy it, unless -f."""
     fn = _get("busy")
-    return fn(ds_id) if fn is not None else None
+    return fn(ds_id, pool) if fn is not None else None
 
 
 def credentials() -> tuple[int, int]:
@@ -101,6 +107,19 @@ def handle(pool_name: str):
     """The Handle of `pool_name` provided by the serving process, or None."""
     fn = _get("provider")
     return fn(pool_name) if fn is not None else None
+
+
+def cwd() -> str:
+    """The working directory of the command's caller (the client's, in the service; the
+    service's own is /, and must never be under one of its mounts)."""
+    where = _get("workdir")
+    return where if where is not None else os.getcwd()
+
+
+def handle_open(pool_name: str) -> bool:
+    """The service holds `pool_name` open (it cannot be rewound in place then)."""
+    fn = _get("opened")
+    return bool(fn and fn(pool_name))
 
 
 def note_changed(dataset: str, path: bytes) -> None:
@@ -164,7 +183,11 @@ class Borrowed:
     def close(self, export: bool = False, destroy: bool = False) -> None:
         from .cli import Failed
         if export or destroy:
-            raise Failed(f"cannot {'export' if export else 'destroy'} '{self._pool.name}': "
-                         "pool is served by this fusezfs daemon; unmount it first")
+            fn = _get("release")
+            if fn is None:
+                raise Failed(f"cannot {'export' if export else 'destroy'} "
+                             f"'{self._pool.name}': pool is in use")
+            fn(self._pool, export, destroy)     # the service unmounts it, then closes it
+            return
         with self._pool.lock:
             self._pool.sync()

@@ -352,14 +352,13 @@ def f_ino(dsl, rec, path: str) -> int:
 
 def test_through_a_fuse_mount(tmp_path, monkeypatch):
     """A user's session: a mounted pool, changes made with ordinary system calls, `zfs diff`
-    answered by the daemon that serves the pool (paths at the mount)."""
+    answered by the service that serves the pool (paths at the mount)."""
     require_fuse()
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     state = tmp_path / "state"
-    environ = dict(os.environ, FUSEZFS_STATE_DIR=str(state),
-                   PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH"))
-                                              if p))
+    from servicetools import service_env, stop_service
+    environ = service_env(str(state))
 
     def fz(*args: str, check: bool = True) -> subprocess.CompletedProcess:
         r = subprocess.run([sys.executable, "-m", "fusezfs.cli", *args], env=environ,
@@ -371,8 +370,7 @@ def test_through_a_fuse_mount(tmp_path, monkeypatch):
     with open(disk, "wb") as f:
         f.truncate(256 * MiB)
     fz("pool", "create", "-m", str(mnt), "tank", str(disk))
-    fz("create", "tank/fs")
-    fz("mount", "tank")
+    fz("create", "tank/fs")             # mounted at once, as zfs create does
     try:
         top = mnt / "fs"
         (top / "a").write_text("a")
@@ -397,6 +395,7 @@ def test_through_a_fuse_mount(tmp_path, monkeypatch):
             "Not an earlier snapshot from the same fs: invalid name\n")
     finally:
         fz("unmount", "tank", check=False)
+        stop_service(str(state))
     monkeypatch.setenv("FUSEZFS_STATE_DIR", str(state))
     pool = open_pool("tank")
     try:

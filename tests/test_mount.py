@@ -25,6 +25,7 @@ import time
 import pytest
 
 from prerequisites import skip_or_fail
+from servicetools import alive as _alive
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,6 +45,7 @@ class Env:
         os.makedirs(self.mnt)
         self.env = dict(os.environ, FUSEZFS_STATE_DIR=self.state,
                         PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
+        self.env.pop("FUSEZFS_NO_SERVICE", None)        # the service owns the pool and its mounts
         self.mounted = False
 
     def run(self, *args, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -57,18 +59,20 @@ class Env:
         disk = str(self.tmp / "disk")
         with open(disk, "wb") as f:
             f.truncate(size)
-        self.run("pool", "create", *opts, "tank", disk)
+        self.run("pool", "create", "-m", self.mnt, *opts, "tank", disk)
 
     def mount(self, *opts: str) -> None:
         self.run("mount", *opts, "tank", self.mnt)
         self.mounted = True
 
     def daemon_pid(self) -> int | None:
+        """The pid of the service (which owns the pool and serves its mounts)."""
         try:
-            with open(os.path.join(self.state, "mount-tank.json")) as f:
-                return int(json.load(f)["pid"])
-        except (OSError, ValueError, KeyError):
+            with open(os.path.join(self.state, "service.pid")) as f:
+                pid = int(f.read())
+        except (OSError, ValueError):
             return None
+        return pid if _alive(pid) else None
 
     def unmount(self) -> None:
         self.run("unmount", "tank")
@@ -77,7 +81,7 @@ class Env:
 
     def log(self) -> str:
         try:
-            with open(os.path.join(self.state, "tank.log")) as f:
+            with open(os.path.join(self.state, "service.log")) as f:
                 return f.read()
         except OSError:
             return ""
@@ -88,24 +92,13 @@ class Env:
             if r.returncode != 0 or is_fuse_mount(self.mnt):
                 subprocess.run(["fusermount3", "-u", "-z", self.mnt], capture_output=True)
         pid = self.daemon_pid()
-        if pid is not None:
+        if pid is not None:         # the service ends (it unmounts and closes every pool)
+            os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + 20
             while _alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def is_fuse_mount(path: str) -> bool:
@@ -181,9 +174,13 @@ def test_mount_unmount_and_children(env):
     with pytest.raises(OSError) as ei:
         write(f"{m}/" + "n" * 256, b"")
     assert ei.value.errno == errno.ENAMETOOLONG
-    # a second mount of a served pool is refused with the daemon's pid
-    r = env.run("mount", "tank", str(env.tmp / "other"), check=False)
-    assert r.returncode == 1 and "already mounted" in r.stderr
+    # mount POOL PATH of a mounted pool moves its tree (and its children) there
+    other = str(env.tmp / "other")
+    env.run("mount", "tank", other)
+    assert not is_fuse_mount(m) and is_fuse_mount(other) and is_fuse_mount(f"{other}/a/b")
+    assert read(f"{other}/a/b/y") == b"in b"
+    env.run("mount", "tank", m)
+    assert not is_fuse_mount(other) and is_fuse_mount(f"{m}/a/b")
     env.unmount()
     env.run("pool", "verify", "tank")
     env.mount()
@@ -198,9 +195,10 @@ def test_fusermount_unmount_syncs(env):
     pid = env.daemon_pid()
     subprocess.run(["fusermount3", "-u", env.mnt], check=True)
     deadline = time.monotonic() + 30
-    while _alive(pid) and time.monotonic() < deadline:
+    while mounted(env, "tank") != "no" and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _alive(pid), env.log()
+    assert mounted(env, "tank") == "no", env.log()
+    os.kill(pid, signal.SIGKILL)        # what the unmount wrote was committed before it ended
     env.run("pool", "verify", "tank")
     env.mount()
     assert read(f"{env.mnt}/f") == data
@@ -220,6 +218,7 @@ def test_sigterm_unmounts(env):
         time.sleep(0.05)
     assert not _alive(pid) and not is_fuse_mount(env.mnt), env.log()
     assert mounts_below(env.mnt) == []           # the children went first
+    env.run("unmount", "tank")                   # the next service mounts it again: not now
     env.run("pool", "verify", "tank")
     env.mount()
     assert read(f"{env.mnt}/f") == b"hello" and read(f"{env.mnt}/a/b/g") == b"deep"
@@ -263,7 +262,7 @@ def test_children_follow_commands_as_mounts_of_their_own(env):
     env.run("rename", "tank/new", "tank/renamed")
     assert mounts_below(m) == [m, f"{m}/a", f"{m}/renamed"]
     assert read(f"{m}/renamed/f") == b"new" and not os.path.exists(f"{m}/new")
-    env.run("set", "mountpoint=/tank/a/deeper", "tank/renamed")     # the pool is at m
+    env.run("set", f"mountpoint={m}/a/deeper", "tank/renamed")
     assert mounts_below(m) == [m, f"{m}/a", f"{m}/a/deeper"]
     assert read(f"{m}/a/deeper/f") == b"new"
     env.run("destroy", "tank/renamed")
@@ -768,7 +767,7 @@ def test_mount_options_are_checked_before_anything_starts(env):
                        ("entry_timeout=-1", "entry_timeout")):
         r = env.run("mount", "-o", opts, "tank", env.mnt, check=False)
         assert r.returncode == 1 and f"'{word}'" in r.stderr, (opts, r.stderr)
-        assert not is_fuse_mount(env.mnt) and env.daemon_pid() is None
+        assert is_fuse_mount(env.mnt)           # mounted at its creation, and left so
     env.run("create", "tank/c")
     env.mount("-o", "fuse_tasks=4,writeback_cache=0")
     write(f"{env.mnt}/c/f", b"one task")
@@ -780,33 +779,16 @@ def test_mount_options_are_checked_before_anything_starts(env):
     assert read(f"{env.mnt}/c/f") == b"one task, appended"
 
 
-def test_foreground_mount_sigint_and_unmount_by_path(env):
+def test_mount_listing_and_unmount_by_path(env):
     env.create_pool()
-    proc = subprocess.Popen([sys.executable, "-m", "fusezfs.cli", "mount", "-f", "tank", env.mnt],
-                            env=env.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 60        # only a guard against hanging
-        while not is_fuse_mount(env.mnt) and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if not is_fuse_mount(env.mnt):
-            status = proc.poll()
-            err = "still running" if status is None else proc.stderr.read().decode()
-            pytest.fail(f"`mount -f` did not mount (exit status {status}): {err}")
-        write(f"{env.mnt}/f", b"foreground")
-        listing = env.run("mount").stdout
-        assert listing.split() == ["tank", env.mnt]
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(30) == 0
-        err = proc.stderr.read().decode()
-        assert "mounted at" in err and "unmounted" in err     # logs to stderr
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    write(f"{env.mnt}/f", b"kept")
+    listing = env.run("mount").stdout
+    assert listing.split() == ["tank", env.mnt]
+    env.run("unmount", env.mnt)                                # by path
     assert not is_fuse_mount(env.mnt)
     env.mount()
-    assert read(f"{env.mnt}/f") == b"foreground"
-    env.run("unmount", env.mnt)                                # by path
+    assert read(f"{env.mnt}/f") == b"kept"
+    env.run("unmount", env.mnt)
     assert not is_fuse_mount(env.mnt)
     r = env.run("unmount", "tank", check=False)
     assert r.returncode == 1 and "not currently mounted" in r.stderr
@@ -818,8 +800,7 @@ def test_pool_inside_a_mount_is_refused(env):
     inner = f"{env.mnt}/inner.img"
     with open(inner, "wb") as f:
         f.truncate(96 << 20)
-    env.run("pool", "create", "inner", inner)
-    r = env.run("mount", "inner", str(env.tmp / "m2"), check=False)
+    r = env.run("pool", "create", "inner", inner, check=False)
     assert r.returncode == 1 and "inside the fusezfs mount" in r.stderr, r.stderr
 
 
@@ -926,10 +907,11 @@ def test_mount_as_ordinary_user():
     state = os.path.join(home, ".local", "state", "fusezfs")     # the default for a user
 
     def daemon_pid() -> int | None:
+        """The service's pid (it owns the pool and serves the mounts)."""
         try:
-            with open(os.path.join(state, "mount-tank.json")) as f:
-                return int(json.load(f)["pid"])
-        except (OSError, ValueError, KeyError):
+            with open(os.path.join(state, "service.pid")) as f:
+                return int(f.read())
+        except (OSError, ValueError):
             return None
 
     try:
@@ -966,12 +948,12 @@ def test_mount_as_ordinary_user():
                                capture_output=True, text=True, timeout=120)
             if r.returncode != 0:
                 try:
-                    with open(os.path.join(state, "tank.log")) as f:
+                    with open(os.path.join(state, "service.log")) as f:
                         log = f.read()[-3000:]
                 except OSError:
                     log = ""
                 pytest.fail(f"{' '.join(argv)} -> {r.returncode}\n{r.stdout}{r.stderr}\n"
-                            f"daemon log:\n{log}")
+                            f"service log:\n{log}")
             return r.stdout
 
         img = os.path.join(home, "tank.img")
@@ -1011,7 +993,6 @@ def test_mount_as_ordinary_user():
 
         user("fusezfs", "unmount", "tank")
         assert ns.mount_line(mnt) is None
-        assert not _alive(pid)
         assert "hello.txt" not in os.listdir(mnt)       # it went into the pool, not the dir
         user("fusezfs", "cp", "tank:/hello.txt", os.path.join(home, "back.txt"))
         with open(os.path.join(home, "back.txt")) as f:
@@ -1029,6 +1010,8 @@ def test_mount_as_ordinary_user():
                 subprocess.run(ns.enter() + ["fusermount3", "-u", "-z", mnt],
                                capture_output=True, timeout=60)
             for pid in daemons:
+                if _alive(pid):
+                    os.kill(pid, signal.SIGTERM)
                 deadline = time.monotonic() + 20
                 while _alive(pid) and time.monotonic() < deadline:
                     time.sleep(0.05)

@@ -442,7 +442,7 @@ def test_streams_to_and_from_a_served_pool(env, mounted):
     r = env.sh("$F send tank/fs@a | $F receive other/copy && "
                "$F send -i @a tank/fs@b | $F receive other/copy")
     assert r.returncode == 0, r.stderr
-    assert " command send " in open(os.path.join(env.state, "tank.log")).read()
+    assert " command send " in open(os.path.join(env.state, "service.log")).read()
     # into the served pool: the new filesystem is mounted when the command returns
     # (atime off: reading through the mount would write the head, and a receive into a head
     # written since its snapshot needs -F, as in ZFS)
@@ -506,7 +506,7 @@ def test_client_killed_in_the_middle_of_a_receive_into_the_daemon(env, mounted):
     deadline = time.monotonic() + 30       # the daemon sees the client gone, and cleans up
     while time.monotonic() < deadline:
         names = env.ok("list", "-H", "-t", "all", "-o", "name", "-r", "tank").stdout.decode()
-        log = open(os.path.join(env.state, "tank.log")).read()
+        log = open(os.path.join(env.state, "service.log")).read()
         if "command receive tank/killed -> 1" in log:
             break
         time.sleep(0.2)

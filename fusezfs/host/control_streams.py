@@ -1,12 +1,12 @@
 """The binary streams of the control socket (control.py), both ends: what `send` and
-`receive` need when they run in the mount daemon.
+`receive` need when they run in the service.
 
 Client: `StdinRelay` answers the daemon's {"read": n} with binary frames of the client's
 stdin, on a thread of its own; `write_bytes` writes the daemon's binary frames to the client's
 stdout. Daemon: a streaming command gets `sessions.Stdio` made of a `Channel` (its connection,
 shared by its threads): `RemoteStdin` asks for a chunk ahead of the one it hands out,
 `RemoteStdout` sends binary frames of at most CHUNK bytes with blocking sends (backpressure),
-`RemoteText` sends each text write at once. The wire format is control.py's module comment.
+`RemoteText` sends each text write at once. The wire format is wire.py's module comment.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import socket
 import sys
 import threading
 
-from .control import CHUNK, MAX_FRAME, ControlError, recv_frame, send, send_bytes
+from .wire import CHUNK, MAX_FRAME, ControlError, recv_frame, send, send_bytes
 
 
 # ---- the client's end ---------------------------------------------------------------------------
@@ -127,7 +127,7 @@ class Channel:
 
     def _check(self) -> None:
         if self.lost is None and self.server.stopping:
-            self.lost = f"the fusezfs daemon serving '{self.server.pool_name}' is stopping"
+            self.lost = "the fusezfs service is stopping"
         if self.lost is not None:
             raise OSError(self.lost)
 

@@ -101,6 +101,7 @@ def instance():
 
 
 MS_RDONLY, MS_NOSUID, MS_NODEV = 1, 2, 4
+READAHEAD_KB = 1024     # a sequential reader's FUSE reads come as 1 MiB requests
 
 
 def fuse_mount(path: str, fsname: str, options: set[str]) -> int:
@@ -109,8 +110,10 @@ def fuse_mount(path: str, fsname: str, options: set[str]) -> int:
     anyone else through the setuid fusermount3, which passes the descriptor back over a
     socket (libfuse's protocol: the socket's number in _FUSE_COMMFD, one byte with the fd)."""
     from ..fuse_ops import libc_call
+    from .mounts import below_fusezfs
     flags = sorted(o for o in options if o in ("default_permissions", "allow_other"))
-    if os.geteuid() == 0:
+    # mount(2) resolves `path` in this thread: never below one of our own mounts (prober.py)
+    if os.geteuid() == 0 and not below_fusezfs(path):
         fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
         data = ",".join([f"fd={fd}", "rootmode=40000", f"user_id={os.getuid()}",
                          f"group_id={os.getgid()}"] + flags)
@@ -260,25 +263,28 @@ class SessionOps(pyfuse3.Operations):
 
 
 def unmount(path: str, lazy: bool) -> tuple[bool, str]:
-    """Unmount `path` (root: umount2; others: fusermount3 -u): (done, error text)."""
-    if os.geteuid() == 0:
+    """Unmount `path` (root: umount2; others, and below one of our own mounts, whose lookups
+    this thread must not wait for: fusermount3 -u in a child process): (done, error text)."""
+    from .mounts import below_fusezfs, fusermount_unmount
+    if os.geteuid() == 0 and not below_fusezfs(path):
         from ..fuse_ops import libc_call
         try:
             libc_call("umount2", os.fsencode(path), 2 if lazy else 0)     # MNT_DETACH
             return True, ""
         except OSError as e:
             return False, e.strerror
-    from .daemon import fusermount_unmount
     return fusermount_unmount(path, lazy)
 
 
 def _depth(view) -> int:
-    return view.rel.count("/")
+    """How deep a view is mounted: its path's depth once mounted (a single mounted inside the
+    tree goes before the tree), else its place in the tree."""
+    return (view.path or "").rstrip("/").count("/") * 1000 + view.rel.count("/") + bool(view.rel)
 
 
 def _device(path: str) -> str | None:
     """The device ("MAJOR:MINOR") of the fusezfs mount on top at `path`, or None."""
-    from .daemon import FSTYPE, mount_at
+    from .mounts import FSTYPE, mount_at
     m = mount_at(path)
     return m.dev if m is not None and m.fstype == FSTYPE else None
 
@@ -297,8 +303,9 @@ class Sessions:
         self.fuse_opts = {o for o in fuse_opts if not o.startswith("fsname=")}
         self.nursery = None
         self.token = None
-        self.stopping = False           # the daemon is ending: every session goes
+        self.stopping = False           # the service is ending: every session goes
         self.apply_lock = threading.Lock()
+        self.prober = None              # prober.Prober: looks at paths for this process
 
     def start(self, nursery) -> None:
         """Called on the trio thread once the loop runs."""
@@ -325,7 +332,6 @@ class Sessions:
             return self._start(view, path)
 
     def _start(self, view, path: str | None = None) -> str | None:
-        from .daemon import raise_readahead
         core = self.core
         path = path or os.path.join(core.mountpoint, view.rel)
         opts = self.fuse_opts | ({"ro"} if view.snapshot else set())
@@ -363,7 +369,10 @@ class Sessions:
             core.mount_entries.add(view.entry)
         trio.from_thread.run_sync(self.nursery.start_soon, self._serve, view, mod,
                                   trio_token=self.token)
-        raise_readahead(path)
+        try:        # (the prober: this thread must not look into its own mount)
+            self.prober.call("readahead", path, READAHEAD_KB)
+        except OSError as e:
+            log.info("read-ahead of %s left at the kernel's default: %s", path, e.strerror)
         log.info("%s mounted at %s", view.name, path)
         return None
 
@@ -391,6 +400,9 @@ class Sessions:
             core.mount_entries.discard(view.entry)
             if not view.dead and not self.stopping:
                 log.info("%s was unmounted from %s", view.name, view.path)
+                # the kernel wrote its dirty pages while it unmounted: durable now, as an
+                # unmount promises (the service goes on serving the pool's other mounts)
+                core.pool.sync()
                 if not view.bound:
                     core.unmounted.add(view.rec.id)
                 view.dead = True
@@ -401,7 +413,7 @@ class Sessions:
 
     def _unmount(self, view, lazy: bool) -> str | None:
         """Unmount a child's session (it then ends by itself); an error message, or None."""
-        from .daemon import BUSY
+        from .mounts import BUSY
         if view.dev is None or _device(view.path) != view.dev:
             return None
         ok, msg = unmount(view.path, lazy=lazy)

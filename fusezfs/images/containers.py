@@ -143,7 +143,7 @@ def remove(store: Store, name: str, force: bool = False) -> Container:
     dsl = store.dsl
     rec = dsl.lookup(ds)
     if rec is not None and not force:
-        where = sessions.busy_path(rec.id)
+        where = sessions.busy_path(rec.id, dsl.pool.name)
         if where:
             raise StoreError(f"cannot unmount '{where}': pool or dataset is busy")
     for n in (ds, init):
