@@ -826,8 +826,12 @@ def _gather(args_names: list[str], recursive: bool, depth: int, types: set[str],
     opened is reported and added to `failed`; the others are still gathered."""
     if not args_names:
         for pool_name in imported_names():
-            with session(pool_name, pool_name) as dsl:
-                yield dsl, _collect(dsl, dsl.record(ROOT_ID), -1 if depth < 0 else depth, types)
+            try:
+                with session(pool_name, pool_name) as dsl:
+                    yield dsl, _collect(dsl, dsl.record(ROOT_ID), -1 if depth < 0 else depth,
+                                        types)
+            except Failed:
+                continue        # an unavailable pool shows no datasets (zpool status says why)
         return
     for name in args_names:
         try:

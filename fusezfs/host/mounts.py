@@ -213,7 +213,10 @@ def clean_dead() -> None:
 
 # ---- the FUSE side of the service ---------------------------------------------------------------
 def fuse_unusable() -> str | None:
-    """Why this process cannot mount with FUSE, in the kernel's words; None if it can."""
+    """Why this process cannot mount with FUSE, in the kernel's words; None if it can.
+    FUSEZFS_NO_FUSE=1 makes a service that never mounts (as where FUSE is missing)."""
+    if os.environ.get("FUSEZFS_NO_FUSE") == "1":
+        return "FUSEZFS_NO_FUSE is set"
     try:
         import pyfuse3  # noqa: F401
     except Exception as e:
