@@ -55,6 +55,7 @@ __all__ = ["REF_NONE", "REF_BLOCK", "REF_TREE", "MAX_KEY", "MAX_VALUE", "NODE_MA
 
 NODE_MAX = 32 * 1024     # split a node whose encoded size exceeds this
 NODE_MIN = NODE_MAX // 4  # rebalance a non-root node whose encoded size falls below this
+RAW_LEAVES = 256          # encoded leaves kept per cache for re-encoding (NodeCache.put_raw)
 _HEAD = fmt.HEADER_SIZE
 _LEAF = fmt.LEAF_ENTRY_OVERHEAD
 _INNER = fmt.INNER_ENTRY_OVERHEAD
@@ -80,7 +81,7 @@ class _Node:
     an internal node is always b"". nbytes is the encoded size, kept up to date incrementally.
     A _Node in the cache is clean and never mutated; mutation happens on a private copy."""
 
-    __slots__ = ("level", "keys", "vals", "refs", "nbytes")
+    __slots__ = ("level", "keys", "vals", "refs", "nbytes", "base")
 
     def __init__(self, level: int, keys: list, vals: list, refs: list | None, nbytes: int) -> None:
         self.level = level
@@ -88,6 +89,9 @@ class _Node:
         self.vals = vals
         self.refs = refs
         self.nbytes = nbytes
+        # a dirty leaf copied from a clean one whose bytes are at hand: (bytes, keys, vals,
+        # refs) of that one, so that writing it re-encodes only what changed (encode_leaf_from)
+        self.base: tuple | None = None
 
 
 def _cache_key(bp: BlockPointer) -> tuple:
@@ -103,6 +107,18 @@ class NodeCache:
     def __init__(self, max_nodes: int = 4096) -> None:
         self.max_nodes = max(1, max_nodes)
         self._d: OrderedDict[tuple, _Node] = OrderedDict()
+        # the encoded bytes of the leaves written or read last (RAW_LEAVES of them, a few MiB):
+        # a leaf changed again soon (the hot ones, at every txg) is re-encoded from them
+        self._raw: OrderedDict[tuple, bytes] = OrderedDict()
+
+    def put_raw(self, key: tuple, data: bytes) -> None:
+        self._raw[key] = data
+        self._raw.move_to_end(key)
+        while len(self._raw) > RAW_LEAVES:
+            self._raw.popitem(last=False)
+
+    def get_raw(self, key: tuple) -> bytes | None:
+        return self._raw.get(key)
 
     def get(self, key: tuple) -> _Node | None:
         n = self._d.get(key)
@@ -118,6 +134,7 @@ class NodeCache:
 
     def clear(self) -> None:
         self._d.clear()
+        self._raw.clear()
 
     def __len__(self) -> int:
         return len(self._d)
@@ -193,8 +210,11 @@ class Tree:
         key = (bp.checksum, bp.dvas[0].offset, bp.birth)
         n = self._cache.get(key)
         if n is None:
-            n = _decode(self.store.read_node(bp), bp)
+            data = self.store.read_node(bp)
+            n = _decode(data, bp)
             self._cache.put(key, n)
+            if not n.level:
+                self._cache.put_raw(key, data)
         return n
 
     def _peek(self, bp: BlockPointer) -> _Node:
@@ -213,6 +233,10 @@ class Tree:
         self._pending.append(bp)
         copy = _Node(n.level, n.keys.copy(), n.vals.copy(),
                      None if n.refs is None else n.refs.copy(), n.nbytes)
+        if not n.level:
+            raw = self._cache.get_raw(_cache_key(bp))
+            if raw is not None:
+                copy.base = (raw, n.keys, n.vals, n.refs)
         self._dirty_bytes += copy.nbytes + _PENDING_COST
         return copy
 
@@ -658,10 +682,19 @@ class Tree:
         else:
             if not node.keys:
                 return None
-            data = fmt.encode_leaf(node.keys, node.vals, node.refs)
+            data = None
+            if node.base is not None:
+                data = fmt.encode_leaf_from(node.keys, node.vals, node.refs, node.base)
+                node.base = None
+                if len(data) != node.nbytes:        # never expected: then encode it all
+                    data = None
+            if data is None:
+                data = fmt.encode_leaf(node.keys, node.vals, node.refs)
         bp = self.store.write_node(data, node.level)
         node.nbytes = len(data)
         self._cache.put(_cache_key(bp), node)   # now clean: identical to what a read would give
+        if not node.level:
+            self._cache.put_raw(_cache_key(bp), data)
         return bp
 
     # ---- whole-tree operations ---------------------------------------------------------------

@@ -88,6 +88,52 @@ def encode_leaf(keys: list[bytes], values: list[bytes], refs: list[int]) -> byte
     return b"".join(parts)
 
 
+def encode_leaf_from(keys: list[bytes], values: list[bytes], refs: list[int],
+                     base: tuple[bytes, list[bytes], list[bytes], list[int]]) -> bytes:
+    """encode_leaf(keys, values, refs), byte for byte, reusing `base`: the encoding of another
+    leaf (raw bytes, its keys, values, refs), typically the one these lists were copied from
+    before a few entries changed. The entries both share at the start and at the end are
+    found by comparing list slices (C, with identity first: unchanged entries are the same
+    objects) and copied from the base's bytes; only the entries between are packed again. So
+    rewriting a full leaf after one change costs about one entry's encoding, not all of them."""
+    raw, bkeys, bvals, brefs = base
+    n, m = len(keys), len(bkeys)
+    if not n:
+        return encode_leaf(keys, values, refs)
+
+    def same(a0: int, a1: int, b0: int, b1: int) -> bool:
+        return keys[a0:a1] == bkeys[b0:b1] and values[a0:a1] == bvals[b0:b1] and \
+            refs[a0:a1] == brefs[b0:b1]
+
+    lo, hi = 0, min(n, m)                   # longest common prefix, by bisection
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if same(0, mid, 0, mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    p = lo
+    lo, hi = 0, min(n, m) - p               # longest common suffix after it
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if same(n - mid, n, m - mid, m):
+            lo = mid
+        else:
+            hi = mid - 1
+    s = lo
+    head_end = _HEAD.size + _LEAF.size * p + sum(map(len, bkeys[:p])) + sum(map(len, bvals[:p]))
+    tail_len = _LEAF.size * s + sum(map(len, bkeys[m - s:])) + sum(map(len, bvals[m - s:]))
+    pack = _LEAF.pack
+    parts = [_HEAD.pack(MAGIC, VERSION, 0, 0, n), raw[_HEAD.size:head_end]]
+    for k, v, r in zip(keys[p:n - s], values[p:n - s], refs[p:n - s]):
+        parts.append(pack(len(k), r, 0, len(v)))
+        parts.append(k)
+        parts.append(v)
+    if s:
+        parts.append(raw[len(raw) - tail_len:])
+    return b"".join(parts)
+
+
 def encode_internal(level: int, keys: list[bytes], children: list[BlockPointer]) -> bytes:
     """Encode an internal node; keys[0] must be empty (see the module docstring)."""
     if not 1 <= level <= 255:
