@@ -11,12 +11,14 @@ send [-DnPpVvLecw] [-i SNAP|-I SNAP] SNAP
   progress line a second while the stream is written. -P: the estimate as tab-separated lines
   (`full FS@s SIZE`, `incremental FROM FS@s SIZE`, `size SIZE`), and progress without the
   header. The estimate is the stream's exact size: the same walk, without reading file data.
-  -L, -e, -c, -w are accepted and change nothing, which is what they mean here: fusezfs writes
-  blocks of at most 128 KiB whatever the recordsize (-L would allow larger ones: leaving them
-  out keeps every stream receivable, by zfs-fuse too); it has no embedded block pointers (-e
-  embeds blocks that are); -c and -w send blocks as stored, and fusezfs's stored blocks are not
-  ZFS's (its zstd framing and record layout differ), so their WRITE records carry the data
-  uncompressed, which every receiver takes. -D is OpenZFS's warning and a plain stream.
+  -c sends zstd and gzip blocks as stored, without recompressing them (send/compressed.py:
+  ZFS's zstd header put in front of the frame), in WRITE records flagged with their
+  compression and a BEGIN with the COMPRESSED and ZSTD features; a file's last, shorter block
+  and records above 128 KiB go uncompressed. -L, -e, -w are accepted and change nothing, which
+  is what they mean here: fusezfs writes blocks of at most 128 KiB whatever the recordsize (-L
+  would allow larger ones: leaving them out keeps every stream receivable, by zfs-fuse too);
+  it has no embedded block pointers (-e embeds blocks that are); -w sends blocks as stored,
+  and fusezfs encrypts nothing. -D is OpenZFS's warning and a plain stream.
   A stream is never written to a terminal.
 receive [-vnFhMu] [-o prop=value] ... [-x prop] ... [-d|-e] FS|SNAP, receive -A FS
   The stream on stdin into FS (FS@ the sent snapshot's name), SNAP, or with -d/-e a name made
@@ -173,7 +175,7 @@ def cmd_send(args: list[str]) -> int:
     from .send.outgoing import SendError
     opts, rest = parse(args, "i:I:RsDpVvnPLeht:cwbd:S")
     fromname: str | None = None
-    doall = dry = parsable = props = replicate = False
+    doall = dry = parsable = props = replicate = compressed = False
     verbosity = 0
     io_ = sessions.stdio()
     for o, v in opts:
@@ -197,6 +199,8 @@ def cmd_send(args: list[str]) -> int:
             props = True
         elif flag == "R":
             replicate = True
+        elif flag == "c":
+            compressed = True
         elif flag == "V" and verbosity == 0:
             verbosity = 1           # (-V's process title is not set: no meaning here)
     if parsable and verbosity == 0:
@@ -212,10 +216,12 @@ def cmd_send(args: list[str]) -> int:
     try:
         if replicate:
             return _send_replicate(target, fromname, doall, dry, verbosity, parsable,
-                                   progress, io_)
+                                   progress, io_, compressed)
         if doall:
-            return _send_all(target, fromname, dry, verbosity, parsable, progress, io_, props)
-        return _send_one(target, fromname, dry, verbosity, parsable, progress, io_, props)
+            return _send_all(target, fromname, dry, verbosity, parsable, progress, io_, props,
+                             compressed)
+        return _send_one(target, fromname, dry, verbosity, parsable, progress, io_, props,
+                         compressed)
     except SendError as e:
         raise Failed(f"warning: cannot send '{target}': {e.message}") from None
 
@@ -228,7 +234,7 @@ def _open_dataset(dsl, name: str):
 
 
 def _send_one(target: str, fromname: str | None, dry: bool, verbosity: int, parsable: bool,
-              progress: bool, io_, props: bool = False) -> int:
+              progress: bool, io_, props: bool = False, compressed: bool = False) -> int:
     """zfs_do_send's path for everything but -I (and -R): zfs_send_one."""
     from .send import records as R
     from .send.outgoing import SendError, Stream, source_of
@@ -263,7 +269,8 @@ def _send_one(target: str, fromname: str | None, dry: bool, verbosity: int, pars
                     raise SendError("not an earlier snapshot from the same fs")
                 source = Source(book.guid, book.createtxg, None)
         if verbosity:
-            size = Stream(dsl, snap, source, pool.lock, keep=keep, dry=True).size()
+            size = Stream(dsl, snap, source, pool.lock, keep=keep, dry=True,
+                          compressed=compressed).size()
             if progress or parsable:
                 out = io_.out if dry else io_.err
                 print_verbose(out, dsl.name(snap.id), fromname, size, parsable)
@@ -277,7 +284,7 @@ def _send_one(target: str, fromname: str | None, dry: bool, verbosity: int, pars
                 head = dsl.record(snap.parent)
                 io_.stdout.write(R.package_header(dsl.name(snap.id), package(
                     dsl, head, snap, None, [snap])))
-        stream = Stream(dsl, snap, source, pool.lock, keep=keep)
+        stream = Stream(dsl, snap, source, pool.lock, keep=keep, compressed=compressed)
         _write(stream, io_, dsl.name(snap.id), parsable, verbosity, progress)
         if props:
             io_.stdout.write(R.PACKAGE_END)
@@ -341,7 +348,7 @@ def _open_head(dsl, fs: str):
 
 
 def _send_all(target: str, fromname: str, dry: bool, verbosity: int, parsable: bool,
-              progress: bool, io_, props: bool = False) -> int:
+              progress: bool, io_, props: bool = False, compressed: bool = False) -> int:
     """send -I: zfs_do_send's path to zfs_send (dump_filesystem, dump_snapshot): a compound
     stream of one incremental substream per snapshot after the source, up to the target."""
     from .send.replicate import Part
@@ -375,12 +382,13 @@ def _send_all(target: str, fromname: str, dry: bool, verbosity: int, parsable: b
                 from .send.props import package
                 payload = package(dsl, head, last, short, [p.snap for p in parts])
         _send_package(dsl, pool, target, parts, payload, dry, verbosity, parsable, progress,
-                      io_)
+                      io_, compressed)
     return 0
 
 
 def _send_replicate(target: str, fromname: str | None, doall: bool, dry: bool,
-                    verbosity: int, parsable: bool, progress: bool, io_) -> int:
+                    verbosity: int, parsable: bool, progress: bool, io_,
+                    compressed: bool = False) -> int:
     """send -R: zfs_send with `replicate` (send/replicate.py): the nvlist of every filesystem
     below the target's, then their substreams, parents and origins first."""
     from .send.replicate import ReplicateError, gather, package_nvlist, plan
@@ -405,12 +413,13 @@ def _send_replicate(target: str, fromname: str | None, doall: bool, dry: bool,
                     from None
             payload = package_nvlist(fss, tosnap, short)
         _send_package(dsl, pool, target, parts, payload, dry, verbosity, parsable, progress,
-                      io_)
+                      io_, compressed)
     return 0
 
 
 def _send_package(dsl, pool, target: str, parts: list, payload: bytes, dry: bool,
-                  verbosity: int, parsable: bool, progress: bool, io_) -> None:
+                  verbosity: int, parsable: bool, progress: bool, io_,
+                  compressed: bool = False) -> None:
     """A compound stream of `parts` (replicate.Part) with the BEGIN nvlist `payload`; with
     -v, the estimate of each part first (zfs_send's dry run)."""
     from .send import records as R
@@ -419,7 +428,8 @@ def _send_package(dsl, pool, target: str, parts: list, payload: bytes, dry: bool
     def stream(p, dry_run: bool) -> Stream:
         source = source_of(dsl, p.source) if p.source is not None else None
         return Stream(dsl, p.snap, source, pool.lock, keep=[p.source] if p.source else [],
-                      dry=dry_run, flags=R.DRR_FLAG_CLONE if p.clone else 0)
+                      dry=dry_run, flags=R.DRR_FLAG_CLONE if p.clone else 0,
+                      compressed=compressed)
 
     if verbosity:
         out = io_.out if dry else io_.err

@@ -277,7 +277,7 @@ def test_never_to_a_terminal(env):
 
 def test_flags_that_change_nothing_here(env):
     plain = env.ok("send", "-i", "@a", "tank/fs@b").stdout
-    for flags in (["-c"], ["-L"], ["-e"], ["-w"], ["-Lec"], ["-V"]):
+    for flags in (["-L"], ["-e"], ["-w"], ["-Le"], ["-V"]):
         assert env.ok("send", *flags, "-i", "@a", "tank/fs@b").stdout == plain, flags
     r = env.ok("send", "-D", "tank/fs@a")
     assert r.stderr.decode() == ("WARNING: deduplicated send is no longer supported.  A "

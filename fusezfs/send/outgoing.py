@@ -47,7 +47,8 @@ class Stream:
 
     def __init__(self, dsl: Datasets, snap: Record, source: Source | None, lock, *,
                  keep: list[Record] = (), dry: bool = False, chunk: int = CHUNK,
-                 flags: int = 0) -> None:
+                 flags: int = 0, compressed: bool = False) -> None:
+        self.compressed = compressed            # send -c: blocks as stored (compressed.py)
         head = dsl.record(snap.parent) if snap.kind == "snapshot" else snap
         self.volume = head.kind == "volume"     # a DMU_OST_ZVOL object set (send/zvol.py)
         self.dsl = dsl
@@ -87,8 +88,13 @@ class Stream:
                 gen = VolumeSender(dsl.tree(snap), dsl.pool.blocks.read_many, begin,
                                    source.txg if source else 0).records()
             else:
+                raw_read = None
+                if self.compressed:
+                    begin.features |= R.FEATURE_COMPRESSED | R.FEATURE_ZSTD
+                    blocks = dsl.pool.blocks
+                    raw_read = lambda bp: blocks.read(bp, verify_only=True)     # noqa: E731
                 gen = Sender(dsl.tree(snap), dsl.pool.blocks.read_many, begin, source,
-                             dry=self.dry).records()
+                             dry=self.dry, raw_read=raw_read).records()
         done = False
         while not done:
             with self.lock:

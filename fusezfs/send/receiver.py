@@ -37,12 +37,13 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from ..datasets import Datasets, Record
-from ..formats.bp import decode_bp, encode_bp
+from ..formats.bp import BT_DATA, COMP_ZSTD, checksum, decode_bp, encode_bp
 from ..posix_layout import (CD_BITS, CD_MAX, K_DATA, K_DIRENT, ROOT_INO, SUPER_KEY, Inode,
                             Superblock, cookie_of, data_key, decode_dirent, dirent_key,
                             encode_dirent, ino_prefix, inode_key, kind_hi, kind_lo, name_hash)
 from ..tree import REF_BLOCK, Tree
 from . import records as R
+from .compressed import ZIO_COMPRESS_OFF, ZIO_COMPRESS_ZSTD, decompressed, zstd_frame
 from .xattrs import XATTR_BASE, XattrGather, set_xattrs
 from .zap import ZapError, decode_zap, encode_zap, salt_for, uint64_items
 from .znode import (DMU_OT_DIRECTORY_CONTENTS, DMU_OT_MASTER_NODE, DMU_OT_SA,
@@ -50,7 +51,9 @@ from .znode import (DMU_OT_DIRECTORY_CONTENTS, DMU_OT_MASTER_NODE, DMU_OT_SA,
                     dirent_object, dirent_value)
 
 K_RAW_ZAP = 0x21                     # ino | 0x21 | blkid: a received directory's ZAP block
-SUPPORTED_FEATURES = 0               # none of the DMU_BACKUP_FEATURE_* flags
+# -c streams (compressed.py); LZ4 is set by every OpenZFS -c stream of a pool with lz4 on, and
+# only an lz4 block itself is refused
+SUPPORTED_FEATURES = R.FEATURE_COMPRESSED | R.FEATURE_ZSTD | R.FEATURE_LZ4
 
 
 def raw_zap_key(ino: int, blkid: int) -> bytes:
@@ -107,6 +110,8 @@ class Applier:
         self.full = full
         self.policy = properties.write_policy(dsl, rec)
         self.compress = str(properties.value(dsl, rec, "compression")) != "off"
+        # zstd blocks of a -c stream are kept as they come when this dataset writes zstd
+        self.as_received = self.policy.comp == COMP_ZSTD and not self.policy.dedup
         self.inodes: dict[int, Inode] = {}          # changed inode records, by inode number
         self.dirs: dict[int, _Dir] = {}             # directory objects met, by object number
         self.special: dict[int, bytearray] = {}     # master node and unlinked set data
@@ -214,9 +219,15 @@ class Applier:
         if (obj, w.offset) < self.last_write:
             raise R.StreamError("invalid backup stream")
         self.last_write = (obj, w.offset)
-        data = bytes(w.data)
-        if w.compressiontype or len(data) != w.logical_size:
-            raise R.StreamError("stream has unsupported feature (compressed WRITE records)")
+        frame = None
+        if w.compressiontype not in (0, ZIO_COMPRESS_OFF):
+            data = decompressed(w)
+            if w.compressiontype == ZIO_COMPRESS_ZSTD:
+                frame = zstd_frame(w)
+        else:
+            data = bytes(w.data)
+        if len(data) != w.logical_size:
+            raise R.StreamError("invalid backup stream")
         if obj in self.special:
             _lay(self.special[obj], w.offset, data)
             return
@@ -241,12 +252,19 @@ class Applier:
         bs = node.blksz
         if w.offset % bs:
             raise R.StreamError("invalid backup stream")
+        if frame is not None and self.as_received and len(data) == bs and \
+                w.offset + bs <= node.size:
+            self._set_record(node, w.offset // bs, data, frame)      # stored as received
+            return
         for off in range(0, len(data), bs):
             start = w.offset + off
             piece = data[off:off + bs][:max(0, node.size - start)]
             self._set_record(node, start // bs, piece)
 
-    def _set_record(self, node: Inode, blkid: int, piece: bytes) -> None:
+    def _set_record(self, node: Inode, blkid: int, piece: bytes, frame: bytes | None = None
+                    ) -> None:
+        """Record `blkid` of `node` becomes `piece` (a hole if empty, or zeros compressing);
+        `frame`: its zstd frame from a -c stream, stored as it is."""
         key = data_key(node.ino, blkid)
         old = self.tree.get(key)
         if old is not None:
@@ -257,7 +275,13 @@ class Applier:
             if old is not None:
                 self.tree.delete(key)
             return
-        bp = self.dsl.write_blocks(self.rec, [piece], self.policy)[0]
+        if frame is not None:
+            blocks, policy = self.dsl.pool.blocks, self.policy
+            bp = blocks._store(len(piece), (COMP_ZSTD, frame, checksum(frame, policy.cksum)),
+                               policy, BT_DATA, 0)
+            self.dsl.born(self.rec, bp)
+        else:
+            bp = self.dsl.write_blocks(self.rec, [piece], self.policy)[0]
         self.tree.put(key, encode_bp(bp), REF_BLOCK)
         node.used += bp.asize
 

@@ -455,7 +455,7 @@ class StreamReader:
         if rtype == DRR_OBJECT:
             return f[8] if f[8] else _pad8(f[4])           # raw_bonuslen or bonuslen
         if rtype == DRR_WRITE:
-            return f[12] if f[8] else f[4]                 # compressed_size or logical size
+            return f[11] if f[8] else f[4]                 # compressed_size or logical size
         if rtype == DRR_SPILL:
             return f[5] if f[5] else f[1]
         if rtype == DRR_WRITE_EMBEDDED:

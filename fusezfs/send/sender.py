@@ -51,6 +51,7 @@ from ..posix_layout import (FS_INO, K_DATA, K_DIRENT, Inode, blkid_of, data_key,
                             inode_key, kind_hi, kind_lo)
 from ..tree import REF_BLOCK, Tree
 from . import records as R
+from .compressed import send_as_stored, write_record
 from .xattrs import XATTR_BASE, block_of, free_blocks, has_xattrs, read_xattrs, xattr_records
 from .zap import encode_zap, salt_for, uint64_items
 from .znode import (DMU_OT_MASTER_NODE, DMU_OT_PLAIN_FILE_CONTENTS,
@@ -89,9 +90,11 @@ class Sender:
     data (send -n counts sizes without reading)."""
 
     def __init__(self, tree: Tree, read, begin: R.Begin, source: Source | None = None, *,
-                 dry: bool = False) -> None:
+                 dry: bool = False, raw_read=None) -> None:
         self.tree = tree
         self.read = read
+        # send -c: blocks as stored (compressed.py), read without decompressing by raw_read
+        self.raw_read = raw_read
         self.begin = begin
         self.source = source
         self.from_txg = source.txg if source else 0
@@ -303,8 +306,20 @@ class Sender:
                      ) -> Iterator[R.Record]:
         if not batch:
             return
-        datas = [b""] * len(batch) if self.dry else self.read([bp for _b, bp in batch])
         bs, zblk, size = p.inode.blksz, p.zblk, p.nblocks * p.zblk
+        if self.raw_read is not None:
+            plain = []
+            for blkid, bp in batch:
+                if send_as_stored(bp, zblk, bs):
+                    raw = None if self.dry else self.raw_read(bp)
+                    yield write_record(p.obj, DMU_OT_PLAIN_FILE_CONTENTS, blkid * bs, bp, raw)
+                    p.first_sent = p.first_sent or blkid == 0
+                else:
+                    plain.append((blkid, bp))
+            batch = plain
+            if not batch:
+                return
+        datas = [b""] * len(batch) if self.dry else self.read([bp for _b, bp in batch])
         for (blkid, _bp), data in zip(batch, datas):
             base = blkid * bs
             for off in range(0, bs, zblk):
