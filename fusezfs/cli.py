@@ -12,9 +12,11 @@ stderr). Messages go to stderr in OpenZFS's words, so scripts that parse them ke
 """
 from __future__ import annotations
 
-import getopt
 import sys
-from typing import Callable
+
+TYPE_CHECKING = False       # (typing.TYPE_CHECKING without importing typing at start-up)
+if TYPE_CHECKING:
+    from typing import Callable
 
 from .backends import delegate   # which backend answers (cheap: the standard library only)
 
@@ -43,6 +45,7 @@ def error(message: str) -> None:
 def parse(args: list[str], shortopts: str) -> tuple[list[tuple[str, str]], list[str]]:
     """getopt as glibc's (options may follow operands, as zfs and zpool accept them), with
     zfs's complaints for unknown options and missing arguments."""
+    import getopt           # (not at the top: the thin client never needs it)
     try:
         return getopt.gnu_getopt(args, shortopts)
     except getopt.GetoptError as e:

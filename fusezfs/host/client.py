@@ -34,8 +34,17 @@ START_TIMEOUT = 60.0        # seconds for a new service to listen
 
 
 def state_dir() -> str:
-    from .registry import state_dir as find
-    return find()
+    """The state directory (only named here: registry.state_dir makes and checks it when a
+    service has to be started)."""
+    from .paths import state_dir_path
+    return state_dir_path()
+
+
+def _isatty(fd: int) -> bool:
+    try:
+        return os.isatty(fd)
+    except OSError:
+        return False
 
 
 def _write(stream, text: str) -> None:
@@ -90,17 +99,25 @@ def _connect(state: str, ephemeral: bool = False):
         return wire.connect(path), None
     except OSError:
         pass
-    why = _start_service(state, ephemeral)
-    if why is not None:
-        return None, why
+    try:
+        from .registry import state_dir as usable
+        usable()            # made now if need be; one line if it cannot be used
+    except Exception as e:
+        return None, str(e)
     deadline = time.monotonic() + START_TIMEOUT
     while True:
-        try:
-            return wire.connect(path), None
-        except OSError as e:
-            if time.monotonic() > deadline:
-                return None, f"cannot reach the fusezfs service at {path}: {e.strerror}"
-            time.sleep(0.02)
+        # (again while a service that is ending still holds the lock: it says "busy")
+        why = _start_service(state, ephemeral)
+        if why is not None:
+            return None, why
+        retry = time.monotonic() + 1.0
+        while time.monotonic() < retry:
+            try:
+                return wire.connect(path), None
+            except OSError as e:
+                if time.monotonic() > deadline:
+                    return None, f"cannot reach the fusezfs service at {path}: {e.strerror}"
+                time.sleep(0.02)
 
 
 def listening() -> bool:
@@ -129,8 +146,10 @@ def forward(argv: list[str], ephemeral: bool = False) -> int:
         if sock is None:
             print(why, file=sys.stderr)
             return 1
-        with sock:
+        try:
             code = _exchange(sock, argv, cwd)
+        finally:
+            sock.close()
         if code is not None:
             return code
         # the service went away before it took the command (it was ending): once more
@@ -141,13 +160,12 @@ def forward(argv: list[str], ephemeral: bool = False) -> int:
 def _exchange(sock, argv: list[str], cwd: str) -> int | None:
     """Send one command and relay until its exit code; None if the service closed the
     connection before reading it."""
-    from .control_streams import StdinRelay, isatty, write_bytes
-    stdin = StdinRelay(sock)
+    stdin = None            # the relay of our stdin, made when the service first asks for it
     answered = False
     try:
         wire.send(sock, {"argv": argv, "cwd": cwd,
                          "env": {k: os.environ[k] for k in ENV_KEYS if k in os.environ},
-                         "tty": [isatty(0), isatty(1)]})
+                         "tty": [_isatty(0), _isatty(1)]}, compact=True)
         while True:
             msg = wire.recv_frame(sock)
             if msg is None:
@@ -157,6 +175,7 @@ def _exchange(sock, argv: list[str], cwd: str) -> int | None:
                 return 1
             answered = True
             if isinstance(msg, bytes):
+                from .control_streams import write_bytes
                 write_bytes(msg)
                 continue
             if "out" in msg:
@@ -164,6 +183,9 @@ def _exchange(sock, argv: list[str], cwd: str) -> int | None:
             if "err" in msg:
                 _write(sys.stderr, msg["err"])
             if "read" in msg:
+                if stdin is None:
+                    from .control_streams import StdinRelay
+                    stdin = StdinRelay(sock)
                 stdin.ask(int(msg["read"]))
             if "exit" in msg:
                 return int(msg["exit"])

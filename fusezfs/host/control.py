@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 
-from .wire import ControlError, SOCKET_NAME, address, recv, send
+from .wire import ControlError, SOCKET_NAME, address, recv_request, send
 
 log = logging.getLogger("fusezfs.control")
 
@@ -215,7 +215,7 @@ class Server:
             try:
                 conn.settimeout(REQUEST_TIMEOUT)
                 try:
-                    req = recv(conn, REQUEST_MAX)
+                    req, compact = recv_request(conn, REQUEST_MAX)
                 except (ControlError, OSError, ValueError) as e:
                     log.warning("dropped a malformed or slow request: %s", e)
                     return
@@ -228,18 +228,18 @@ class Server:
                 if argv and argv[0] in STREAM_VERBS:
                     tty = req.get("tty") or [False, False]
                     code = self.service.execute_stream(conn, argv, cwd, env, (uid, gid),
-                                                       (bool(tty[0]), bool(tty[1])))
+                                                       (bool(tty[0]), bool(tty[1])), compact)
                     try:
-                        send(conn, {"exit": code})
+                        send(conn, {"exit": code}, compact)
                     except OSError:
                         pass            # the client went away (the command saw it too)
                     return
                 code, out, err = self.service.execute(argv, cwd, env, (uid, gid))
                 if out:
-                    send(conn, {"out": out})
+                    send(conn, {"out": out}, compact)
                 if err:
-                    send(conn, {"err": err})
-                send(conn, {"exit": code})
+                    send(conn, {"err": err}, compact)
+                send(conn, {"exit": code}, compact)
             except Exception:
                 log.exception("control connection")
 

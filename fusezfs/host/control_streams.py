@@ -119,7 +119,8 @@ class Channel:
     thread and from its helpers (send -v's progress reporter). `cut` (the daemon stops) makes
     every later use fail, so the command ends, and cleans up, instead of waiting."""
 
-    def __init__(self, sock: socket.socket, server) -> None:
+    def __init__(self, sock: socket.socket, server, compact: bool = False) -> None:
+        self.compact = compact          # answer in marshal's encoding (wire.py)
         self.sock = sock
         self.server = server
         self.lock = threading.Lock()
@@ -135,7 +136,7 @@ class Channel:
         with self.lock:
             self._check()
             try:
-                send(self.sock, obj)
+                send(self.sock, obj, self.compact)
             except OSError as e:
                 self.lost = f"lost the client: {e.strerror or e}"
                 raise

@@ -14,19 +14,16 @@ import os
 from contextlib import contextmanager
 from typing import Iterator
 
+from .paths import state_dir_path
+
 
 class RegistryError(Exception):
     """The state directory or the registry cannot be used; the message says what to do."""
 
 
 def state_dir() -> str:
-    path = os.environ.get("FUSEZFS_STATE_DIR")
-    if not path:
-        if os.geteuid() == 0:
-            path = "/var/lib/fusezfs"
-        else:
-            base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-            path = os.path.join(base, "fusezfs")
+    """The state directory, made if need be; RegistryError (one line) if it cannot be used."""
+    path = state_dir_path()
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
         if not os.access(path, os.R_OK | os.W_OK | os.X_OK):

@@ -383,12 +383,13 @@ class Service:
         return 0
 
     def execute_stream(self, conn, argv: list[str], cwd: str, env: dict,
-                       caller: tuple[int, int], tty: tuple[bool, bool]) -> int:
+                       caller: tuple[int, int], tty: tuple[bool, bool],
+                       compact: bool = False) -> int:
         """send and receive, beside the other commands; their output reaches the client as it
         is written, and their stdin is the client's."""
         from .. import cli
         from .control_streams import Channel, RemoteStdin, RemoteStdout, RemoteText
-        chan = Channel(conn, self.server)
+        chan = Channel(conn, self.server, compact)
         stdio = sessions.Stdio(RemoteStdin(chan), RemoteStdout(chan), RemoteText(chan, "out"),
                                RemoteText(chan, "err"), tty[0], tty[1])
         with self.cmd_lock:
