@@ -79,6 +79,7 @@ class PoolMounts:
         # an ephemeral service (client.py) mounts only what it is asked to: its pools' trees
         # and their children, never other filesystems by themselves
         self.singles_auto = not ephemeral
+        self.volumes = None                 # volume_mount.VolumeFiles: each volume a file
 
     # ---- what should be mounted -----------------------------------------------------------
     def _auto(self, rec) -> bool:
@@ -136,6 +137,7 @@ class PoolMounts:
         could not be done goes to `errors` in zfs's words."""
         if self.host.reason is not None:
             return
+        self._volumes(errors)
         with self.handle.pool.lock:
             tree, singles = self.wanted()
         if self.ops is not None:
@@ -157,6 +159,20 @@ class PoolMounts:
             self.sessions.apply()
         self._singles(singles, errors)
         self.save()
+
+    def _volumes(self, errors: list[str]) -> None:
+        """Every volume of the pool served as a file (volume_mount.py), made, renamed and
+        removed as the volumes are."""
+        from . import volume_mount
+        try:
+            if self.volumes is None:
+                self.volumes = volume_mount.VolumeFiles(
+                    self.handle, volume_mount.default_root(), self.host.nursery,
+                    self.host.token, fuse_sessions.instance, fuse_sessions.release)
+            errors.extend(self.volumes.refresh())
+        except Exception as e:
+            log.exception("serving the volumes of %s", self.name)
+            errors.append(f"cannot serve the volumes of '{self.name}': {e}")
 
     def _mount_tree(self, mp: str, errors: list[str]) -> None:
         ops = self.ops
@@ -389,5 +405,13 @@ class PoolMounts:
         self.recorded = state
 
     def close(self, force: bool = True) -> list[str]:
+        """The pool leaves the service (export, destroy, the service's end)."""
         errors = self.unmount_all(force)
+        if self.volumes is not None:
+            try:
+                errors += self.volumes.close()
+            except Exception as e:
+                log.exception("unmounting the volumes of %s", self.name)
+                errors.append(f"cannot unmount the volumes of '{self.name}': {e}")
+            self.volumes = None
         return errors
