@@ -230,3 +230,17 @@ def test_stream_keeps_small_members_in_memory_and_large_ones_spooled():
         assert not arch.exists("missing")
     finally:
         arch.close()
+
+
+def test_streams_not_relayed_as_bytes_are_refused(env, capsys, monkeypatch):
+    """Where the command's streams are text (a service that relays bytes only for its
+    streaming verbs), import and export with "-" say so and change nothing."""
+    from fusezfs import sessions
+    text = sessions.Stdio(io.BytesIO(), io.StringIO(), io.StringIO(), io.StringIO(), False,
+                          False)
+    monkeypatch.setattr(sessions, "stdio", lambda: text)
+    code, _out, err = run(capsys, "image", "import", "tank/images", "-")
+    assert code == 1 and "does not relay it" in err and "give a file" in err
+    code, _out, err = run(capsys, "image", "export", "nothing:1", "-")
+    assert code == 1 and "cannot write standard output here" in err
+    assert "tank/images" not in ok(capsys, "list", "-H", "-o", "name").split()

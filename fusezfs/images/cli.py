@@ -101,6 +101,20 @@ def route_argv(argv: list[str], cwd: str) -> list[str]:
     return argv[:2] + flat + ["--"] + rest
 
 
+def _binary_stdio(what: str):
+    """The command's standard streams, if they carry bytes. A service that runs this command
+    without relaying its client's streams as bytes (only its streaming verbs get them) hands
+    over text streams: say so, rather than write an archive into text or read its own stdin."""
+    import io as _io
+    from .. import sessions
+    std = sessions.stdio()
+    if isinstance(std.stdout, _io.TextIOBase) or isinstance(std.stdin, _io.TextIOBase):
+        raise Failed(f"cannot {what} standard {'input' if what == 'read' else 'output'} here: "
+                     "the fusezfs service does not relay it for image commands; give a file, "
+                     "or run with FUSEZFS_NO_SERVICE=1")
+    return std
+
+
 # ---- opening a store -------------------------------------------------------------------------
 @contextmanager
 def opened(name: str | None, *, create: bool = False,
@@ -171,7 +185,7 @@ def image_import(args: list[str]) -> int:
     store_name, path = rest[0], (rest[1] if len(rest) == 2 else "-")
     stream = None
     if path == "-":
-        io = sessions.stdio()
+        io = _binary_stdio("read")
         if io.stdin_tty:            # docker load's words for a terminal on its stdin
             raise Failed("requested load from stdin, but stdin is empty")
         stream = io.stdin
@@ -291,7 +305,7 @@ def image_export(args: list[str]) -> int:
     if len(rest) < 2:
         raise Usage("missing image or archive")
     *refs, path = rest
-    io = sessions.stdio()
+    io = _binary_stdio("write") if path == "-" else sessions.stdio()
     if path == "-" and io.stdout_tty:
         raise Failed("cowardly refusing to write an image archive to a terminal")
     with opened(_store_opt(opts)) as store:
