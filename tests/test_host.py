@@ -260,3 +260,32 @@ def test_mounts_anywhere_mount_a_unmount_a_noauto_none(host, monkeypatch):
     host.run("zpool", "import", "-d", str(host.tmp), "tank")
     assert is_fuse_mount(root) and read(f"{moved}/f") == b"far away"
     host.check(monkeypatch)
+
+
+@pytest.mark.usefixtures("needs_fuse")
+def test_many_creates_at_once_mount_each_pool_once(host, monkeypatch):
+    """Eight `zpool create` at once: all succeed, each pool is mounted exactly once at its
+    mountpoint (no storm of mounts of every pool), by the one service they started."""
+    procs = []
+    for i in range(8):
+        disk = host.disk(f"q{i}", 64)
+        procs.append(subprocess.Popen([os.path.join(BIN, "zpool"), "create", "-m",
+                                       str(host.tmp / f"m{i}"), f"q{i}", disk], env=host.env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = [(p.wait(120), p.communicate()[1]) for p in procs]
+    assert results == [(0, "")] * 8
+    with open("/proc/self/mountinfo") as f:
+        ours = [line.split()[4] for line in f if str(host.tmp) in line.split()[4]]
+    assert sorted(ours) == sorted(str(host.tmp / f"m{i}") for i in range(8))
+    assert host.run("zpool", "list", "-H", "-o", "name").stdout.split() == \
+        [f"q{i}" for i in range(8)]
+    host.check(monkeypatch)
+
+
+def test_version_and_help_need_no_service(tmp_path):
+    h = Host(tmp_path)
+    r = h.run("zfs", "version")
+    assert r.stdout.startswith("zfs-2.1.11-fusezfs-")
+    assert h.run("zpool", "-?").stdout.startswith("usage: zpool command args ...")
+    assert service_pid(h.state) is None and not os.path.exists(os.path.join(h.state,
+                                                                             "service.sock"))
