@@ -124,8 +124,8 @@ def mounted_children(dsl) -> list[tuple[str, Record]]:
         if not mp.startswith("/"):
             continue
         if not mp.startswith(base + "/"):
-            log.warning("%s: mountpoint %s is outside the pool's tree %s; not mounted",
-                        name, mp, base or "/")
+            log.debug("%s: mountpoint %s is outside the pool's tree %s (the service mounts "
+                      "it alone there)", name, mp, base or "/")
             continue
         rel = os.path.normpath(mp[len(base) + 1:])
         if rel in (".", "") or rel.startswith(".."):

@@ -8,11 +8,13 @@ a `set` is one record change in the open txg: it commits atomically with everyth
 from __future__ import annotations
 
 import errno
+from dataclasses import replace
 
 from . import compress, dedup, dsprops
 from .blocks import Policy
 from .datasets import DatasetError, Datasets, Record, ROOT_ID
 from .formats.bp import CKSUM_SHA256, CKSUM_XXH3_128
+from .formats.node import MAX_VALUE
 
 SLOP_SHIFT = 5            # 1/32 of the pool is kept back from datasets (spa_slop_shift)
 # Set by the daemon serving a pool (daemon.SingleMounts.mounted): (dsl, rec) -> whether one
@@ -253,6 +255,7 @@ def set_props(dsl: Datasets, rec: Record, props: dict[str, str]) -> None:
         if name in ("reservation", "refreservation") and as_int(val) > available(dsl, rec) + \
                 as_int(rec.props.get(name)):
             raise DatasetError(dsprops.MSG_RESV_TOO_BIG, errno.ENOSPC)
+    _check_record_fits(dsl, rec, raw)
     dsl.note_reservations(rec)                  # before (a reservation unset) and after
     for name, val in raw.items():
         level_ = level(dsl, rec)
@@ -262,6 +265,22 @@ def set_props(dsl: Datasets, rec: Record, props: dict[str, str]) -> None:
     dsl.note_reservations(rec)
     dsl.touch(rec)
     dsl.records_changed += 1
+
+
+def _check_record_fits(dsl: Datasets, rec: Record, raw: dict) -> None:
+    """A dataset's record, its properties included, is one MOS tree item of at most
+    MAX_VALUE bytes (datasets.py): a set that would outgrow it is refused before anything
+    changes (E2BIG), where it would otherwise fail at the txg's commit. OpenZFS keeps
+    properties in a ZAP of their own and has no such limit: user properties of more than
+    about 8 KiB in all on one dataset are a fusezfs limitation."""
+    trial = dsprops.Level(dsl.name(rec.id), dict(rec.props), dict(rec.received),
+                          set(rec.masked))
+    for name, val in raw.items():
+        dsprops.apply_set(trial, name, val)
+    after = replace(rec, props=dict(trial.local), masked=sorted(trial.masked))
+    if len(after.encode()) > MAX_VALUE:
+        raise DatasetError("property list too large: fusezfs keeps a dataset's properties in "
+                           f"{MAX_VALUE} bytes", errno.E2BIG)
 
 
 def inherit(dsl: Datasets, rec: Record, name: str, *, received: bool = False) -> None:

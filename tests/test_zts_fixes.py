@@ -279,3 +279,23 @@ def test_bootfs_names_a_filesystem_of_the_pool(tmp_path, monkeypatch, capsys):
     assert ok(capsys, "pool", "get", "-H", "-o", "value", "bootfs", "boot") == "boot/root\n"
     ok(capsys, "pool", "set", "bootfs=", "boot")
     check_pools()
+
+
+def test_a_set_that_outgrows_the_record_is_refused_before_anything_changes(
+        tmp_path, monkeypatch, capsys):
+    """A dataset's properties live in one 8 KiB record: a user property set that would
+    outgrow it fails with E2BIG up front, the dataset keeps what it had, and later commands
+    work (the commit used to fail and every later command with it: user_property_001_pos)."""
+    disk, = pool_files(tmp_path, monkeypatch, 1)
+    ok(capsys, "pool", "create", "tank", disk)
+    ok(capsys, "set", "u:a=" + "a" * 3000, "tank")
+    ok(capsys, "set", "u:b=" + "b" * 3000, "tank")
+    code, out, err = run(capsys, "set", "u:c=" + "c" * 3000, "tank")
+    assert code == 1 and err == ("cannot set property for 'tank': property list too large: "
+                                 "fusezfs keeps a dataset's properties in 8192 bytes\n")
+    assert ok(capsys, "get", "-H", "-o", "value", "u:c", "tank") == "-\n"
+    ok(capsys, "snapshot", "tank@s")
+    ok(capsys, "create", "tank/fs")
+    ok(capsys, "set", "u:a=short", "tank")               # smaller: fine
+    assert ok(capsys, "get", "-H", "-o", "value", "u:a", "tank") == "short\n"
+    check_pools()
