@@ -652,6 +652,9 @@ def _scan(dirs: list[str], states: tuple[str, ...] = ("exported", "active")) -> 
     if not dirs:
         dirs = list(dict.fromkeys([os.path.dirname(p) for e in registry.load().values()
                                    for p in e["devices"]] + [sessions.cwd()]))
+        if sessions.in_service():       # never a directory of its own mounts (host/prober.py)
+            from .host.mounts import fusezfs_mount_of
+            dirs = [d for d in dirs if fusezfs_mount_of(d) is None]
         quiet = True
     else:
         quiet = False

@@ -116,6 +116,11 @@ def cwd() -> str:
     return where if where is not None else os.getcwd()
 
 
+def in_service() -> bool:
+    """The command runs in the service (which must never look into its own mounts)."""
+    return _get("workdir") is not None
+
+
 def handle_open(pool_name: str) -> bool:
     """The service holds `pool_name` open (it cannot be rewound in place then)."""
     fn = _get("opened")
