@@ -254,6 +254,16 @@ class PoolMounts:
         while any(v.mod is not None and v.mod in fuse_sessions.live for v in self.ops.views
                   if v.own) and time.monotonic() < deadline:
             time.sleep(0.02)
+        for v in self.ops.views:    # still served: another mount namespace holds a copy
+            if v.own and v.dev and v.mod is not None and v.mod in fuse_sessions.live:
+                log.warning("%s: its session outlived the unmount (another mount namespace "
+                            "holds a copy?): aborting the connection", v.name)
+                try:        # the connection's number is the mount's minor device number
+                    with open(f"/sys/fs/fuse/connections/{v.dev.split(':')[1]}/abort",
+                              "w") as f:
+                        f.write("1")
+                except OSError as e:
+                    log.warning("cannot abort the connection of %s: %s", v.name, e.strerror)
         with self.ops.lock:
             self.ops.tree_on = False
         try:
