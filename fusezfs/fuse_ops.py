@@ -415,7 +415,7 @@ class Operations(pyfuse3.Operations):
                 return out
             cookie = 0
             while True:
-                batch = fs.readdir(ino, cookie, READDIR_CHUNK)
+                batch = fs.readdir(ino, cookie, READDIR_CHUNK, touch=False)
                 if not batch:
                     return out
                 for e in batch:

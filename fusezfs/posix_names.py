@@ -306,10 +306,13 @@ class Names:
 
     # ---- directories ---------------------------------------------------------------------
     @locked
-    def readdir(self, ino: int, cookie: int = 0, limit: int | None = None) -> list[DirEntry]:
+    def readdir(self, ino: int, cookie: int = 0, limit: int | None = None, *,
+                touch: bool = True) -> list[DirEntry]:
         """Entries after `cookie` (0: from the start; else the cookie of the last entry the
         caller got), "." and ".." first. Cookies stay valid while entries come and go: an
-        entry present throughout a listing is returned exactly once."""
+        entry present throughout a listing is returned exactly once. `touch=False` for the
+        system's own looks (the mount comparing names around a receive): only a user's read
+        moves atime, or the head would count as modified since its snapshot."""
         node = self._dir(ino)
         if node.nlink == 0:
             return []
@@ -325,5 +328,6 @@ class Names:
                 out.append(DirEntry(name, child, dt, cookie_of(k)))
                 if limit is not None and len(out) >= limit:
                     break
-        self._relatime(node)
+        if touch:
+            self._relatime(node)
         return out[:limit] if limit is not None else out
