@@ -8,11 +8,11 @@ that would otherwise keep looking at the old tree.
 """
 from __future__ import annotations
 
-from . import sessions
-from .datasets import Datasets
-from .objset import DatasetIO
-from .pool import OnePerPool, Pool
-from .posix import Posix
+from fusezfs import sessions
+from fusezfs.dsl.datasets import Datasets
+from fusezfs.dsl.objset import DatasetIO
+from fusezfs.engine.pool import OnePerPool, Pool
+from fusezfs.zpl.posix import Posix
 
 
 def format_filesystem(dsl: Datasets, rec) -> None:
@@ -32,19 +32,19 @@ class Handle(OnePerPool):
         self.dsl = Datasets(pool)
         self.dsl.format_hook = lambda rec: format_filesystem(self.dsl, rec)
         self.dsl.replaced_hook = self._replaced
-        from .volumes import geometry
+        from fusezfs.zpl.volumes import geometry
         self.dsl.geometry_hook = geometry
         self._open: dict[int, Posix] = {}
         self._log_barriers: dict[int, int] = {}     # ds id -> txg (filesystem_of)
         pool.sync_hooks.insert(0, self._flush)
         with pool.lock:
             # fsync'ed changes an import found in the intent log, before anything else
-            from .posix_log import replay_all
+            from fusezfs.zpl.posix_log import replay_all
             replay_all(self)
             # receives a crash interrupted leave no hidden dataset behind (send/incoming.py;
             # its module is imported only when one did: its MARK_PREFIX is this key)
             if pool.mos.first_item(b"recvtmp\0", b"recvtmp\1") is not None:
-                from .send.incoming import cleanup
+                from fusezfs.send.incoming import cleanup
                 cleanup(self.dsl)
 
     def _flush(self, pool: Pool) -> None:

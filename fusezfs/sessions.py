@@ -186,7 +186,7 @@ class Borrowed:
         return list(self._pool.sync_hooks)
 
     def close(self, export: bool = False, destroy: bool = False) -> None:
-        from .cli import Failed
+        from fusezfs.errors import Failed
         if export or destroy:
             fn = _get("release")
             if fn is None:

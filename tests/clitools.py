@@ -54,9 +54,9 @@ def check_pools(skip_exported: bool = False) -> None:
     """The consistency checker after a test: every imported pool's space accounting recounts
     right and `verify` finds everything reachable whole and allocated exactly once."""
     from fusezfs.host import registry
-    from fusezfs.cli_pool import open_pool
-    from fusezfs.datasets import Datasets
-    from fusezfs.verify import verify
+    from fusezfs.cli.cli_pool import open_pool
+    from fusezfs.dsl.datasets import Datasets
+    from fusezfs.engine.verify import verify
     for name, entry in registry.load().items():
         if skip_exported and entry.get("state") == "exported":
             continue

@@ -17,13 +17,13 @@ import random
 
 import pytest
 
-from fusezfs.blocks import ChecksumError, Policy, describe
-from fusezfs.cli_pool import format_status
-from fusezfs.devices import MemoryDevice
+from fusezfs.engine.blocks import ChecksumError, Policy, describe
+from fusezfs.cli.cli_pool import format_status
+from fusezfs.engine.devices import MemoryDevice
 from fusezfs.formats.bp import BT_DATA, COMP_OFF, COMP_ZSTD, decode_bp, encode_bp
-from fusezfs.pool import Pool, PoolError
-from fusezfs.tree import REF_BLOCK, Tree
-from fusezfs.verify import verify
+from fusezfs.engine.pool import Pool, PoolError
+from fusezfs.engine.tree import REF_BLOCK, Tree
+from fusezfs.engine.verify import verify
 
 MiB = 1 << 20
 

@@ -12,8 +12,8 @@ import pytest
 
 from clitools import check_pools, ok, run
 from fusezfs import cli
-from fusezfs.cli_pool import open_pool
-from fusezfs.datasets import Datasets
+from fusezfs.cli.cli_pool import open_pool
+from fusezfs.dsl.datasets import Datasets
 
 MiB = 1 << 20
 USAGE = ("usage:\n\tbookmark <snapshot|bookmark> <newbookmark>\n\n"

@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from fusezfs import cli
-from fusezfs.pool import read_label
-from fusezfs.devices import FileDevice
+from fusezfs.engine.pool import read_label
+from fusezfs.engine.devices import FileDevice
 
 MiB = 1 << 20
 
@@ -139,10 +139,10 @@ def test_verify_reports_damage_and_status_counts_it(env, capsys):
     code, out, _ = run(capsys, "pool", "verify", "tank")
     assert code == 0 and "no errors found" in out
     # store a block through the library, then damage it on disk
-    from fusezfs.blocks import Policy
-    from fusezfs.cli_pool import open_pool
+    from fusezfs.engine.blocks import Policy
+    from fusezfs.cli.cli_pool import open_pool
     from fusezfs.formats.bp import BT_DATA, encode_bp
-    from fusezfs.tree import REF_BLOCK
+    from fusezfs.engine.tree import REF_BLOCK
     pool = open_pool("tank")
     bp = pool.blocks.write(b"important " * 100, BT_DATA, Policy())
     pool.objset(b"t").put(b"x", encode_bp(bp), REF_BLOCK)

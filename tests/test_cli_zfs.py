@@ -262,7 +262,7 @@ def test_reservations_set_space_aside(env, capsys):
 
 
 def test_every_verb_is_routed_to_its_module():
-    from fusezfs import cli_mount, cli_send, cli_zfs
+    from fusezfs.cli import cli_mount, cli_send, cli_zfs
     routed = {v for v, m in cli.VERB_MODULES.items() if m == "cli_zfs"}
     assert routed == set(cli_zfs.VERBS)
     assert {v for v, m in cli.VERB_MODULES.items() if m == "cli_send"} == set(cli_send.COMMANDS)

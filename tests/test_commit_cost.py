@@ -1,4 +1,4 @@
-"""The space map kept for the next txg (fusezfs/mapview.py) against the one computed from the
+"""The space map kept for the next txg (fusezfs/engine/mapview.py) against the one computed from the
 allocator's free lists: byte for byte, after random allocations, frees (deferred and not),
 txg releases, new vdevs and reloads; and a pool's commits after many datasets."""
 from __future__ import annotations
@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from fusezfs import mapview
-from fusezfs.allocator import Allocator, NoSpace
+from fusezfs.engine import mapview
+from fusezfs.engine.allocator import Allocator, NoSpace
 from fusezfs.formats import spacemap
 
 MiB = 1 << 20
@@ -68,10 +68,10 @@ def test_view_rejects_what_the_map_cannot_hold():
 def test_commits_write_the_view(tmp_path):
     """A pool's commits write the view's bytes, which stay the free lists' after hundreds of
     datasets and a reopen; verify (which compares them too) is clean."""
-    from fusezfs.datasets import Datasets
-    from fusezfs.devices import FileDevice
-    from fusezfs.pool import Pool
-    from fusezfs.verify import verify
+    from fusezfs.dsl.datasets import Datasets
+    from fusezfs.engine.devices import FileDevice
+    from fusezfs.engine.pool import Pool
+    from fusezfs.engine.verify import verify
     path = str(tmp_path / "p.img")
     with open(path, "wb") as f:
         f.truncate(256 * MiB)
@@ -98,8 +98,8 @@ def test_commits_write_the_view(tmp_path):
 
 
 def _pool(tmp_path, name="cc"):
-    from fusezfs.devices import FileDevice
-    from fusezfs.pool import Pool
+    from fusezfs.engine.devices import FileDevice
+    from fusezfs.engine.pool import Pool
     path = str(tmp_path / f"{name}.img")
     with open(path, "wb") as f:
         f.truncate(256 * MiB)
@@ -109,8 +109,8 @@ def _pool(tmp_path, name="cc"):
 def test_reservations_follow_changes_without_walks(tmp_path, monkeypatch):
     """Creating datasets with no reservation walks no dataset list; a reservation set, moved by
     a rename, inherited away or destroyed with its dataset changes what the pool has free."""
-    from fusezfs import properties
-    from fusezfs.datasets import Datasets
+    from fusezfs.dsl import properties
+    from fusezfs.dsl.datasets import Datasets
     pool = _pool(tmp_path)
     with pool.lock:
         dsl = Datasets(pool)
@@ -145,10 +145,10 @@ def test_reservations_follow_changes_without_walks(tmp_path, monkeypatch):
 def test_commit_writes_only_trees_that_changed(tmp_path, monkeypatch):
     """A txg that changed one dataset among many syncs that one tree (and the MOS), not every
     open tree; what it wrote survives a reopen."""
-    from fusezfs.datasets import Datasets
-    from fusezfs.devices import FileDevice
-    from fusezfs.pool import Pool
-    from fusezfs.tree import Tree
+    from fusezfs.dsl.datasets import Datasets
+    from fusezfs.engine.devices import FileDevice
+    from fusezfs.engine.pool import Pool
+    from fusezfs.engine.tree import Tree
     pool = _pool(tmp_path)
     with pool.lock:
         dsl = Datasets(pool)
@@ -211,10 +211,10 @@ def test_leaf_reencoded_from_its_old_bytes_is_the_same_bytes():
 def test_a_commit_reencodes_only_the_entries_that_changed(tmp_path, monkeypatch):
     """A leaf written in one txg and changed by one put in the next is written from its old
     bytes (a few entries packed, not all of them), and reads back whole after a reopen."""
-    from fusezfs.datasets import Datasets
-    from fusezfs.devices import FileDevice
+    from fusezfs.dsl.datasets import Datasets
+    from fusezfs.engine.devices import FileDevice
     from fusezfs.formats import node as fmt
-    from fusezfs.pool import Pool
+    from fusezfs.engine.pool import Pool
     pool = _pool(tmp_path)
     with pool.lock:
         dsl = Datasets(pool)

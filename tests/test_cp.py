@@ -18,7 +18,7 @@ import pytest
 
 from clitools import check_pools, ok, run
 from fusezfs.api import Handle
-from fusezfs.cli_pool import open_pool
+from fusezfs.cli.cli_pool import open_pool
 
 MiB = 1 << 20
 GiB = 1 << 30

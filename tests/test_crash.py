@@ -11,9 +11,9 @@ import sys
 
 import pytest
 
-from fusezfs import crashsim
-from fusezfs.devices import SECTOR, FaultyDevice, MemoryDevice, Power, PowerCut
-from fusezfs.pool import Pool
+from fusezfs.testing import crashsim
+from fusezfs.engine.devices import SECTOR, FaultyDevice, MemoryDevice, Power, PowerCut
+from fusezfs.engine.pool import Pool
 
 SEED, STEPS = 3, 15
 
@@ -158,8 +158,8 @@ def test_nothing_an_fsync_returned_for_is_lost(kind):
 def test_the_fsync_oracle_sees_a_lost_fsync():
     """The oracle itself: a log whose commits are not flushed loses what fsync returned for,
     and the sweep must say so."""
-    from fusezfs import zil
-    from fusezfs.devices import FaultyDevice
+    from fusezfs.engine import zil
+    from fusezfs.engine.devices import FaultyDevice
 
     original = zil.IntentLog.commit
 

@@ -6,13 +6,13 @@ import random
 
 import pytest
 
-from fusezfs.blocks import Policy
-from fusezfs.datasets import DatasetError, Datasets
-from fusezfs.devices import MemoryDevice
+from fusezfs.engine.blocks import Policy
+from fusezfs.dsl.datasets import DatasetError, Datasets
+from fusezfs.engine.devices import MemoryDevice
 from fusezfs.formats.bp import decode_bp, encode_bp
-from fusezfs.pool import Pool
-from fusezfs.tree import REF_BLOCK
-from fusezfs.verify import verify
+from fusezfs.engine.pool import Pool
+from fusezfs.engine.tree import REF_BLOCK
+from fusezfs.engine.verify import verify
 
 MiB = 1 << 20
 

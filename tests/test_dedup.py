@@ -12,9 +12,10 @@ import random
 import pytest
 
 from clitools import check_pools, ok, pool_files, run
-from fusezfs import blocks, crashsim, dedup
+from fusezfs.engine import blocks, dedup
+from fusezfs.testing import crashsim
 from fusezfs.api import Handle
-from fusezfs.cli_pool import open_pool
+from fusezfs.cli.cli_pool import open_pool
 
 MiB = 1 << 20
 NODES_APART = 4096          # what tree nodes alone may make two twins' figures differ by
@@ -273,7 +274,7 @@ def test_scrub_reads_a_deduplicated_block_once_and_repairs_it(env, capsys):
     allocated = int(pool_prop(capsys, "allocated"))
     pool = open_pool("tank")
     try:
-        from fusezfs import scrub
+        from fusezfs.engine import scrub
         st = scrub.load(pool)
         # every block once: the deduplicated record counted once, not five times
         assert st.examined <= allocated

@@ -7,9 +7,9 @@ import os
 import pytest
 
 from clitools import pool_files, random_files, run
-from fusezfs.cli_pool import open_pool
-from fusezfs.datasets import Datasets
-from fusezfs.verify import verify
+from fusezfs.cli.cli_pool import open_pool
+from fusezfs.dsl.datasets import Datasets
+from fusezfs.engine.verify import verify
 
 
 

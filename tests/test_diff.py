@@ -18,11 +18,12 @@ from contextlib import contextmanager
 import pytest
 
 from clitools import check_pools, ok, run
-from fusezfs import cli, diff
+from fusezfs import cli
+from fusezfs.send import diff
 from fusezfs.api import Handle
-from fusezfs.cli_pool import open_pool
-from fusezfs.datasets import Datasets
-from fusezfs.verify import verify
+from fusezfs.cli.cli_pool import open_pool
+from fusezfs.dsl.datasets import Datasets
+from fusezfs.engine.verify import verify
 from prerequisites import require_fuse
 
 MiB = 1 << 20
@@ -345,8 +346,8 @@ def test_only_what_was_born_after_the_snapshot_is_read(env, capsys):
 
 
 def f_ino(dsl, rec, path: str) -> int:
-    from fusezfs.objset import DatasetIO
-    from fusezfs.posix import Posix
+    from fusezfs.dsl.objset import DatasetIO
+    from fusezfs.zpl.posix import Posix
     return Posix(DatasetIO(dsl, rec)).resolve(os.fsencode(path))
 
 

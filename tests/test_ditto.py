@@ -7,13 +7,13 @@ import random
 
 import pytest
 
-from fusezfs.allocator import DITTO_SHIFT, Allocator, FreeSpace
-from fusezfs.blocks import Policy
-from fusezfs.devices import MemoryDevice
+from fusezfs.engine.allocator import DITTO_SHIFT, Allocator, FreeSpace
+from fusezfs.engine.blocks import Policy
+from fusezfs.engine.devices import MemoryDevice
 from fusezfs.formats.bp import BT_DATA, CKSUM_XXH3_128, COMP_OFF, decode_bp, encode_bp
-from fusezfs.pool import Pool
-from fusezfs.tree import REF_BLOCK
-from fusezfs.verify import verify
+from fusezfs.engine.pool import Pool
+from fusezfs.engine.tree import REF_BLOCK
+from fusezfs.engine.verify import verify
 
 MiB = 1 << 20
 

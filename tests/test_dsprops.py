@@ -1,4 +1,4 @@
-"""fusezfs.dsprops: the dataset property table, checked against what zfs says.
+"""fusezfs.dsl.dsprops: the dataset property table, checked against what zfs says.
 
 The messages in these tables were verified against zfs-fuse (docs/reference/zfs-props.md has the
 transcripts) or taken from OpenZFS 2.2's sources where fusezfs follows OpenZFS instead. The last
@@ -14,8 +14,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from fusezfs import dsprops as dp
-from fusezfs.dsprops import FILESYSTEM, SNAPSHOT, VOLUME, Level, PropError
+from fusezfs.dsl import dsprops as dp
+from fusezfs.dsl.dsprops import FILESYSTEM, SNAPSHOT, VOLUME, Level, PropError
 
 K, M, G, T, E = 1 << 10, 1 << 20, 1 << 30, 1 << 40, 1 << 60
 

@@ -1,5 +1,5 @@
-"""fallocate(2) (fusezfs/posix_alloc.py) through the library and through a FUSE mount
-(fusezfs/fuse_extra.py): mode 0 and KEEP_SIZE checked against quotas and the pool up front,
+"""fallocate(2) (fusezfs/zpl/posix_alloc.py) through the library and through a FUSE mount
+(fusezfs/fuse/fuse_extra.py): mode 0 and KEEP_SIZE checked against quotas and the pool up front,
 PUNCH_HOLE and ZERO_RANGE freeing records by birth time (a snapshot keeps its data), every
 other mode EOPNOTSUPP; SEEK_DATA/SEEK_HOLE report the holes; an fsync'ed punch survives a
 crash; and random writes, truncates and fallocates applied to a file in the mount and to a
@@ -15,11 +15,14 @@ import zlib
 import pytest
 
 from fusezfs.api import Handle
-from fusezfs.devices import FaultyDevice, MemoryDevice, Power
-from fusezfs.pool import Pool
-from fusezfs.posix import (FALLOC_FL_KEEP_SIZE as KEEP, FALLOC_FL_PUNCH_HOLE as PUNCH,
-                           FALLOC_FL_ZERO_RANGE as ZERO)
-from fusezfs.verify import verify
+from fusezfs.engine.devices import FaultyDevice, MemoryDevice, Power
+from fusezfs.engine.pool import Pool
+from fusezfs.zpl.posix import (
+    FALLOC_FL_KEEP_SIZE as KEEP,
+    FALLOC_FL_PUNCH_HOLE as PUNCH,
+    FALLOC_FL_ZERO_RANGE as ZERO,
+)
+from fusezfs.engine.verify import verify
 
 from test_mount import Env
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from fusezfs import faultsim
+from fusezfs.testing import faultsim
 
 
 @pytest.mark.parametrize("layout", faultsim.LAYOUTS)

@@ -1,4 +1,4 @@
-"""fusezfs/fuse_loop.py, the request wait fusezfs installs in pyfuse3's session loop: a queued
+"""fusezfs/fuse/fuse_loop.py, the request wait fusezfs installs in pyfuse3's session loop: a queued
 request is taken without a trio round trip, one task at a time waits for the descriptor, a
 handler about to wait lends the reader's place, a busy session passes a checkpoint now and
 then, and every task ends when the session ends. The Waiter is driven on a socket pair (as
@@ -18,7 +18,7 @@ import trio
 import trio.abc
 import trio.testing
 
-from fusezfs import fuse_loop
+from fusezfs.fuse import fuse_loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

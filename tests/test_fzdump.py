@@ -358,12 +358,12 @@ def test_parsers_reject_garbage_with_bad_only():
 # ---- pools made by the library -----------------------------------------------------------
 
 def library():
-    pytest.importorskip("fusezfs.tree")
-    from fusezfs.blocks import Policy
-    from fusezfs.devices import FileDevice
+    pytest.importorskip("fusezfs.engine.tree")
+    from fusezfs.engine.blocks import Policy
+    from fusezfs.engine.devices import FileDevice
     from fusezfs.formats.bp import BT_DATA, encode_bp
-    from fusezfs.pool import Pool
-    from fusezfs.tree import REF_BLOCK
+    from fusezfs.engine.pool import Pool
+    from fusezfs.engine.tree import REF_BLOCK
     return Pool, FileDevice, Policy, BT_DATA, encode_bp, REF_BLOCK
 
 

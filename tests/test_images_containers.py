@@ -8,7 +8,7 @@ import json
 import os
 
 from fusezfs.api import Handle
-from fusezfs.cli_pool import open_pool
+from fusezfs.cli.cli_pool import open_pool
 from imagekit import D, F, S, diff_trees, docker_save, dump_fs, layer_tar
 from test_images_import import env, ok, run  # noqa: F401  (env: the fixture)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 
 from fusezfs.api import Handle
-from fusezfs.cli_pool import open_pool
+from fusezfs.cli.cli_pool import open_pool
 from imagekit import D, F, OPQ, WH, diff_trees, docker_save, dump_fs, layer_tar
 from test_images_import import chains, env, ok, reference  # noqa: F401  (env: the fixture)
 

@@ -14,7 +14,7 @@ import subprocess
 import tarfile
 
 from fusezfs.api import Handle
-from fusezfs.cli_pool import open_pool
+from fusezfs.cli.cli_pool import open_pool
 from fusezfs.images.layerdiff import changes
 from imagekit import D, F, L, S, WH, diff_trees, docker_save, dump_fs, layer_tar
 from test_images_deep import deep_layers

@@ -16,7 +16,7 @@ import pytest
 
 from clitools import check_pools, ok, run
 from fusezfs.api import Handle
-from fusezfs.cli_pool import open_pool
+from fusezfs.cli.cli_pool import open_pool
 from imagekit import (D, E, F, L, OPQ, S, WH, RefTree, diff_trees, docker_save, dump_fs,
                       layer_tar, oci_files, sha, write_layout)
 from prerequisites import skip_or_fail

@@ -8,14 +8,24 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fusezfs import compress
-from fusezfs.allocator import REWIND_TXGS, Allocator, FreeSpace, NoSpace
-from fusezfs.devices import FaultyDevice, MemoryDevice, PowerCut
+from fusezfs.engine import compress
+from fusezfs.engine.allocator import REWIND_TXGS, Allocator, FreeSpace, NoSpace
+from fusezfs.engine.devices import FaultyDevice, MemoryDevice, PowerCut
 from fusezfs.formats import label as fl
 from fusezfs.formats import spacemap
-from fusezfs.formats.bp import (BP_SIZE, CKSUM_SHA256, CKSUM_XXH3_128, COMP_GZIP,
-                                COMP_OFF, COMP_ZSTD, DVA, BlockPointer, checksum, decode_bp,
-                                encode_bp)
+from fusezfs.formats.bp import (
+    BP_SIZE,
+    CKSUM_SHA256,
+    CKSUM_XXH3_128,
+    COMP_GZIP,
+    COMP_OFF,
+    COMP_ZSTD,
+    DVA,
+    BlockPointer,
+    checksum,
+    decode_bp,
+    encode_bp,
+)
 
 
 # ---- devices --------------------------------------------------------------------------------
@@ -234,7 +244,7 @@ def test_deferred_frees_and_space_map_view():
 def test_prefetch_asks_for_new_ground_only(tmp_path, monkeypatch):
     """A streaming reader's read-ahead: the first call asks for the whole window, later ones
     top it up in pieces of half a window, and never past the end of the device."""
-    from fusezfs.devices import FileDevice
+    from fusezfs.engine.devices import FileDevice
     path = tmp_path / "dev"
     path.write_bytes(b"")
     os.truncate(path, 40 << 20)

@@ -11,12 +11,12 @@ import os
 
 import pytest
 
-import fusezfs.posix as posix_mod
+import fusezfs.zpl.posix as posix_mod
 from fusezfs.api import Handle
-from fusezfs.devices import MemoryDevice
-from fusezfs.pool import Pool
-from fusezfs.posix import ROOT_INO
-from fusezfs.verify import verify
+from fusezfs.engine.devices import MemoryDevice
+from fusezfs.engine.pool import Pool
+from fusezfs.zpl.posix import ROOT_INO
+from fusezfs.engine.verify import verify
 
 from test_mount import Env
 

@@ -40,10 +40,10 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from fusezfs import cli, sessions
 from fusezfs.host import registry
 from fusezfs.api import Handle
-from fusezfs.datasets import ROOT_ID, DatasetError
-from fusezfs.devices import MemoryDevice
-from fusezfs.pool import Pool
-from fusezfs.verify import verify
+from fusezfs.dsl.datasets import ROOT_ID, DatasetError
+from fusezfs.engine.devices import MemoryDevice
+from fusezfs.engine.pool import Pool
+from fusezfs.engine.verify import verify
 
 POOL = "tank"
 MiB = 1 << 20

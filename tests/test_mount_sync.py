@@ -27,8 +27,8 @@ def env(tmp_path):
 
 def newest_txg(env: Env) -> int:
     """The newest uberblock on the pool file, read beside the daemon (no lock needed)."""
-    from fusezfs.devices import FileDevice
-    from fusezfs.vdevs import Leaf
+    from fusezfs.engine.devices import FileDevice
+    from fusezfs.engine.vdevs import Leaf
     dev = FileDevice(str(env.tmp / "disk"), readonly=True)
     try:
         return max(ub.txg for ub in Leaf(dev, 0).read_uberblocks())

@@ -7,13 +7,13 @@ import random
 
 import pytest
 
-from fusezfs.blocks import ChecksumError, Policy
-from fusezfs.devices import FileDevice, MemoryDevice
+from fusezfs.engine.blocks import ChecksumError, Policy
+from fusezfs.engine.devices import FileDevice, MemoryDevice
 from fusezfs.formats.bp import BT_DATA, COMP_ZSTD, decode_bp, encode_bp
-from fusezfs.allocator import REWIND_TXGS
-from fusezfs.pool import Pool, PoolError
-from fusezfs.tree import REF_BLOCK
-from fusezfs.verify import verify
+from fusezfs.engine.allocator import REWIND_TXGS
+from fusezfs.engine.pool import Pool, PoolError
+from fusezfs.engine.tree import REF_BLOCK
+from fusezfs.engine.verify import verify
 
 MiB = 1 << 20
 

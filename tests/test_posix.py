@@ -1,4 +1,4 @@
-"""The POSIX layer (fusezfs/posix.py) driven as a user would: trees of files, offsets, holes,
+"""The POSIX layer (fusezfs/zpl/posix.py) driven as a user would: trees of files, offsets, holes,
 truncate, renames, links, open-unlinked files, xattrs, symlinks, readdir cookies, errors, read-only
 datasets, space errors; all checked again after the pool is closed and imported. A model-based
 test runs random operation sequences against fusezfs and a real directory on the host and
@@ -18,17 +18,33 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fusezfs.blocks import Policy
-from fusezfs.devices import FaultyDevice, MemoryDevice, Power, PowerCut
+from fusezfs.engine.blocks import Policy
+from fusezfs.engine.devices import FaultyDevice, MemoryDevice, Power, PowerCut
 from fusezfs.formats.bp import BT_DATA, COMP_ZSTD, decode_bp
-from fusezfs.pool import Pool
-from fusezfs.posix import (MAX_FILE_SIZE, NOW, RENAME_EXCHANGE, RENAME_NOREPLACE, ROOT_INO,
-                           XATTR_CREATE, XATTR_REPLACE, Posix)
-from fusezfs import posix_names
-from fusezfs.posix_layout import (CD_BITS, K_DATA, UNLINKED_HI, UNLINKED_LO, ino_prefix,
-                                  kind_hi, kind_lo, unlinked_key)
-from fusezfs.tree import Tree
-from fusezfs.verify import verify
+from fusezfs.engine.pool import Pool
+from fusezfs.zpl.posix import (
+    MAX_FILE_SIZE,
+    NOW,
+    RENAME_EXCHANGE,
+    RENAME_NOREPLACE,
+    ROOT_INO,
+    XATTR_CREATE,
+    XATTR_REPLACE,
+    Posix,
+)
+from fusezfs.zpl import posix_names
+from fusezfs.zpl.posix_layout import (
+    CD_BITS,
+    K_DATA,
+    UNLINKED_HI,
+    UNLINKED_LO,
+    ino_prefix,
+    kind_hi,
+    kind_lo,
+    unlinked_key,
+)
+from fusezfs.engine.tree import Tree
+from fusezfs.engine.verify import verify
 
 MiB = 1 << 20
 KiB = 1 << 10
@@ -850,7 +866,7 @@ def test_many_entries_with_long_names_survive_reopen(t):
 def test_tiny_inode_cache_changes_nothing(monkeypatch):
     """The same random operations with the inode cache trimmed all the time and with no trimming
     give the same filesystem."""
-    import fusezfs.posix as posix_mod
+    import fusezfs.zpl.posix as posix_mod
     trees = []
     for tiny in (False, True):
         if tiny:

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from fusezfs import cli_help
+from fusezfs.cli import cli_help
 
 BIN = os.path.dirname(sys.executable)
 MiB = 1 << 20

@@ -15,9 +15,9 @@ import time
 
 import pytest
 
-from fusezfs.datasets import Datasets
+from fusezfs.dsl.datasets import Datasets
 from fusezfs.send.incoming import marks
-from fusezfs.verify import verify
+from fusezfs.engine.verify import verify
 from test_send_cli import FZ, MiB, Cli, env, snapshots, trees  # noqa: F401 (env: fixture)
 
 
@@ -52,7 +52,7 @@ def test_verbose_and_dry_run(env, streams):
     assert out[0] == "receiving full stream of tank/fs@a into other/copy@a"
     m = re.fullmatch(r"received (\S+) stream in (\d+) seconds \((\S+)/sec\)", out[1])
     assert m and int(m.group(2)) >= 1
-    from fusezfs.dsprops import nicebytes
+    from fusezfs.dsl.dsprops import nicebytes
     assert m.group(1) == nicebytes(len(full))
     # the same snapshot again (same guid): ignored, as libzfs does on EEXIST
     env.ok("recv", "other/copy", input=incr)
@@ -270,7 +270,7 @@ def _killed_receive(c: Cli, target: str, stream: bytes, feed: int) -> None:
 def _no_leftover(c: Cli) -> None:
     """A failed receive destroyed its hidden dataset itself (looked at without a Handle,
     which would clean up what a crash left)."""
-    from fusezfs.cli_pool import open_pool
+    from fusezfs.cli.cli_pool import open_pool
     pool = open_pool("other")
     try:
         with pool.lock:
@@ -288,7 +288,7 @@ def _no_leftover(c: Cli) -> None:
 def _leftover(c: Cli, hidden: str) -> None:
     """Before any Handle cleans up: the killed receive's hidden dataset and its marker are
     durable, and the pool verifies clean with them."""
-    from fusezfs.cli_pool import open_pool
+    from fusezfs.cli.cli_pool import open_pool
     pool = open_pool("other")
     try:
         with pool.lock:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import random
 
-from fusezfs import crashsim
-from fusezfs.blocks import Policy
-from fusezfs.devices import MemoryDevice
+from fusezfs.testing import crashsim
+from fusezfs.engine.blocks import Policy
+from fusezfs.engine.devices import MemoryDevice
 from fusezfs.formats.bp import BT_DATA, CKSUM_XXH3_128, COMP_OFF, decode_bp, encode_bp
-from fusezfs.pool import Pool
-from fusezfs.tree import REF_BLOCK
-from fusezfs.verify import verify
+from fusezfs.engine.pool import Pool
+from fusezfs.engine.tree import REF_BLOCK
+from fusezfs.engine.verify import verify
 
 POLICY = Policy(COMP_OFF, 0, CKSUM_XXH3_128, 1)
 

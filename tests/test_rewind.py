@@ -7,13 +7,13 @@ from __future__ import annotations
 import pytest
 
 from clitools import pool_files, run
-from fusezfs.blocks import Policy
-from fusezfs.cli_pool import open_pool
-from fusezfs.devices import FileDevice
+from fusezfs.engine.blocks import Policy
+from fusezfs.cli.cli_pool import open_pool
+from fusezfs.engine.devices import FileDevice
 from fusezfs.formats.bp import BT_DATA, decode_bp, encode_bp
-from fusezfs.tree import REF_BLOCK
-from fusezfs.verify import verify
-from fusezfs.vdevs import Leaf
+from fusezfs.engine.tree import REF_BLOCK
+from fusezfs.engine.verify import verify
+from fusezfs.engine.vdevs import Leaf
 
 
 

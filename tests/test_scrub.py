@@ -9,9 +9,9 @@ import re
 import pytest
 
 from clitools import pool_files, random_files, run
-from fusezfs import scrub
-from fusezfs.cli_pool import open_pool
-from fusezfs.datasets import Datasets
+from fusezfs.engine import scrub
+from fusezfs.cli.cli_pool import open_pool
+from fusezfs.dsl.datasets import Datasets
 
 FINISHED = re.compile(r"  scan: scrub repaired (\S+) in (\d\d:\d\d:\d\d) with (\d+) errors on "
                       r"\w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4}")

@@ -19,10 +19,10 @@ import pytest
 
 import zstream
 from fusezfs.api import Handle
-from fusezfs.cli_pool import open_pool
+from fusezfs.cli.cli_pool import open_pool
 from fusezfs.send import records as R
 from fusezfs.send.incoming import marks
-from fusezfs.verify import verify
+from fusezfs.engine.verify import verify
 from test_send_stream import change, populate, same_trees, tree_of
 
 MiB = 1 << 20
@@ -214,7 +214,7 @@ def test_estimate_is_the_stream_size(env):
         assert env.ok("send", "-nP", *args).stdout.decode().splitlines() == lines  # -P: -v
         r = env.ok("send", "-nv", *args)
         text = "full send of tank/fs@a" if len(args) == 1 else "send from tank/fs@a to tank/fs@b"
-        from fusezfs.dsprops import nicebytes, nicenum
+        from fusezfs.dsl.dsprops import nicebytes, nicenum
         assert r.stdout.decode() == (f"{text} estimated size is {nicebytes(size)}\n"
                                      f"total estimated size is {nicenum(size)}\n")
         assert r.stderr == b""

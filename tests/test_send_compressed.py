@@ -9,7 +9,7 @@ import io
 
 import zstream
 from fusezfs.formats.bp import COMP_ZSTD, decode_bp
-from fusezfs.posix_layout import K_DATA, kind_hi, kind_lo
+from fusezfs.zpl.posix_layout import K_DATA, kind_hi, kind_lo
 from fusezfs.send import records as R
 from fusezfs.send.compressed import ZIO_COMPRESS_ZSTD
 from test_send_cli import Cli, trees

@@ -11,9 +11,18 @@ import pytest
 
 from fusezfs.send import nvlist, records as R
 from fusezfs.send.fletcher import Fletcher4, fletcher4, fletcher4_reference
-from fusezfs.send.zap import (FZAP_BLOCK_SHIFT, ZapError, decode_zap, encode_fatzap,
-                              encode_microzap, encode_zap, microzap_fits, salt_for, uint64_items,
-                              zap_hash)
+from fusezfs.send.zap import (
+    FZAP_BLOCK_SHIFT,
+    ZapError,
+    decode_zap,
+    encode_fatzap,
+    encode_microzap,
+    encode_zap,
+    microzap_fits,
+    salt_for,
+    uint64_items,
+    zap_hash,
+)
 from fusezfs.send.znode import Znode, dirent_object, dirent_value, trivial_acl, znode_flags
 
 

@@ -15,7 +15,7 @@ import struct
 
 import pytest
 
-from fusezfs.datasets import ROOT_ID
+from fusezfs.dsl.datasets import ROOT_ID
 from fusezfs.send import records as R
 from fusezfs.send.fletcher import Fletcher4
 from fusezfs.send.incoming import marks

@@ -9,11 +9,11 @@ import json
 import pytest
 
 from fusezfs.api import Handle
-from fusezfs.devices import MemoryDevice
-from fusezfs.pool import Pool
+from fusezfs.engine.devices import MemoryDevice
+from fusezfs.engine.pool import Pool
 from fusezfs.send.receiver import ReceiveError, receive_stream
 from fusezfs.send.sender import Source, send_snapshot
-from fusezfs.verify import verify
+from fusezfs.engine.verify import verify
 from test_send_stream import WALKER, change, populate, same_trees, tree_of
 
 MiB = 1 << 20

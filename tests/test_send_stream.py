@@ -13,10 +13,10 @@ import pytest
 
 import zstream
 from fusezfs.api import Handle
-from fusezfs.devices import MemoryDevice
-from fusezfs.pool import Pool
+from fusezfs.engine.devices import MemoryDevice
+from fusezfs.engine.pool import Pool
 from fusezfs.send.sender import Source, send_snapshot
-from fusezfs.verify import verify
+from fusezfs.engine.verify import verify
 
 MiB = 1 << 20
 ROOT = 1

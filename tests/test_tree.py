@@ -1,4 +1,4 @@
-"""The objects layer: copy-on-write B+-tree (fusezfs/tree.py) and its node format
+"""The objects layer: copy-on-write B+-tree (fusezfs/engine/tree.py) and its node format
 (fusezfs/formats/node.py), against a fake block store that catches leaks and double frees."""
 from __future__ import annotations
 
@@ -12,10 +12,29 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, p
                                  rule)
 
 from fusezfs.formats import node as fmt
-from fusezfs.formats.bp import (BP_SIZE, BT_DATA, BT_NODE, CKSUM_XXH3_128, COMP_OFF, DVA,
-                                BlockPointer, checksum, decode_bp, encode_bp)
-from fusezfs.tree import (MAX_KEY, MAX_VALUE, NODE_MAX, REF_BLOCK, REF_NONE, REF_TREE, NodeCache,
-                          Tree, diff)
+from fusezfs.formats.bp import (
+    BP_SIZE,
+    BT_DATA,
+    BT_NODE,
+    CKSUM_XXH3_128,
+    COMP_OFF,
+    DVA,
+    BlockPointer,
+    checksum,
+    decode_bp,
+    encode_bp,
+)
+from fusezfs.engine.tree import (
+    MAX_KEY,
+    MAX_VALUE,
+    NODE_MAX,
+    REF_BLOCK,
+    REF_NONE,
+    REF_TREE,
+    NodeCache,
+    Tree,
+    diff,
+)
 
 
 # ---- a fake block store ----------------------------------------------------------------------

@@ -145,9 +145,9 @@ def test_create_errors_in_openzfs_words(env, capsys):
 
 def test_library_create_checks_geometry(env):
     from fusezfs.api import Handle
-    from fusezfs.cli_pool import open_pool
-    from fusezfs.datasets import DatasetError
-    from fusezfs.volumes import create_volume
+    from fusezfs.cli.cli_pool import open_pool
+    from fusezfs.dsl.datasets import DatasetError
+    from fusezfs.zpl.volumes import create_volume
     pool = open_pool("tank")
     try:
         with pool.lock:
@@ -282,8 +282,8 @@ def test_holes_stay_holes_and_writing_a_shorter_image_keeps_the_rest(env, capsys
 
 def test_library_reads_writes_discards(env):
     from fusezfs.api import Handle
-    from fusezfs.cli_pool import open_pool
-    from fusezfs.volumes import create_volume, open_volume
+    from fusezfs.cli.cli_pool import open_pool
+    from fusezfs.zpl.volumes import create_volume, open_volume
     pool = open_pool("tank")
     try:
         with pool.lock:
@@ -350,7 +350,7 @@ def test_snapshot_recursive_destroy_and_verify(env, capsys):
 # ---- the volume as a file (FUSE) and a loop device -----------------------------------------------
 @pytest.fixture
 def served(env, capsys, needs_fuse):
-    """tank/vol (8 MiB) served as a file by `python -m fusezfs.host.volume_mount`, which opens
+    """tank/vol (8 MiB) served as a file by `python -m fusezfs.host.volume_serve`, which opens
     the pool itself; stopped with SIGTERM, after which the file is no mount any more and the
     volume holds what the test left in `expect` (if anything)."""
     import subprocess
@@ -359,7 +359,7 @@ def served(env, capsys, needs_fuse):
     from fusezfs.host.volume_mount import mount_device
     ok(capsys, "create", "-V", "8M", "tank/vol")
     path = ServedPath(env / "zvol" / "tank" / "vol")
-    proc = subprocess.Popen([sys.executable, "-m", "fusezfs.host.volume_mount", "tank/vol",
+    proc = subprocess.Popen([sys.executable, "-m", "fusezfs.host.volume_serve", "tank/vol",
                              str(path)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -468,7 +468,7 @@ def test_send_and_receive_volumes(env, capsys):
     over a filesystem, nor a filesystem's over a volume."""
     import zstream
 
-    from fusezfs.cli_pool import open_pool
+    from fusezfs.cli.cli_pool import open_pool
     from fusezfs.send.receiver import ReceiveError
     ok(capsys, "create", "-V", "8M", "-b", "16K", "tank/vol")
     rng = random.Random(9)
@@ -546,10 +546,10 @@ def test_volume_files_follow_the_pool(env, needs_fuse):
     import trio
 
     from fusezfs.api import Handle
-    from fusezfs.cli_pool import open_pool
-    from fusezfs.host.fuse_sessions import instance, release
+    from fusezfs.cli.cli_pool import open_pool
+    from fusezfs.fuse.fuse_sessions import instance, release
     from fusezfs.host.volume_mount import VolumeFiles, mount_device
-    from fusezfs.volumes import create_volume, open_volume
+    from fusezfs.zpl.volumes import create_volume, open_volume
     pool = open_pool("tank")
     handle = Handle(pool)
     root = str(env / "zvol")
@@ -630,7 +630,7 @@ def test_fsync_through_the_file_survives_a_killed_server(env, capsys, needs_fuse
     from fusezfs.host.volume_mount import mount_device
     ok(capsys, "create", "-V", "4M", "tank/vol")
     path = str(env / "vol.file")
-    proc = subprocess.Popen([sys.executable, "-m", "fusezfs.host.volume_mount", "tank/vol",
+    proc = subprocess.Popen([sys.executable, "-m", "fusezfs.host.volume_serve", "tank/vol",
                              path],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     data = random.Random(6).randbytes(300_000)

@@ -43,7 +43,7 @@ snapshot's shared blocks twice, charging a clone for what it inherits, not movin
 snapshots' space on promote, freeing or restoring the wrong set on rollback or destroy are each
 off by at least the 1 MiB overwritten regions here (most by 6 MiB), beyond every step's bound.
 This comparison found that rollback restored `usedbydataset` from the snapshot's record,
-counted from the origin the head had before a promote (fixed in fusezfs/datasets.py; pinned
+counted from the origin the head had before a promote (fixed in fusezfs/dsl/datasets.py; pinned
 without zfs-fuse by test_rollback_after_promote_counts_usedbydataset).
 
 File contents are checked against the model after every step: every file of every filesystem

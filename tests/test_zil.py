@@ -1,4 +1,4 @@
-"""The intent log (fusezfs/zil.py, fusezfs/posix_log.py): fsync appends records instead of
+"""The intent log (fusezfs/engine/zil.py, fusezfs/zpl/posix_log.py): fsync appends records instead of
 committing a txg; a crash right after loses nothing fsync returned for; sync=always, O_SYNC,
 sync=disabled and logbias=throughput behave as in ZFS; a torn tail ends the log; a txg's
 commit frees the log; import claims the chain (verify agrees) and replays it once."""
@@ -8,12 +8,12 @@ import os
 
 import pytest
 
-from fusezfs import zil
+from fusezfs.engine import zil
 from fusezfs.api import Handle
-from fusezfs.devices import FaultyDevice, MemoryDevice, Power, PowerCut
+from fusezfs.engine.devices import FaultyDevice, MemoryDevice, Power, PowerCut
 from fusezfs.formats.bp import DVA
-from fusezfs.pool import Pool
-from fusezfs.verify import verify
+from fusezfs.engine.pool import Pool
+from fusezfs.engine.verify import verify
 
 MiB = 1 << 20
 
@@ -206,7 +206,7 @@ def test_logbias_throughput_logs_full_records_by_block_pointer():
     r2.fs.fsync(fh)
     ino = r2.fs.resolve("/big")
     from fusezfs.formats.bp import decode_bp
-    from fusezfs.posix_layout import data_key
+    from fusezfs.zpl.posix_layout import data_key
     logged = decode_bp(r2.fs.tree.get(data_key(ino, 0)))
     assert logged.birth == r2.pool.txg         # born in the open txg, named by the log
     r2.fs.write(fh, 0, os.urandom(16384))      # replaced in that same txg
@@ -348,7 +348,7 @@ def test_sync_turned_on_mid_txg_commits_what_was_never_noted():
     rec = r.h.dsl.get("tank/d")
     rec.props["sync"] = "standard"
     r.h.dsl.touch(rec)
-    from fusezfs.objset import DatasetIO
+    from fusezfs.dsl.objset import DatasetIO
     fs.io = DatasetIO(r.h.dsl, rec)             # as the daemon applies a property change
     fs.write(fh, 0, b"M")
     fs.fsync(fh)

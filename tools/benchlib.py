@@ -309,8 +309,8 @@ def fzsnap(a: dict) -> dict:
         snap.append(_timed(cli + ["snapshot", f"{ds}@s{i}"], env))
         clone.append(_timed(cli + ["clone", f"{ds}@s{i}", f"{ds}_c{i}"], env))
     sys.path.insert(0, a["repo"])
-    from fusezfs.cli_pool import open_pool
-    from fusezfs.datasets import Datasets
+    from fusezfs.cli.cli_pool import open_pool
+    from fusezfs.dsl.datasets import Datasets
     lsnap, lclone = [], []
     pool = open_pool(ds.split("/")[0])
     try:

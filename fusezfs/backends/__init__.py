@@ -148,7 +148,7 @@ def delegate(program: str, argv: list[str] | None) -> int | None:
             print(str(e), file=sys.stderr)
             return 1
         if choice.name == "passthrough":
-            from . import passthrough
+            from fusezfs.backends import passthrough
             return passthrough.run_program(program, args, choice, may_exec=argv is None)
     if program == "fusezfs" and args[:1] == ["backend"] or _may_cross(program, args):
         return _answer_emulated(program, args, choice)
@@ -167,7 +167,7 @@ def _may_cross(program: str, args: list[str]) -> bool:
 
 
 def _answer_emulated(program: str, args: list[str], choice: Choice | None = None) -> int | None:
-    from . import ownership
+    from fusezfs.backends import ownership
     if choice is None:
         choice = choose()
     if program == "fusezfs" and args[:1] == ["backend"]:
@@ -178,5 +178,5 @@ def _answer_emulated(program: str, args: list[str], choice: Choice | None = None
 
 def connect(backend: str | None = None, **options):
     """A library handle on the backend chosen here (or the one named): see library.py."""
-    from .library import connect as _connect
+    from fusezfs.backends.library import connect as _connect
     return _connect(backend, **options)

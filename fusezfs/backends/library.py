@@ -34,7 +34,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Mapping
 
-from . import (
+from fusezfs.backends import (
     BACKEND_VARIABLE,
     LABEL_WRITERS,
     MOUNT_ROOT_VARIABLE,

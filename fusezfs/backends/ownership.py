@@ -50,8 +50,8 @@ def fusezfs_label(path: str) -> dict | None:
                 return None
     except OSError:
         return None
-    from ..devices import FileDevice
-    from ..pool import read_label
+    from fusezfs.engine.devices import FileDevice
+    from fusezfs.engine.pool import read_label
     dev = FileDevice(path, readonly=True)
     try:
         return read_label(dev) or {"name": "?", "state": "unknown"}
@@ -108,9 +108,9 @@ def emulated_pool_names() -> set[str]:
     if not os.path.exists(os.path.join(emulated_state_dir(), "pools.json")):
         return set()
     try:
-        from ..host import registry
+        from fusezfs.host import registry
     except ImportError:                     # before the host/ move
-        from .. import registry  # type: ignore[no-redef]
+        from fusezfs import registry  # type: ignore[no-redef]
     try:
         return set(registry.load())
     except registry.RegistryError:          # unreadable: the emulation says so itself
@@ -134,7 +134,7 @@ def print_backend(choice, args: list[str]) -> int:
         print(f"zfs: {shlex.join(choice.zfs)}")
         print(f"zpool: {shlex.join(choice.zpool)}")
     else:
-        from ..cli_help import fusezfs_version
+        from fusezfs.cli.cli_help import fusezfs_version
         print(f"fusezfs: {fusezfs_version()}")
         print(f"state: {emulated_state_dir()}")
     return 0

@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 
-from . import LABEL_WRITERS, REENTRY_VARIABLE, Choice, ownership
+from fusezfs.backends import LABEL_WRITERS, REENTRY_VARIABLE, Choice, ownership
 
 SCRUB_POLL = 0.2
 SCAN_RUNNING = re.compile(r"(scrub|resilver) in progress")
@@ -130,7 +130,7 @@ class Passthrough:
     def fusezfs_program(self, args: list[str]) -> int:
         verb = args[0] if args else ""
         if verb == "backend":
-            from . import choose
+            from fusezfs.backends import choose
             return ownership.print_backend(choose(), args[1:])
         if verb == "pool":
             sub = args[1:]
@@ -203,7 +203,7 @@ class Passthrough:
         return os.path.join(base, path.lstrip("/")) if path.strip("/") else base + "/"
 
     def cp(self, args: list[str]) -> int:
-        from ..cli_cp import USAGE, split_spec
+        from fusezfs.cli.cli_cp import USAGE, split_spec
         try:
             opts, rest = getopt.gnu_getopt(args, "adHLPprR")
         except getopt.GetoptError as e:

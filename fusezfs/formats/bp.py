@@ -52,8 +52,8 @@ CKSUM_NAMES = {CKSUM_XXH3_128: "xxh128", CKSUM_SHA256: "sha256"}
 
 # block types
 BT_DATA = 1       # file record or opaque payload
-BT_NODE = 2       # B+-tree node (fusezfs/tree.py)
-BT_SPACEMAP = 3   # allocator map (fusezfs/allocator.py)
+BT_NODE = 2       # B+-tree node (fusezfs/engine/tree.py)
+BT_SPACEMAP = 3   # allocator map (fusezfs/engine/allocator.py)
 BT_NAMES = {BT_DATA: "data", BT_NODE: "node", BT_SPACEMAP: "spacemap"}
 
 FLAG_DEDUP = 1

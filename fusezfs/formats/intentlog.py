@@ -1,7 +1,7 @@
 """The intent log's on-disk structures (docs/FORMAT.md section 9), pure encoders and decoders:
 the header the MOS holds, log blocks (a header with the chain's guid, the block's sequence
 number, its txg, the next block's address and a checksum, then records), and the records.
-fusezfs/zil.py writes and reads them; fusezfs/posix_log.py makes and applies records.
+fusezfs/engine/zil.py writes and reads them; fusezfs/zpl/posix_log.py makes and applies records.
 A block is accepted only whole: magic, guid, sequence number, checksum and record lengths all
 right; anything else (a torn write, a stale block, another chain's) is the end of the log.
 """
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import xxhash
 
-from .bp import BP_SIZE, DVA, BlockPointer, decode_bp, encode_bp
+from fusezfs.formats.bp import BP_SIZE, DVA, BlockPointer, decode_bp, encode_bp
 
 HEADER_MAGIC = b"FZZILHDR"
 BLOCK_MAGIC = b"FZZILBLK"

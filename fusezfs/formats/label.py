@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 import xxhash
 
-from .bp import BP_SIZE, BlockPointer, decode_bp, encode_bp
+from fusezfs.formats.bp import BP_SIZE, BlockPointer, decode_bp, encode_bp
 
 FORMAT_VERSION = 1
 LABEL_SIZE = 256 * 1024

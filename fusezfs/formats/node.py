@@ -1,4 +1,4 @@
-"""Tree node: the logical content of one BT_NODE block of a copy-on-write B+-tree (fusezfs/tree.py).
+"""Tree node: the logical content of one BT_NODE block of a copy-on-write B+-tree (fusezfs/engine/tree.py).
 
 The block layer compresses and checksums the payload; the block pointer that names a node
 carries its level (bp.level) as well, and a reader should check that the two agree. Payload
@@ -45,7 +45,7 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
-from .bp import BP_SIZE, BT_NODE, BlockPointer, decode_bp
+from fusezfs.formats.bp import BP_SIZE, BT_NODE, BlockPointer, decode_bp
 
 MAGIC = b"FZND"
 VERSION = 1

@@ -27,7 +27,7 @@ import os
 import sys
 import time
 
-from . import wire
+from fusezfs.host import wire
 
 ENV_KEYS = ("TZ", "FUSEZFS_IMAGE_STORE")     # (the service sets them per command)
 START_TIMEOUT = 60.0        # seconds for a new service to listen
@@ -36,7 +36,7 @@ START_TIMEOUT = 60.0        # seconds for a new service to listen
 def state_dir() -> str:
     """The state directory (only named here: registry.state_dir makes and checks it when a
     service has to be started)."""
-    from .paths import state_dir_path
+    from fusezfs.host.paths import state_dir_path
     return state_dir_path()
 
 
@@ -100,7 +100,7 @@ def _connect(state: str, ephemeral: bool = False):
     except OSError:
         pass
     try:
-        from .registry import state_dir as usable
+        from fusezfs.host.registry import state_dir as usable
         usable()            # made now if need be; one line if it cannot be used
     except Exception as e:
         return None, str(e)
@@ -175,7 +175,7 @@ def _exchange(sock, argv: list[str], cwd: str) -> int | None:
                 return 1
             answered = True
             if isinstance(msg, bytes):
-                from .control_streams import write_bytes
+                from fusezfs.host.control_streams import write_bytes
                 write_bytes(msg)
                 continue
             if "out" in msg:
@@ -184,7 +184,7 @@ def _exchange(sock, argv: list[str], cwd: str) -> int | None:
                 _write(sys.stderr, msg["err"])
             if "read" in msg:
                 if stdin is None:
-                    from .control_streams import StdinRelay
+                    from fusezfs.host.control_streams import StdinRelay
                     stdin = StdinRelay(sock)
                 stdin.ask(int(msg["read"]))
             if "exit" in msg:
@@ -200,9 +200,11 @@ def _exchange(sock, argv: list[str], cwd: str) -> int | None:
         return 1
 
 
-def run(name: str, argv: list[str]) -> int:
+def run(name: str, argv: list[str], in_process) -> int:
     """The program `name` (fusezfs, zfs or zpool) with its arguments, as cli.main/zfs_main/
-    zpool_main start it (after the backends' choice, which may have exec'ed a real ZFS)."""
+    zpool_main start it (after the backends' choice, which may have exec'ed a real ZFS).
+    `in_process(argv)` runs it here when it is not the service's (the entry point that called:
+    the client sits below the command line and does not import it)."""
     prefix = ["pool"] if name == "zpool" else []
     local = not argv or argv[0] in ("-?", "-h", "--help", "version", "-V", "--version") or (
         name == "fusezfs" and argv[0] == "pool" and argv[1:2] in (
@@ -215,10 +217,7 @@ def run(name: str, argv: list[str]) -> int:
             return forward(prefix + argv, ephemeral=True)
         local = True
     if local:
-        from .. import cli
-        if name == "fusezfs":
-            return cli.main(argv)
-        return cli.zfs_main(argv) if name == "zfs" else cli.zpool_main(argv)
+        return in_process(argv)
     return forward(prefix + argv)
 
 

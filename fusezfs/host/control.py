@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 
-from .wire import ControlError, SOCKET_NAME, address, recv_request, send
+from fusezfs.host.wire import ControlError, SOCKET_NAME, address, recv_request, send
 
 log = logging.getLogger("fusezfs.control")
 
@@ -37,7 +37,7 @@ STREAM_VERBS = {"send", "receive", "recv"}
 
 
 def socket_path() -> str:
-    from . import registry
+    from fusezfs.host import registry
     return os.path.join(registry.state_dir(), SOCKET_NAME)
 
 

@@ -16,7 +16,7 @@ import socket
 import sys
 import threading
 
-from .wire import CHUNK, MAX_FRAME, ControlError, recv_frame, send, send_bytes
+from fusezfs.host.wire import CHUNK, MAX_FRAME, ControlError, recv_frame, send, send_bytes
 
 
 # ---- the client's end ---------------------------------------------------------------------------

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import threading
 
-from .mounts import fuse_unusable
-from .prober import Prober
+from fusezfs.host.mounts import fuse_unusable
+from fusezfs.host.prober import Prober
 
 
 class FuseHost:

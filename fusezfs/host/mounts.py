@@ -40,7 +40,7 @@ import subprocess
 import time
 from typing import NamedTuple
 
-from . import registry
+from fusezfs.host import registry
 
 log = logging.getLogger("fusezfs.mounts")
 

@@ -13,12 +13,21 @@ import logging
 import os
 import time
 
-from ..datasets import ROOT_ID
-from ..fuse_ops import Operations, mountpoint_of
-from .. import properties
-from . import fuse_sessions, registry
-from .mounts import (BUSY, FUSE_TASKS, MountError, SESSION_END_TIMEOUT, busy_text, mount_at,
-                     prepare_mountpoint, state_file)
+from fusezfs.dsl.datasets import ROOT_ID
+from fusezfs.fuse.fuse_ops import Operations, mountpoint_of
+from fusezfs.dsl import properties
+from fusezfs.fuse import fuse_sessions
+from fusezfs.host import registry
+from fusezfs.host.mounts import (
+    BUSY,
+    FUSE_TASKS,
+    MountError,
+    SESSION_END_TIMEOUT,
+    busy_text,
+    mount_at,
+    prepare_mountpoint,
+    state_file,
+)
 
 log = logging.getLogger("fusezfs.mounts")
 
@@ -163,7 +172,7 @@ class PoolMounts:
     def _volumes(self, errors: list[str]) -> None:
         """Every volume of the pool served as a file (volume_mount.py), made, renamed and
         removed as the volumes are."""
-        from . import volume_mount
+        from fusezfs.host import volume_mount
         try:
             if self.volumes is None:
                 self.volumes = volume_mount.VolumeFiles(

@@ -14,7 +14,7 @@ import os
 from contextlib import contextmanager
 from typing import Iterator
 
-from .paths import state_dir_path
+from fusezfs.host.paths import state_dir_path
 
 
 class RegistryError(Exception):

@@ -38,9 +38,9 @@ import sys
 import threading
 import time
 
-from .. import sessions
-from . import registry
-from .control import Server
+from fusezfs import sessions
+from fusezfs.host import registry
+from fusezfs.host.control import Server
 
 log = logging.getLogger("fusezfs.service")
 
@@ -70,7 +70,7 @@ def absolute(argv: list[str], cwd: str) -> list[str]:
     if not argv:
         return argv
     if argv[0] == "cp":
-        from ..cli_cp import split_spec
+        from fusezfs.cli.cli_cp import split_spec
         out, dashdash = [argv[0]], False
         for t in argv[1:]:
             if t == "--":
@@ -80,7 +80,7 @@ def absolute(argv: list[str], cwd: str) -> list[str]:
             out.append(t)
         return out
     if argv[0] in ("image", "container"):
-        from ..images.cli import route_argv
+        from fusezfs.images.cli import route_argv
         return route_argv(argv, cwd)
     if argv[0] in MOUNT_VERBS:       # a path, not a dataset name: absolute, or ./ ../ . ..
         return [argv[0]] + [full(a) if a in (".", "..") or a.startswith(("./", "../")) else a
@@ -114,7 +114,7 @@ class Service:
     """See the module comment."""
 
     def __init__(self) -> None:
-        from .fuse_host import FuseHost
+        from fusezfs.host.fuse_host import FuseHost
         self.cmd_lock = threading.Lock()
         self.pools: dict[str, Opened] = {}
         self.broken: dict[str, str] = {}
@@ -137,11 +137,11 @@ class Service:
         opened = self.pools.get(name)
         if opened is not None:
             return opened.handle
-        from ..api import Handle
-        from ..cli import Failed
-        from ..cli_pool import open_registered
-        from .. import scrub
-        from .poolmounts import PoolMounts
+        from fusezfs.api import Handle
+        from fusezfs.errors import Failed
+        from fusezfs.cli.cli_pool import open_registered
+        from fusezfs.engine import scrub
+        from fusezfs.host.poolmounts import PoolMounts
         entry = registry.load().get(name)
         if entry is None or entry.get("state") == "exported":
             return None
@@ -191,7 +191,7 @@ class Service:
         """Open every imported pool not open yet (their mounts made by `reconcile`); pools
         in `quiet` (imported with -N) are left unmounted. Errors of pools that cannot be
         opened are kept for their commands, not reported here."""
-        from ..cli import Failed
+        from fusezfs.errors import Failed
         if self.ephemeral:      # it opens a pool when a command needs it, and holds no other
             return []
         try:
@@ -262,7 +262,7 @@ class Service:
     def execute(self, argv: list[str], cwd: str, env: dict,
                 caller: tuple[int, int] | None = None) -> tuple[int, str, str]:
         """Run one command for the peer `caller` (uid, gid); (exit code, stdout, stderr)."""
-        from .. import cli
+        from fusezfs import cli
         out, err = io.StringIO(), io.StringIO()
         with self.cmd_lock:
             self.last_command = time.monotonic()
@@ -296,7 +296,7 @@ class Service:
             print(inside, file=sys.stderr)
             return 1
         if argv and argv[0] in MOUNT_VERBS:
-            from .mount_commands import run_mount_command
+            from fusezfs.cli.mount_commands import run_mount_command
             self.open_all(set())
             return run_mount_command(self, argv)
         if argv[:1] == ["pool"] and argv[1:2] in (["export"], ["destroy"]):
@@ -354,7 +354,7 @@ class Service:
     def _inside_mounts(argv: list[str]) -> str | None:
         """A pool's device (or import's -d directory) inside a fusezfs mount is refused: this
         service would wait on itself reading it (and must never look into its own mounts)."""
-        from .mounts import fusezfs_mount_of
+        from fusezfs.host.mounts import fusezfs_mount_of
         if argv[:1] != ["pool"] or len(argv) < 3 or argv[1] not in (
                 "create", "import", "add", "attach", "replace", "labelclear"):
             return None
@@ -387,8 +387,8 @@ class Service:
                        compact: bool = False) -> int:
         """send and receive, beside the other commands; their output reaches the client as it
         is written, and their stdin is the client's."""
-        from .. import cli
-        from .control_streams import Channel, RemoteStdin, RemoteStdout, RemoteText
+        from fusezfs import cli
+        from fusezfs.host.control_streams import Channel, RemoteStdin, RemoteStdout, RemoteText
         chan = Channel(conn, self.server, compact)
         stdio = sessions.Stdio(RemoteStdin(chan), RemoteStdout(chan), RemoteText(chan, "out"),
                                RemoteText(chan, "err"), tty[0], tty[1])
@@ -459,7 +459,7 @@ class Service:
     # ---- life ---------------------------------------------------------------------------------
     def start(self) -> None:
         """Listen, then open and mount every imported pool; commands wait until that is done."""
-        from .. import properties
+        from fusezfs.dsl import properties
         properties.mounted_hook = self.mounted
         self.cmd_lock.acquire()
         try:
@@ -570,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
         report("busy")          # another service has it (or is starting): its client waits
         return 0
     os.umask(0o077)
-    from .mounts import clean_dead
+    from fusezfs.host.mounts import clean_dead
     clean_dead()
     service = Service()
     try:

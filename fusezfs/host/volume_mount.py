@@ -32,7 +32,7 @@ volume alone: `VolumeFile(handle, name, path, mod).start(nursery, token)` and `.
 file (and its directories) is made if missing and removed once unmounted. The size a served
 file shows follows volsize within a second (attr_timeout; a loop device needs `losetup -c`).
 `serve_volume` runs one VolumeFile in a process of its own (`python -m
-fusezfs.host.volume_mount POOL/VOL PATH`, which opens the pool itself: only while no other
+fusezfs.host.volume_serve POOL/VOL PATH`, volume_serve.py, which opens the pool itself: only while no other
 process serves it), for tests and tools.
 """
 from __future__ import annotations
@@ -40,15 +40,13 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import signal
 import stat
-import sys
 import threading
 
 import pyfuse3
 import trio
 
-from ..volumes import DATA_INO, Volume, is_volume
+from fusezfs.zpl.volumes import DATA_INO, Volume, is_volume
 
 log = logging.getLogger("fusezfs.fuse")
 
@@ -64,13 +62,13 @@ def volume_path(root: str, dataset: str) -> str:
 
 
 def default_root() -> str:
-    from .registry import state_dir
+    from fusezfs.host.registry import state_dir
     return os.path.join(state_dir(), "zvol")
 
 
 def volumes_of(dsl) -> list[str]:
     """Names of every volume of a pool, to be served."""
-    from ..datasets import ROOT_ID
+    from fusezfs.dsl.datasets import ROOT_ID
     return [dsl.name(r.id) for r in dsl.descendants(ROOT_ID) if r.kind == "volume"]
 
 
@@ -79,9 +77,9 @@ def mount_file(path: str, fsname: str, readonly: bool) -> int:
     /dev/fuse descriptor. Root mounts with mount(2) (rootmode says a regular file); anyone
     else through fusermount3, which takes the root's mode from the mountpoint."""
     if os.geteuid() != 0:
-        from .fuse_sessions import fuse_mount
+        from fusezfs.fuse.fuse_sessions import fuse_mount
         return fuse_mount(path, fsname, {"ro"} if readonly else set())
-    from ..fuse_ops import libc_call
+    from fusezfs.fuse.fuse_ops import libc_call
     fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
     data = f"fd={fd},rootmode=100000,user_id={os.getuid()},group_id={os.getgid()}"
     try:
@@ -228,7 +226,7 @@ class VolumeOps(pyfuse3.Operations):
 
     async def statfs(self, ctx):
         def do_statfs():
-            from .. import properties
+            from fusezfs.dsl import properties
             s = self.mod.StatvfsData()
             bs = self._volume().blocksize
             s.f_bsize = s.f_frsize = bs
@@ -271,7 +269,7 @@ class VolumeFile:
             os.close(fd)
             self._detach(lazy=True)
             raise
-        from ..fuse_extra import install
+        from fusezfs.fuse.fuse_extra import install
         install(self.mod, self.ops)         # fallocate (discard) for this session
         self.dev = mount_device(self.path)
         trio.from_thread.run_sync(nursery.start_soon, self._serve, trio_token=token)
@@ -303,7 +301,7 @@ class VolumeFile:
         """umount2 as root (MNT_DETACH when lazy), else fusermount3 -u [-z]: None or why not.
         Never on the loop's thread: the kernel may ask this very mount first."""
         if os.geteuid() == 0:
-            from ..fuse_ops import libc_call
+            from fusezfs.fuse.fuse_ops import libc_call
             try:
                 libc_call("umount2", os.fsencode(self.path), 2 if lazy else 0)
                 return None
@@ -419,40 +417,3 @@ async def serve_volume(handle, dataset: str, path: str, *, ready=None) -> None:
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(vf.stop, True)
-
-
-def main(argv: list[str]) -> int:
-    """`python -m fusezfs.host.volume_mount POOL/VOL [PATH]`: serve a volume until SIGTERM/SIGINT
-    or unmount, the pool opened here; commits and closes it at the end."""
-    from ..api import Handle
-    from ..cli_pool import open_pool
-    if not 1 <= len(argv) <= 2:
-        print("usage: python -m fusezfs.host.volume_mount POOL/VOL [PATH]", file=sys.stderr)
-        return 2
-    dataset = argv[0]
-    path = argv[1] if len(argv) > 1 else volume_path(default_root(), dataset)
-    pool = open_pool(dataset.split("/")[0].split("@")[0])
-    try:
-        handle = Handle(pool)
-
-        async def run() -> None:
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(lambda: serve_volume(
-                        handle, dataset, path, ready=lambda: print(path, flush=True)))
-
-                    async def stop_on_signal() -> None:
-                        async for _sig in signals:
-                            nursery.cancel_scope.cancel()
-                            return
-                    nursery.start_soon(stop_on_signal)
-        trio.run(run)
-    finally:
-        with pool.lock:
-            pool.sync()
-        pool.close()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

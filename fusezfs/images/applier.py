@@ -47,9 +47,18 @@ import stat
 import tarfile
 from dataclasses import dataclass
 
-from ..posix import ROOT_INO, Posix
-from .layertar import WH_META, WH_OPAQUE, WH_PREFIX, LayerError, atime_ns, mtime_ns, \
-    normalize, split, xattrs
+from fusezfs.zpl.posix import ROOT_INO, Posix
+from fusezfs.images.layertar import (
+    WH_META,
+    WH_OPAQUE,
+    WH_PREFIX,
+    LayerError,
+    atime_ns,
+    mtime_ns,
+    normalize,
+    split,
+    xattrs,
+)
 
 CHUNK = 1 << 20
 

@@ -35,7 +35,7 @@ import tarfile
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from .layertar import LayerError
+from fusezfs.images.layertar import LayerError
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
 INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",

@@ -35,10 +35,12 @@ import time
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Iterator
 
-from ..cli import Failed, Usage, error, nicenum, parse, print_table
+from fusezfs.errors import Failed, Usage
+from fusezfs.cli.image_usage import USAGE
+from fusezfs.cli.common import error, nicenum, parse, print_table
 
 if TYPE_CHECKING:           # (imported where used: a command loads only what it needs)
-    from .store import Store
+    from fusezfs.images.store import Store
 
 STORE_ENV = "FUSEZFS_IMAGE_STORE"
 OPTS = {("image", "import"): "qg:m:t:", ("image", "ls"): "Hps:", ("image", "list"): "Hps:",
@@ -46,18 +48,6 @@ OPTS = {("image", "import"): "qg:m:t:", ("image", "ls"): "Hps:", ("image", "list
         ("container", "create"): "s:", ("container", "ls"): "Hps:",
         ("container", "list"): "Hps:", ("container", "rm"): "fs:",
         ("container", "commit"): "m:s:"}
-USAGE = {
-    "image": "\timage import [-q] [-g graph] [-m mountpoint] [-t ref]... <dataset> "
-             "[<archive> | -]\n"
-             "\timage ls [-Hp] [-s store]\n"
-             "\timage inspect [-s store] <image> ...\n"
-             "\timage rm [-f] [-s store] <image> ...\n"
-             "\timage export [-s store] <image> ... <archive>",
-    "container": "\tcontainer create [-s store] <image> <name>\n"
-                 "\tcontainer ls [-Hp] [-s store]\n"
-                 "\tcontainer rm [-f] [-s store] <name> ...\n"
-                 "\tcontainer commit [-m message] [-s store] <name> <image>[:tag]",
-}
 
 
 # ---- the client's side (control.py) --------------------------------------------------------
@@ -106,7 +96,7 @@ def _binary_stdio(what: str):
     without relaying its client's streams as bytes (only its streaming verbs get them) hands
     over text streams: say so, rather than write an archive into text or read its own stdin."""
     import io as _io
-    from .. import sessions
+    from fusezfs import sessions
     std = sessions.stdio()
     if isinstance(std.stdout, _io.TextIOBase) or isinstance(std.stdin, _io.TextIOBase):
         raise Failed(f"cannot {what} standard {'input' if what == 'read' else 'output'} here: "
@@ -119,10 +109,10 @@ def _binary_stdio(what: str):
 @contextmanager
 def opened(name: str | None, *, create: bool = False,
            mountpoint: str | None = None, graph: str | None = None) -> Iterator[Store]:
-    from .. import sessions
-    from ..api import Handle
-    from ..cli_pool import imported_names, open_pool
-    from .store import Store, StoreError
+    from fusezfs import sessions
+    from fusezfs.api import Handle
+    from fusezfs.cli.cli_pool import imported_names, open_pool
+    from fusezfs.images.store import Store, StoreError
     if not name:
         raise Failed(f"no image store: give -s STORE or set {STORE_ENV}")
     pool_name = name.split("/")[0]
@@ -155,8 +145,8 @@ def _store_opt(opts: list[tuple[str, str]]) -> str | None:
 def _errors(fn):
     """LayerError and StoreError raised below become Failed (exit 1, the message)."""
     def wrapper(args: list[str]) -> int:
-        from .layertar import LayerError
-        from .store import StoreError
+        from fusezfs.images.layertar import LayerError
+        from fusezfs.images.store import StoreError
         try:
             return fn(args)
         except (LayerError, StoreError) as e:
@@ -177,8 +167,8 @@ def _size(n: int, parsable: bool) -> str:
 # ---- image verbs ---------------------------------------------------------------------------
 @_errors
 def image_import(args: list[str]) -> int:
-    from .. import sessions
-    from .importer import Progress, import_archive
+    from fusezfs import sessions
+    from fusezfs.images.importer import Progress, import_archive
     opts, rest = parse(args, OPTS[("image", "import")])
     if not rest or len(rest) > 2:
         raise Usage("missing dataset" if not rest else "too many arguments")
@@ -197,7 +187,7 @@ def image_import(args: list[str]) -> int:
         tty = sessions.handle(store_name.split("/")[0]) is None and sys.stderr.isatty()
     except (AttributeError, ValueError):
         tty = False
-    from .archive import familiar
+    from fusezfs.images.archive import familiar
     with opened(store_name, create=True, mountpoint=mountpoint, graph=graph) as store:
         done = import_archive(store, path, [familiar(t) for t in tags],
                               Progress(None if quiet else sys.stderr, tty), stream)
@@ -262,7 +252,7 @@ def image_inspect(args: list[str]) -> int:
         raise Usage("missing image argument")
     out, status = [], 0
     with opened(_store_opt(opts)) as store:
-        from .store import StoreError
+        from fusezfs.images.store import StoreError
         for ref in rest:
             try:
                 out.append(inspect_image(store, store.find(ref)))
@@ -275,8 +265,8 @@ def image_inspect(args: list[str]) -> int:
 
 @_errors
 def image_rm(args: list[str]) -> int:
-    from .gc import remove_image
-    from .store import StoreError
+    from fusezfs.images.gc import remove_image
+    from fusezfs.images.store import StoreError
     opts, rest = parse(args, OPTS[("image", "rm")])
     if not rest:
         raise Usage("missing image argument")
@@ -299,8 +289,8 @@ def image_rm(args: list[str]) -> int:
 
 @_errors
 def image_export(args: list[str]) -> int:
-    from .. import sessions
-    from .exporter import export_images
+    from fusezfs import sessions
+    from fusezfs.images.exporter import export_images
     opts, rest = parse(args, OPTS[("image", "export")])
     if len(rest) < 2:
         raise Usage("missing image or archive")
@@ -320,7 +310,7 @@ def image_export(args: list[str]) -> int:
 # ---- container verbs -----------------------------------------------------------------------
 @_errors
 def container_create(args: list[str]) -> int:
-    from . import containers
+    from fusezfs.images import containers
     opts, rest = parse(args, OPTS[("container", "create")])
     if len(rest) != 2:
         raise Usage("missing image or name" if len(rest) < 2 else "too many arguments")
@@ -332,7 +322,7 @@ def container_create(args: list[str]) -> int:
 
 @_errors
 def container_ls(args: list[str]) -> int:
-    from . import containers
+    from fusezfs.images import containers
     opts, rest = parse(args, OPTS[("container", "ls")])
     if rest:
         raise Usage("too many arguments")
@@ -354,8 +344,8 @@ def container_ls(args: list[str]) -> int:
 
 @_errors
 def container_rm(args: list[str]) -> int:
-    from . import containers
-    from .store import StoreError
+    from fusezfs.images import containers
+    from fusezfs.images.store import StoreError
     opts, rest = parse(args, OPTS[("container", "rm")])
     if not rest:
         raise Usage("missing container name")
@@ -374,7 +364,7 @@ def container_rm(args: list[str]) -> int:
 
 @_errors
 def container_commit(args: list[str]) -> int:
-    from . import containers
+    from fusezfs.images import containers
     opts, rest = parse(args, OPTS[("container", "commit")])
     if len(rest) != 2:
         raise Usage("missing container or image name" if len(rest) < 2 else "too many arguments")

@@ -40,13 +40,23 @@ import secrets
 import tempfile
 import time
 
-from .. import sessions
-from ..datasets import DatasetError
-from .archive import familiar, sha256
-from .exporter import layer_changes, write_layer
-from .importer import build_layer
-from .store import (LAYER_SNAP, LEGACY, P_CIMAGE, P_CNAME, Container, Image, LayerRef, Store,
-                    StoreError, chain_id)
+from fusezfs import sessions
+from fusezfs.dsl.datasets import DatasetError
+from fusezfs.images.archive import familiar, sha256
+from fusezfs.images.exporter import layer_changes, write_layer
+from fusezfs.images.importer import build_layer
+from fusezfs.images.store import (
+    LAYER_SNAP,
+    LEGACY,
+    P_CIMAGE,
+    P_CNAME,
+    Container,
+    Image,
+    LayerRef,
+    Store,
+    StoreError,
+    chain_id,
+)
 
 NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
 INIT_DIRS = ("dev/pts", "dev/shm", "proc", "sys")
@@ -158,7 +168,7 @@ def remove(store: Store, name: str, force: bool = False) -> Container:
     try:
         store.find(c.image)
     except StoreError:                      # its image was removed with -f: its layers now
-        from .gc import collect             # go unless something else needs them
+        from fusezfs.images.gc import collect  # go unless something else needs them
         collect(store, c.top)
     return c
 

@@ -37,11 +37,11 @@ import tarfile
 import tempfile
 from typing import BinaryIO
 
-from ..posix import Posix
-from .archive import sha256
-from .layerdiff import DELETE, Change, changes
-from .layertar import NS, WH_PREFIX, format_ns, set_xattrs, split
-from .store import Image, Store, hexof
+from fusezfs.zpl.posix import Posix
+from fusezfs.images.archive import sha256
+from fusezfs.images.layerdiff import DELETE, Change, changes
+from fusezfs.images.layertar import NS, WH_PREFIX, format_ns, set_xattrs, split
+from fusezfs.images.store import Image, Store, hexof
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"

@@ -20,13 +20,13 @@ same image meanwhile simply finds them there again.
 """
 from __future__ import annotations
 
-from .archive import familiar
-from .store import Store, StoreError
+from fusezfs.images.archive import familiar
+from fusezfs.images.store import Store, StoreError
 
 
 def dependency_message(store: Store, snap_name: str) -> str | None:
     """ZFS's refusal to destroy `snap_name` (it has clones), or None if it has none."""
-    from ..cli_zfs import dependents
+    from fusezfs.cli.cli_zfs import dependents
     snap = store.dsl.lookup(snap_name)
     if snap is None or not snap.clones:
         return None
@@ -58,7 +58,7 @@ def collect(store: Store, chain: str | None) -> tuple[list[str], list[str]]:
     """Destroy the layer `chain` and those below it, top down, while no image lists them and
     nothing is cloned from them; returns (a "Deleted:" line per layer, ZFS's message for the
     layer where it stopped because of clones)."""
-    from .store import P_PARENT
+    from fusezfs.images.store import P_PARENT
     dsl = store.dsl
     needed = {l.chain_id for other in store.images() for l in other.layers}
     lines: list[str] = []

@@ -25,14 +25,24 @@ import os
 import time
 from typing import BinaryIO, Callable, TextIO
 
-from .. import properties
-from ..datasets import DatasetError
-from ..posix import ROOT_INO
-from .applier import Applier
-from .archive import Archive, ImageSource, LayerSource
-from .layertar import HashingReader, LayerError, LayerStream
-from .store import (LEGACY, P_DIFF, P_LAYER, P_PARENT, P_SIZE, Image, LayerRef, Store,
-                    chain_id, short)
+from fusezfs.dsl import properties
+from fusezfs.dsl.datasets import DatasetError
+from fusezfs.zpl.posix import ROOT_INO
+from fusezfs.images.applier import Applier
+from fusezfs.images.archive import Archive, ImageSource, LayerSource
+from fusezfs.images.layertar import HashingReader, LayerError, LayerStream
+from fusezfs.images.store import (
+    LEGACY,
+    P_DIFF,
+    P_LAYER,
+    P_PARENT,
+    P_SIZE,
+    Image,
+    LayerRef,
+    Store,
+    chain_id,
+    short,
+)
 
 
 def _nice(n: float) -> str:
@@ -88,7 +98,7 @@ def import_archive(store: Store, path: str, tags: list[str] | None = None,
     progress = progress or Progress(None)
     out = []
     if stream is not None:
-        from .stream import StreamArchive
+        from fusezfs.images.stream import StreamArchive
         opened: Archive = StreamArchive(stream, path)
     else:
         opened = Archive(path)

@@ -37,10 +37,10 @@ import stat
 from dataclasses import dataclass
 from typing import Iterator
 
-from ..formats.bp import decode_bp
-from ..posix import ROOT_INO, Posix
-from ..posix_layout import K_DATA, Inode, inode_key, kind_hi, kind_lo
-from .layertar import WH_PREFIX
+from fusezfs.formats.bp import decode_bp
+from fusezfs.zpl.posix import ROOT_INO, Posix
+from fusezfs.zpl.posix_layout import K_DATA, Inode, inode_key, kind_hi, kind_lo
+from fusezfs.images.layertar import WH_PREFIX
 
 ADD, MODIFY, DELETE = "add", "modify", "delete"
 CHUNK = 1 << 20
@@ -167,7 +167,7 @@ class _Differ:
                 self.p.find_groups()
 
     def _candidates(self, parent_txg: int) -> None:
-        from ..diff import changed
+        from fusezfs.send.diff import changed
         p, c = self.p, self.c
         assert p is not None
         listed: dict[tuple[int, int], set[int]] = {}

@@ -64,10 +64,10 @@ import stat
 import time
 from dataclasses import asdict, dataclass, field
 
-from .. import dsprops, properties
-from ..api import Handle
-from ..datasets import DatasetError, Record
-from ..posix import Posix
+from fusezfs.dsl import dsprops, properties
+from fusezfs.api import Handle
+from fusezfs.dsl.datasets import DatasetError, Record
+from fusezfs.zpl.posix import Posix
 
 LAYER_SNAP = "layer"
 META = "meta"
@@ -279,7 +279,7 @@ class Store:
 
     def find(self, ref: str) -> Image:
         """An image by tag (`alpine` means alpine:latest), id, or unique id prefix."""
-        from .archive import familiar
+        from fusezfs.images.archive import familiar
         images = self.images()
         tags = self.tags()
         key = tags.get(ref) or (tags.get(familiar(ref)) if "@" not in ref else None)

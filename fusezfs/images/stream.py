@@ -38,8 +38,8 @@ import tarfile
 import tempfile
 from typing import BinaryIO
 
-from .archive import Archive, _clean
-from .layertar import LayerError
+from fusezfs.images.archive import Archive, _clean
+from fusezfs.images.layertar import LayerError
 
 SMALL = 1 << 20             # members kept in memory when not asked for yet
 MEMORY = 64 << 20           # at most this much of them; the rest goes to the spool file

@@ -27,9 +27,9 @@ import zlib
 
 import zstandard
 
-from ..compress import decompress as fz_decompress
-from ..formats.bp import COMP_GZIP, COMP_ZSTD, BlockPointer
-from . import records as R
+from fusezfs.engine.compress import decompress as fz_decompress
+from fusezfs.formats.bp import COMP_GZIP, COMP_ZSTD, BlockPointer
+from fusezfs.send import records as R
 
 ZIO_COMPRESS_OFF = 2
 ZIO_COMPRESS_GZIP_6 = 10

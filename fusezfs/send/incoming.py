@@ -43,14 +43,21 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable, Iterator
 from weakref import WeakKeyDictionary
 
-from .. import dsprops, properties
-from ..datasets import HIDDEN, DatasetError, Datasets, Record
-from ..names import dataset_name_error
-from . import records as R
-from .receiver import (INCREMENTAL, NEW_FS, SUPPORTED_FEATURES, Applier, ReceiveError, Received,
-                       modified)
-from .znode import MAP_KEY, ObjectMap
-from .zvol import DMU_OST_ZVOL, VolumeApplier
+from fusezfs.dsl import dsprops, properties
+from fusezfs.dsl.datasets import HIDDEN, DatasetError, Datasets, Record
+from fusezfs.dsl.names import dataset_name_error
+from fusezfs.send import records as R
+from fusezfs.send.receiver import (
+    INCREMENTAL,
+    NEW_FS,
+    SUPPORTED_FEATURES,
+    Applier,
+    ReceiveError,
+    Received,
+    modified,
+)
+from fusezfs.send.znode import MAP_KEY, ObjectMap
+from fusezfs.send.zvol import DMU_OST_ZVOL, VolumeApplier
 
 RECEIVE = "cannot receive"
 MARK_PREFIX = b"recvtmp\0"           # + the hidden filesystem's id (u64 BE); value empty
@@ -227,7 +234,7 @@ class Receive:
             self.clone = False                   # an existing clone: an incremental stream
             self.action = INCREMENTAL
         if self.clone:
-            from .replicate import snapshot_by_guid
+            from fusezfs.send.replicate import snapshot_by_guid
             self.source = snapshot_by_guid(dsl, self.begin.fromguid)
             if self.source is None:
                 raise self.fail(f"local origin for clone {self.dest} does not exist")
@@ -501,7 +508,7 @@ def substreams(reader: R.StreamReader, target: str = "",
     every substream of the input: one, or those of a compound stream (send -I, -p, -R), after
     checking its header. A replication stream (-R) into `target` calls `on_replication`
     (BEGIN, StreamProps) before its first substream (replicate.prune's moment)."""
-    from .props import StreamProps
+    from fusezfs.send.props import StreamProps
     begin = read_begin(reader)
     if begin.hdrtype != R.DMU_COMPOUNDSTREAM:
         check_type(begin)

@@ -24,9 +24,9 @@ from __future__ import annotations
 import io
 from typing import Iterator
 
-from ..datasets import Datasets, Record
-from . import records as R
-from .sender import Sender, Source
+from fusezfs.dsl.datasets import Datasets, Record
+from fusezfs.send import records as R
+from fusezfs.send.sender import Sender, Source
 
 CHUNK = 1 << 20
 
@@ -84,7 +84,7 @@ class Stream:
             begin = R.Begin(name, snap.guid, source.guid if source else 0, snap.creation,
                             flags=self.flags)
             if self.volume:
-                from .zvol import VolumeSender
+                from fusezfs.send.zvol import VolumeSender
                 gen = VolumeSender(dsl.tree(snap), dsl.pool.blocks.read_many, begin,
                                    source.txg if source else 0).records()
             else:

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import dsprops
-from ..datasets import Datasets, Record
-from . import nvlist
+from fusezfs.dsl import dsprops
+from fusezfs.dsl.datasets import Datasets, Record
+from fusezfs.send import nvlist
 
 QUOTAS = ("quota", "reservation", "refquota", "refreservation")
 

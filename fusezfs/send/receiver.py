@@ -36,19 +36,46 @@ import stat
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from ..datasets import Datasets, Record
-from ..formats.bp import BT_DATA, COMP_ZSTD, checksum, decode_bp, encode_bp
-from ..posix_layout import (CD_BITS, CD_MAX, K_DATA, K_DIRENT, ROOT_INO, SUPER_KEY, Inode,
-                            Superblock, cookie_of, data_key, decode_dirent, dirent_key,
-                            encode_dirent, ino_prefix, inode_key, kind_hi, kind_lo, name_hash)
-from ..tree import REF_BLOCK, Tree
-from . import records as R
-from .compressed import ZIO_COMPRESS_OFF, ZIO_COMPRESS_ZSTD, decompressed, zstd_frame
-from .xattrs import XATTR_BASE, XattrGather, set_xattrs
-from .zap import ZapError, decode_zap, encode_zap, salt_for, uint64_items
-from .znode import (DMU_OT_DIRECTORY_CONTENTS, DMU_OT_MASTER_NODE, DMU_OT_SA,
-                    DMU_OT_UNLINKED_SET, DMU_OT_ZNODE, MAP_KEY, ZFS_XATTR, ObjectMap, Znode,
-                    dirent_object, dirent_value)
+from fusezfs.dsl.datasets import Datasets, Record
+from fusezfs.formats.bp import BT_DATA, COMP_ZSTD, checksum, decode_bp, encode_bp
+from fusezfs.zpl.posix_layout import (
+    CD_BITS,
+    CD_MAX,
+    K_DATA,
+    K_DIRENT,
+    ROOT_INO,
+    SUPER_KEY,
+    Inode,
+    Superblock,
+    cookie_of,
+    data_key,
+    decode_dirent,
+    dirent_key,
+    encode_dirent,
+    ino_prefix,
+    inode_key,
+    kind_hi,
+    kind_lo,
+    name_hash,
+)
+from fusezfs.engine.tree import REF_BLOCK, Tree
+from fusezfs.send import records as R
+from fusezfs.send.compressed import ZIO_COMPRESS_OFF, ZIO_COMPRESS_ZSTD, decompressed, zstd_frame
+from fusezfs.send.xattrs import XATTR_BASE, XattrGather, set_xattrs
+from fusezfs.send.zap import ZapError, decode_zap, encode_zap, salt_for, uint64_items
+from fusezfs.send.znode import (
+    DMU_OT_DIRECTORY_CONTENTS,
+    DMU_OT_MASTER_NODE,
+    DMU_OT_SA,
+    DMU_OT_UNLINKED_SET,
+    DMU_OT_ZNODE,
+    MAP_KEY,
+    ZFS_XATTR,
+    ObjectMap,
+    Znode,
+    dirent_object,
+    dirent_value,
+)
 
 K_RAW_ZAP = 0x21                     # ino | 0x21 | blkid: a received directory's ZAP block
 # -c streams (compressed.py); LZ4 is set by every OpenZFS -c stream of a pool with lz4 on, and
@@ -102,7 +129,7 @@ class Applier:
     """Applies the records of one substream to a filesystem's tree."""
 
     def __init__(self, dsl: Datasets, rec: Record, omap: ObjectMap, full: bool) -> None:
-        from .. import properties
+        from fusezfs.dsl import properties
         self.dsl = dsl
         self.rec = rec
         self.tree: Tree = dsl.tree(rec)
@@ -557,14 +584,14 @@ def receive_stream(dsl: Datasets, target: str, src: BinaryIO, *, force: bool = F
     """Receive one substream from `src` into filesystem `target` (created by a full stream;
     for an incremental one, it must exist with the source as its latest snapshot), atomically
     (incoming.py). The caller holds the pool lock."""
-    from .incoming import receive_stream as receive
+    from fusezfs.send.incoming import receive_stream as receive
     return receive(dsl, target, src, force=force)
 
 
 def modified(dsl: Datasets, head: Record, latest: Record) -> bool:
     """The head changed since its latest snapshot: its tree's root is not the snapshot's
     (the caller synced the pool, so the tree's root is its current state)."""
-    from ..datasets import snap_root_name
+    from fusezfs.dsl.datasets import snap_root_name
     a, b = dsl.tree(head).root, dsl.pool.objset_root(snap_root_name(latest.id))
     if a is None or b is None:
         return a is not b

@@ -29,7 +29,7 @@ from array import array
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
-from .fletcher import Fletcher4
+from fusezfs.send.fletcher import Fletcher4
 
 DMU_BACKUP_MAGIC = 0x2F5BACBAC
 RECORD_SIZE = 312

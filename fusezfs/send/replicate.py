@@ -33,10 +33,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import dsprops
-from ..datasets import DatasetError, Datasets, Record
-from . import nvlist
-from .props import props_of
+from fusezfs.dsl import dsprops
+from fusezfs.dsl.datasets import DatasetError, Datasets, Record
+from fusezfs.send import nvlist
+from fusezfs.send.props import props_of
 
 
 class ReplicateError(Exception):
@@ -176,7 +176,7 @@ def _dump_filesystem(dsl: Datasets, fs: Record, snaps: list[Record], tosnap: str
 # ---- receiving ---------------------------------------------------------------------------------
 def snapshot_by_guid(dsl: Datasets, guid: int) -> Record | None:
     """The snapshot of the pool with `guid` (guid_to_name)."""
-    from ..datasets import ROOT_ID
+    from fusezfs.dsl.datasets import ROOT_ID
     root = dsl.record(ROOT_ID)
     for fs in [root] + dsl.descendants(ROOT_ID):
         for s in dsl.snapshots(fs.id):

@@ -45,19 +45,47 @@ import stat
 from dataclasses import dataclass
 from typing import Iterator
 
-from ..formats import node as fmt_node
-from ..formats.bp import BlockPointer, decode_bp
-from ..posix_layout import (FS_INO, K_DATA, K_DIRENT, Inode, blkid_of, data_key, decode_dirent,
-                            inode_key, kind_hi, kind_lo)
-from ..tree import REF_BLOCK, Tree
-from . import records as R
-from .compressed import send_as_stored, write_record
-from .xattrs import XATTR_BASE, block_of, free_blocks, has_xattrs, read_xattrs, xattr_records
-from .zap import encode_zap, salt_for, uint64_items
-from .znode import (DMU_OT_MASTER_NODE, DMU_OT_PLAIN_FILE_CONTENTS,
-                    DMU_OT_UNLINKED_SET, DMU_OT_ZNODE, DN_MAX_OBJECT, MAP_KEY, MASTER_NODE_OBJ,
-                    SYMLINK_INLINE_MAX, ZPL_VERSION, ObjectMap, dirent_value,
-                    object_type, znode_of)
+from fusezfs.formats import node as fmt_node
+from fusezfs.formats.bp import BlockPointer, decode_bp
+from fusezfs.zpl.posix_layout import (
+    FS_INO,
+    K_DATA,
+    K_DIRENT,
+    Inode,
+    blkid_of,
+    data_key,
+    decode_dirent,
+    inode_key,
+    kind_hi,
+    kind_lo,
+)
+from fusezfs.engine.tree import REF_BLOCK, Tree
+from fusezfs.send import records as R
+from fusezfs.send.compressed import send_as_stored, write_record
+from fusezfs.send.xattrs import (
+    XATTR_BASE,
+    block_of,
+    free_blocks,
+    has_xattrs,
+    read_xattrs,
+    xattr_records,
+)
+from fusezfs.send.zap import encode_zap, salt_for, uint64_items
+from fusezfs.send.znode import (
+    DMU_OT_MASTER_NODE,
+    DMU_OT_PLAIN_FILE_CONTENTS,
+    DMU_OT_UNLINKED_SET,
+    DMU_OT_ZNODE,
+    DN_MAX_OBJECT,
+    MAP_KEY,
+    MASTER_NODE_OBJ,
+    SYMLINK_INLINE_MAX,
+    ZPL_VERSION,
+    ObjectMap,
+    dirent_value,
+    object_type,
+    znode_of,
+)
 
 MAX_ZFS_BLOCK = 128 << 10            # SPA_OLD_MAXBLOCKSIZE: no large-block feature needed
 READ_BATCH = 8 << 20                 # bytes of blocks read at once

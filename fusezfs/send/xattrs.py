@@ -32,13 +32,22 @@ from __future__ import annotations
 import stat
 from typing import Iterator
 
-from ..formats.bp import decode_bp, encode_bp
-from ..posix_layout import K_XATTR, XATTR_INLINE_MAX, Inode, kind_hi, kind_lo, xattr_key
-from ..tree import REF_BLOCK, Tree
-from . import records as R
-from .zap import ZapError, decode_zap, encode_zap, salt_for, uint64_items
-from .znode import (DMU_OT_DIRECTORY_CONTENTS, DMU_OT_PLAIN_FILE_CONTENTS, DMU_OT_ZNODE,
-                    DN_MAX_OBJECT, ZFS_XATTR, Znode, dirent_object, dirent_value, znode_flags)
+from fusezfs.formats.bp import decode_bp, encode_bp
+from fusezfs.zpl.posix_layout import K_XATTR, XATTR_INLINE_MAX, Inode, kind_hi, kind_lo, xattr_key
+from fusezfs.engine.tree import REF_BLOCK, Tree
+from fusezfs.send import records as R
+from fusezfs.send.zap import ZapError, decode_zap, encode_zap, salt_for, uint64_items
+from fusezfs.send.znode import (
+    DMU_OT_DIRECTORY_CONTENTS,
+    DMU_OT_PLAIN_FILE_CONTENTS,
+    DMU_OT_ZNODE,
+    DN_MAX_OBJECT,
+    ZFS_XATTR,
+    Znode,
+    dirent_object,
+    dirent_value,
+    znode_flags,
+)
 
 XATTR_BASE = 1 << 47
 XATTR_SPAN = 1 << 10                 # objects per file: the directory and 1023 attributes

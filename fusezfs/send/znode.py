@@ -33,7 +33,7 @@ import stat
 import struct
 from dataclasses import asdict, dataclass, field
 
-from ..posix_layout import ROOT_INO, Inode
+from fusezfs.zpl.posix_layout import ROOT_INO, Inode
 
 # dmu_object_type_t
 DMU_OT_ZNODE = 17

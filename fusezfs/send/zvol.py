@@ -29,20 +29,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from ..formats.bp import decode_bp, encode_bp
-from ..posix_layout import (
-    K_DATA,
-    Inode,
-    blkid_of,
-    data_key,
-    inode_key,
-    kind_hi,
-    kind_lo,
-)
-from ..tree import REF_BLOCK, Tree
-from . import records as R
-from .zap import ZapError, decode_zap, encode_zap, salt_for, uint64_items
-from .znode import DN_MAX_OBJECT
+from fusezfs.formats.bp import decode_bp, encode_bp
+from fusezfs.zpl.posix_layout import K_DATA, Inode, blkid_of, data_key, inode_key, kind_hi, kind_lo
+from fusezfs.engine.tree import REF_BLOCK, Tree
+from fusezfs.send import records as R
+from fusezfs.send.zap import ZapError, decode_zap, encode_zap, salt_for, uint64_items
+from fusezfs.send.znode import DN_MAX_OBJECT
 
 DMU_OST_ZVOL = 3
 DMU_OT_ZVOL = 23
@@ -108,7 +100,7 @@ class VolumeApplier:
     applier for DMU_OST_ZVOL streams; the module comment)."""
 
     def __init__(self, dsl, rec, full: bool) -> None:
-        from .. import properties
+        from fusezfs.dsl import properties
         self.dsl = dsl
         self.rec = rec
         self.full = full
@@ -144,7 +136,7 @@ class VolumeApplier:
         if self.blksz and r.blksz != self.blksz:
             raise R.StreamError("invalid backup stream")
         if not self.blksz:                      # a new volume: its tree, empty, this block size
-            from ..volumes import format_volume
+            from fusezfs.zpl.volumes import format_volume
             format_volume(self.dsl, self.rec, r.blksz, 0)
             self.blksz = r.blksz
 
