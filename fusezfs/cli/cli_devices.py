@@ -51,6 +51,15 @@ def _pool_and_rest(args: list[str], shortopts: str, missing: list[str]):
     return {o for o, _ in opts}, rest[0], rest[1:]
 
 
+def _device_failure(msg: str, what: str) -> Failed:
+    """zpool's exit for a failed attach, replace or detach: the vdev specification refused
+    (make_root_vdev) exits 1; the operation refused by the pool (zpool_vdev_attach/detach
+    return -1) exits 255."""
+    if msg.startswith(("invalid vdev specification", "cannot open '")):
+        return Failed(msg)
+    return Failed(msg if msg.startswith("cannot ") else f"{what}: {msg}", code=255)
+
+
 def cmd_attach(args: list[str]) -> int:
     flags, name, rest = _pool_and_rest(args, "fw", ["missing <device> specification",
                                                     "missing <new_device> specification"])
@@ -64,8 +73,7 @@ def cmd_attach(args: list[str]) -> int:
             _remember(pool, name)
         except PoolError as e:
             msg = str(e)
-            raise Failed(msg if msg.startswith("cannot ") else
-                         f"cannot attach {new} to {device}: {msg}") from None
+            raise _device_failure(msg, f"cannot attach {new} to {device}") from None
         _resilver(pool, name, "-w" in flags)
     finally:
         pool.close()
@@ -85,14 +93,13 @@ def cmd_replace(args: list[str]) -> int:
     try:
         try:
             topology.find_leaf(pool, old)
-            topology.attach(pool, old, new, force="-f" in flags)
+            topology.attach(pool, old, new, force="-f" in flags, replacing=True)
             Scrubber(pool).run(commit_each=True)         # a replace resilvers to the end
             topology.detach(pool, old)
             _remember(pool, name)
         except PoolError as e:
             msg = str(e)
-            raise Failed(msg if msg.startswith("cannot ") else
-                         f"cannot replace {old} with {new}: {msg}") from None
+            raise _device_failure(msg, f"cannot replace {old} with {new}") from None
     finally:
         pool.close()
     return 0
@@ -108,8 +115,7 @@ def cmd_detach(args: list[str]) -> int:
         _remember(pool, name)
     except PoolError as e:
         msg = str(e)
-        raise Failed(msg if msg.startswith("cannot ") else f"cannot detach {rest[0]}: {msg}") \
-            from None
+        raise _device_failure(msg, f"cannot detach {rest[0]}") from None
     finally:
         pool.close()
     return 0

@@ -449,7 +449,8 @@ def cmd_status(args: list[str]) -> int:
     def show(pool: Pool) -> None:
         errors = sum(leaf.read_errors + leaf.write_errors + leaf.cksum_errors
                      for leaf in pool.leaves())
-        if not only_bad or errors or pool.blocks.permanent_errors:
+        if not only_bad or errors or pool.blocks.permanent_errors or \
+                pool_health(pool) != "ONLINE":
             texts.append(format_status(pool, verbose)
                          + (dedup_stats_text(pool) if dedup_stats else ""))
     status = for_each_pool(names or imported_names(), show,

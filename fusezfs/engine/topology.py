@@ -56,9 +56,11 @@ def open_new_device(path: str, force: bool, at_least: int, what: str) -> FileDev
             raise TopologyError(f"{what}: device is too small")
         config = read_label(dev)
         if config is not None and config.get("state") != "destroyed" and not force:
-            raise TopologyError(f"{what}: {dev.path} is part of "
-                                f"{'exported ' if config.get('state') == 'exported' else ''}"
-                                f"pool '{config.get('name')}'\nuse '-f' to override")
+            # make_root_vdev's words (zpool create, add, attach and replace alike)
+            kind = "exported" if config.get("state") == "exported" else "active"
+            raise TopologyError(f"invalid vdev specification\nuse '-f' to override the "
+                                f"following errors:\n{dev.path} is part of {kind} pool "
+                                f"'{config.get('name')}'")
         lock_device(dev)
     except BaseException:
         dev.close()
@@ -80,7 +82,8 @@ def commit(pool: Pool) -> None:
 
 
 # ---- the changes ---------------------------------------------------------------------------
-def attach(pool: Pool, existing: str, new: str | Device, force: bool = False) -> Leaf:
+def attach(pool: Pool, existing: str, new: str | Device, force: bool = False,
+           replacing: bool = False) -> Leaf:
     """Attach the file `new` (or a device already open: the crash tests' spare) as a new
     side of `existing`'s vdev; the caller runs the resilver this starts."""
     top, leaf = find_leaf(pool, existing)
@@ -91,7 +94,8 @@ def attach(pool: Pool, existing: str, new: str | Device, force: bool = False) ->
         dev = new
     side = Leaf(dev, new_guid(), resilvering=True)
     with pool.lock:
-        top.leaves.append(side)
+        # a replacement takes the place of the side it replaces (zpool status lists it there)
+        top.leaves.insert(top.leaves.index(leaf) + 1 if replacing else len(top.leaves), side)
         top.kind = "mirror"
         top.changed()
         commit(pool)
