@@ -20,10 +20,9 @@ step.
 from __future__ import annotations
 
 import os
-import warnings
 
-from compat import (R, S, Step, exact, exit_code, first_err_line, head, make_files,
-                    run_session, sorted_lists, sub, usage, words)
+from compat import (R, S, Step, assert_same, exact, exit_code, first_err_line, head, run_session,
+                    sorted_lists, sub, usage, words, work_dirs)
 from fusezfs import cli
 from zfsfuse import ZfsFuse, require
 
@@ -386,17 +385,10 @@ def _setup(zf: ZfsFuse, dirs: dict) -> None:
 
 def test_zfs_session_matches_zfs_fuse(tmp_path, monkeypatch, capsys):
     require()
-    dirs = {"zfs-fuse": tmp_path / "zf", "fusezfs": tmp_path / "fz"}
-    for d in dirs.values():
-        make_files(d, FILES)
-    monkeypatch.setenv("FUSEZFS_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.chdir(dirs["fusezfs"])
+    dirs = work_dirs(tmp_path, monkeypatch, FILES)
     verbose = bool(os.environ.get("FUSEZFS_COMPAT_VERBOSE"))
     with ZfsFuse(workdir=tmp_path / "zfsfuse-run") as zf:
         _setup(zf, dirs)
         with capsys.disabled():
             failures, pending = run_session(zf, "zfs", [], SESSION, dirs, verbose)
-    for text in pending:
-        warnings.warn("known difference, pending a fix elsewhere:\n" + text)
-    assert not failures, f"{len(failures)} of {len(SESSION)} steps differ " \
-                         f"(- reference, + fusezfs):\n\n" + "\n\n".join(failures)
+    assert_same(SESSION, failures, pending)

@@ -5,9 +5,8 @@ zfs-fuse and against `fusezfs pool`, step by step, with the harness of test_zpoo
 from __future__ import annotations
 
 import re
-import warnings
 
-from compat import Result, S, Step, exact, make_files, run_session, table
+from compat import Result, S, Step, assert_same, exact, run_session, table, work_dirs
 from test_zpool_compat import status
 from zfsfuse import ZfsFuse, require
 
@@ -69,14 +68,7 @@ SESSION: list[Step] = [
 
 def test_device_session_matches_zfs_fuse(tmp_path, monkeypatch):
     require()
-    dirs = {"zfs-fuse": tmp_path / "zf", "fusezfs": tmp_path / "fz"}
-    for d in dirs.values():
-        make_files(d, FILES)
-    monkeypatch.setenv("FUSEZFS_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.chdir(dirs["fusezfs"])
+    dirs = work_dirs(tmp_path, monkeypatch, FILES)
     with ZfsFuse(workdir=tmp_path / "zfsfuse-run") as zf:
         failures, pending = run_session(zf, "zpool", ["pool"], SESSION, dirs)
-    for text in pending:
-        warnings.warn("known difference, pending a fix elsewhere:\n" + text)
-    assert not failures, f"{len(failures)} of {len(SESSION)} steps differ " \
-                         f"(- zfs-fuse, + fusezfs):\n\n" + "\n\n".join(failures)
+    assert_same(SESSION, failures, pending)
