@@ -315,3 +315,15 @@ def test_a_mounted_receive_target_takes_the_next_incremental(host, monkeypatch):
     # (a read moves atime, and with it the head, as in ZFS: so only after the last receive)
     assert read(str(host.tmp / "md" / "fs" / "f")) == b"more" * 2
     host.check(monkeypatch)
+
+
+def test_the_callers_posixly_correct_reaches_the_command(host):
+    """getopt stops at the first operand when the caller sets POSIXLY_CORRECT (glibc's rule,
+    which zfs and zpool follow): the service runs the command with the caller's setting."""
+    host.pool("tank")
+    assert host.run("zfs", "list", "tank", "-H").stdout.split()[0] == "tank"
+    host.env["POSIXLY_CORRECT"] = "1"
+    r = host.run("zfs", "list", "tank", "-H", check=False)
+    assert r.returncode == 1 and "'-H'" in r.stderr, r.stderr
+    del host.env["POSIXLY_CORRECT"]
+    assert host.run("zfs", "list", "tank", "-H").returncode == 0

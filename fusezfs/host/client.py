@@ -29,7 +29,9 @@ import time
 
 from fusezfs.host import wire
 
-ENV_KEYS = ("TZ", "FUSEZFS_IMAGE_STORE")     # (the service sets them per command)
+# the caller's settings a command depends on (the service sets them per command):
+# POSIXLY_CORRECT makes getopt stop at the first operand, as glibc's does for zfs and zpool
+ENV_KEYS = ("TZ", "FUSEZFS_IMAGE_STORE", "POSIXLY_CORRECT")
 START_TIMEOUT = 60.0        # seconds for a new service to listen
 
 

@@ -40,11 +40,11 @@ import time
 
 from fusezfs import sessions
 from fusezfs.host import registry
+from fusezfs.host.client import ENV_KEYS
 from fusezfs.host.control import Server
 
 log = logging.getLogger("fusezfs.service")
 
-ENV_KEYS = ("TZ", "FUSEZFS_IMAGE_STORE")
 SYNC_INTERVAL = 5.0
 READ_ONLY_VERBS = {"list", "get", "holds"}
 MOUNT_VERBS = {"mount", "unmount", "umount"}
