@@ -21,6 +21,8 @@ import os
 import struct
 import sys
 
+from fusezfs.host.paths import state_dir_path
+
 ZFS_UBERBLOCK_MAGIC = 0x00BAB10C
 FUSEZFS_LABEL_MAGIC = b"FZFSLABL"
 UBERBLOCK_RING = (128 << 10, 256 << 10)      # of label 0, the same place in ZFS and fusezfs
@@ -91,21 +93,9 @@ def refuse_emulated_labels(verb_args: list[str]) -> int | None:
     return None
 
 
-def emulated_state_dir() -> str:
-    """Where the emulated backend keeps its registry (host/registry.py's rule), found without
-    creating it: asking the passthrough backend a question must not make directories."""
-    path = os.environ.get("FUSEZFS_STATE_DIR")
-    if path:
-        return path
-    if os.geteuid() == 0:
-        return "/var/lib/fusezfs"
-    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-    return os.path.join(base, "fusezfs")
-
-
 def emulated_pool_names() -> set[str]:
     """Pools the emulated backend's registry holds (empty if there is no registry)."""
-    if not os.path.exists(os.path.join(emulated_state_dir(), "pools.json")):
+    if not os.path.exists(os.path.join(state_dir_path(), "pools.json")):
         return set()
     try:
         from fusezfs.host import registry
@@ -136,5 +126,5 @@ def print_backend(choice, args: list[str]) -> int:
     else:
         from fusezfs.cli.cli_help import fusezfs_version
         print(f"fusezfs: {fusezfs_version()}")
-        print(f"state: {emulated_state_dir()}")
+        print(f"state: {state_dir_path()}")
     return 0

@@ -34,6 +34,7 @@ import threading
 import time
 
 from fusezfs.backends import LABEL_WRITERS, REENTRY_VARIABLE, Choice, ownership
+from fusezfs.host.paths import state_dir_path
 
 SCRUB_POLL = 0.2
 SCAN_RUNNING = re.compile(r"(scrub|resilver) in progress")
@@ -176,7 +177,7 @@ class Passthrough:
         real = set(self.capture(self.zpool + ["list", "-H", "-o", "name"]).stdout.split())
         for name in sorted(hits - real):
             raise Failed(f"cannot open '{name}': pool '{name}' belongs to the emulated backend "
-                         f"(fusezfs, state {ownership.emulated_state_dir()}); the passthrough "
+                         f"(fusezfs, state {state_dir_path()}); the passthrough "
                          f"backend (real ZFS) does not touch it (FUSEZFS_BACKEND=emulated "
                          f"reaches it)")
 
