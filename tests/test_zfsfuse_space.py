@@ -73,6 +73,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from servicetools import alive
 from zfsfuse import ZfsFuse, require
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -177,9 +178,9 @@ class FuseZfs:
                     subprocess.run(["fusermount3", "-u", "-z", sub], capture_output=True)
         if pid is not None:
             deadline = time.monotonic() + 20
-            while _alive(pid) and time.monotonic() < deadline:
+            while alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            if _alive(pid):
+            if alive(pid):
                 os.kill(pid, signal.SIGKILL)
 
 
@@ -241,18 +242,6 @@ def _mounts_under(path: str) -> list[str]:
     with open("/proc/self/mounts") as f:
         points = [line.split()[1] for line in f if len(line.split()) > 2]
     return [p for p in points if p == path or p.startswith(path + "/")]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 # ---- readings and their comparison ------------------------------------------------------------
