@@ -6,6 +6,9 @@ to the end in this command when the command owns the pool itself (`-w` waits in 
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 from fusezfs import sessions
 from fusezfs.engine import topology
 from fusezfs.host import registry
@@ -51,13 +54,18 @@ def _pool_and_rest(args: list[str], shortopts: str, missing: list[str]):
     return {o for o, _ in opts}, rest[0], rest[1:]
 
 
-def _device_failure(msg: str, what: str) -> Failed:
-    """zpool's exit for a failed attach, replace or detach: the vdev specification refused
-    (make_root_vdev) exits 1; the operation refused by the pool (zpool_vdev_attach/detach
-    return -1) exits 255."""
-    if msg.startswith(("invalid vdev specification", "cannot open '")):
-        return Failed(msg)
-    return Failed(msg if msg.startswith("cannot ") else f"{what}: {msg}", code=255)
+@contextmanager
+def _refused_as(what: str) -> Iterator[None]:
+    """zpool's words and exit for a failed attach, replace or detach (`what`: "cannot attach X
+    to Y"): the vdev specification refused (make_root_vdev) exits 1; the operation refused by
+    the pool (zpool_vdev_attach/detach return -1) exits 255."""
+    try:
+        yield
+    except PoolError as e:
+        msg = str(e)
+        if msg.startswith(("invalid vdev specification", "cannot open '")):
+            raise Failed(msg) from None
+        raise Failed(msg if msg.startswith("cannot ") else f"{what}: {msg}", code=255) from None
 
 
 def cmd_attach(args: list[str]) -> int:
@@ -68,12 +76,9 @@ def cmd_attach(args: list[str]) -> int:
     device, new = rest
     pool = open_pool(name)
     try:
-        try:
+        with _refused_as(f"cannot attach {new} to {device}"):
             topology.attach(pool, device, new, force="-f" in flags)
             _remember(pool, name)
-        except PoolError as e:
-            msg = str(e)
-            raise _device_failure(msg, f"cannot attach {new} to {device}") from None
         _resilver(pool, name, "-w" in flags)
     finally:
         pool.close()
@@ -91,15 +96,12 @@ def cmd_replace(args: list[str]) -> int:
                      f"name a new device")
     pool = open_pool(name)
     try:
-        try:
+        with _refused_as(f"cannot replace {old} with {new}"):
             topology.find_leaf(pool, old)
             topology.attach(pool, old, new, force="-f" in flags, replacing=True)
             Scrubber(pool).run(commit_each=True)         # a replace resilvers to the end
             topology.detach(pool, old)
             _remember(pool, name)
-        except PoolError as e:
-            msg = str(e)
-            raise _device_failure(msg, f"cannot replace {old} with {new}") from None
     finally:
         pool.close()
     return 0
@@ -111,11 +113,9 @@ def cmd_detach(args: list[str]) -> int:
         raise Usage("too many arguments")
     pool = open_pool(name)
     try:
-        topology.detach(pool, rest[0])
-        _remember(pool, name)
-    except PoolError as e:
-        msg = str(e)
-        raise _device_failure(msg, f"cannot detach {rest[0]}") from None
+        with _refused_as(f"cannot detach {rest[0]}"):
+            topology.detach(pool, rest[0])
+            _remember(pool, name)
     finally:
         pool.close()
     return 0
